@@ -1,0 +1,1 @@
+"""Finetune (Lightning). Not built yet."""

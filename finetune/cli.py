@@ -1,0 +1,12 @@
+"""`ssast-finetune`: placeholder until the finetune module lands."""
+
+import sys
+
+
+def main() -> int:
+    print("ssast-finetune is not built yet; see the project's open issues.", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

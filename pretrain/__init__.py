@@ -1,0 +1,1 @@
+"""Pretrain (Lightning). Not built yet."""
