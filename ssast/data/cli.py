@@ -1,0 +1,121 @@
+"""``ssast-data``: make WebDataset shards, compute their stats, build the demo corpus."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ssast.data.reader import list_shards
+from ssast.data.stats import compute_stats, write_stats
+from ssast.data.writer import read_manifest, scan_folder, write_shards
+
+log = logging.getLogger("ssast.data")
+
+
+def _default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def _add_writer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("--shard-size", type=int, default=1000, help="clips per shard (default: 1000)")
+    parser.add_argument("--workers", type=int, default=_default_workers(), help="encoding processes (default: %(default)s)")
+    parser.add_argument("--source", help="dataset name for keys and the json 'source' field (default: the input's name)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the clip order (default: 0)")
+    parser.add_argument("--no-shuffle", action="store_true", help="keep the input order instead of shuffling clips")
+    parser.add_argument("--overwrite", action="store_true", help="replace shards already in the output folder")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssast-data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    folder = commands.add_parser("from-folder", help="shards from a folder; sub-folder names are labels")
+    folder.add_argument("root", type=Path, help="folder of audio files; files directly in it are unlabeled")
+    _add_writer_options(folder)
+    folder.add_argument("--split", help="write into OUT/SPLIT/ (e.g. train)")
+
+    manifest = commands.add_parser("from-csv", help="shards from a CSV manifest")
+    manifest.add_argument(
+        "manifest", type=Path, help="CSV with a 'path' column and optional 'labels' (';'-separated), 'split', 'key'"
+    )
+    _add_writer_options(manifest)
+
+    stats = commands.add_parser("stats", help="mean/std of the log-mel of a set of shards -> stats.json")
+    stats.add_argument("shards", help="dataset folder (its train/ split if it has one), shard folder or URL pattern")
+    stats.add_argument("--out", type=Path, help="where to write (default: SHARDS/stats.json for a folder)")
+    stats.add_argument("--target-length", type=int, default=1024, help="frames per clip looked at (default: 1024)")
+    stats.add_argument("--max-clips", type=int, help="stop after this many clips")
+    stats.add_argument("--batch-size", type=int, default=32)
+    stats.add_argument("--workers", type=int, default=_default_workers(), help="decoding processes")
+
+    demo = commands.add_parser("demo", help="generate the built-in synthetic demo corpus")
+    demo.add_argument("--out", type=Path, required=True, help="output folder")
+    demo.add_argument("--scale", type=float, default=1.0, help="multiplies the number of clips (default: 1)")
+    demo.add_argument("--seed", type=int, default=0, help="the corpus is a function of this seed (default: 0)")
+    demo.add_argument("--workers", type=int, default=_default_workers(), help="synthesis processes")
+    demo.add_argument("--overwrite", action="store_true", help="replace a corpus already in the output folder")
+    return parser
+
+
+def _write(files, ignored: int, args: argparse.Namespace) -> int:
+    if not files:
+        log.error("no audio files found")
+        return 2
+    summary = write_shards(
+        files, args.out, shard_size=args.shard_size, workers=args.workers,
+        shuffle=not args.no_shuffle, seed=args.seed, overwrite=args.overwrite,
+    )
+    summary.ignored = ignored
+    print(summary)
+    if not sum(summary.clips.values()):
+        return 1
+    print(f"next: ssast-data stats {args.out}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    folder = Path(args.shards)
+    if folder.is_dir():
+        urls = list_shards(folder, "train" if (folder / "train").is_dir() else None)
+        out = args.out or folder / "stats.json"
+    elif args.out is None:
+        log.error("--out is needed when SHARDS is a pattern rather than a folder")
+        return 2
+    else:
+        urls, out = list_shards(args.shards), args.out
+    stats = compute_stats(
+        urls, target_length=args.target_length, batch_size=args.batch_size, workers=args.workers, max_clips=args.max_clips
+    )
+    write_stats(out, stats)
+    print(f"mean {stats['mean']:.4f}, std {stats['std']:.4f} over {stats['count']} clips -> {out}")
+    if stats["skipped"]:
+        print(f"{stats['skipped']} samples could not be used (see the warnings above)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "from-folder":
+            files, ignored = scan_folder(args.root, args.source, args.split)
+            return _write(files, ignored, args)
+        if args.command == "from-csv":
+            return _write(read_manifest(args.manifest, args.source), 0, args)
+        if args.command == "stats":
+            return _stats(args)
+        from ssast.data.demo import build_demo
+
+        print(build_demo(args.out, scale=args.scale, seed=args.seed, workers=args.workers, overwrite=args.overwrite))
+        return 0
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as error:
+        log.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
