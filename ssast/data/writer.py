@@ -3,7 +3,7 @@
 Layout of an output folder (DESIGN.md §3)::
 
     OUT/classes.txt            one label per line, when any file has labels
-    OUT/errors.txt             one line per file that failed: path <TAB> reason
+    OUT/errors.txt             one line per file that failed: path <TAB> reason (only if any did)
     OUT/<split>/<split>-000000.tar ...   or   OUT/shard-000000.tar ... without splits
 
 Files are decoded, mixed to mono, resampled and encoded in worker processes; a file that
@@ -207,9 +207,12 @@ class ShardSetWriter:
             self.summary.shards[split] = writer.shard  # opened on the first write, so none is empty
             writer.close()
         self._writers.clear()
-        self.out.mkdir(parents=True, exist_ok=True)
-        lines = (f"{path}\t{reason.replace(chr(10), ' ')}\n" for path, reason in self.summary.errors)
-        (self.out / "errors.txt").write_text("".join(lines))
+        errors = self.out / "errors.txt"
+        errors.unlink(missing_ok=True)  # a list from an earlier run would mislead
+        if self.summary.errors:
+            self.out.mkdir(parents=True, exist_ok=True)
+            lines = (f"{path}\t{' '.join(reason.split())}\n" for path, reason in self.summary.errors)
+            errors.write_text("".join(lines))
 
 
 def write_classes(out: str | Path, labels: Iterable[str]) -> list[str]:
@@ -222,9 +225,18 @@ def write_classes(out: str | Path, labels: Iterable[str]) -> list[str]:
 
 
 def parallel_map(function: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
-    """``map`` over worker processes (in order); ``workers <= 1`` stays in this process."""
+    """``map`` over worker processes, in order; ``workers <= 1`` stays in this process.
+
+    Each item is computed with one torch thread either way: results of some kernels depend
+    on the thread count, and the output must not depend on ``workers``.
+    """
     if workers <= 1:
-        yield from map(function, items)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield from map(function, items)
+        finally:
+            torch.set_num_threads(threads)
         return
     with multiprocessing.get_context().Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         yield from pool.imap(function, items, chunksize=4)

@@ -1,0 +1,219 @@
+"""The built-in demo corpus: synthetic, deterministic per seed, made in under a minute.
+
+Layout (every task folder is a dataset the pretrain and finetune recipes can read)::
+
+    DIR/demo.json                    what was made: seed, scale, tasks, clip lengths
+    DIR/unlabeled/shard-*.tar        the pretraining pool: events and speech, no labels
+    DIR/unlabeled/stats.json
+    DIR/<task>/{train,val,test}/*.tar, DIR/<task>/classes.txt, DIR/<task>/stats.json
+        for task in events (sound events), keywords (spoken words), speakers (voices)
+
+Each clip is drawn from its own generator, seeded by (seed, task, split, index), so the
+corpus does not depend on the number of workers. Every clip of a task has the same
+length and a random loudness, onset and background noise, so neither length nor level
+gives the class away.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ssast.audio import SAMPLE_RATE
+from ssast.data.reader import list_shards
+from ssast.data.stats import compute_stats, write_stats
+from ssast.data.synth import EVENT_CLASSES, KEYWORDS, Voice, synth_event, synth_utterance, synth_word
+from ssast.data.writer import EncodedClip, ShardSetWriter, encode_clip, parallel_map, write_classes
+from ssast.features import Fbank
+
+SPLITS = {"train": 24, "val": 6, "test": 6}  # clips per class at scale 1
+# The ten command words of Speech Commands; the synthesizer knows all 35 of v2.
+COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+UNLABELED_CLIPS = 600  # at scale 1
+NUM_SPEAKERS = 10
+SHARD_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    classes: tuple[str, ...]
+    clip_seconds: float
+
+    @property
+    def target_length(self) -> int:
+        """Fbank frames of one clip."""
+        return Fbank().num_frames(round(self.clip_seconds * SAMPLE_RATE))
+
+
+TASKS = {
+    "events": Task("events", tuple(sorted(EVENT_CLASSES)), 2.0),
+    "keywords": Task("keywords", tuple(sorted(COMMANDS)), 1.0),
+    "speakers": Task("speakers", tuple(f"speaker{index:02d}" for index in range(NUM_SPEAKERS)), 3.0),
+    "unlabeled": Task("unlabeled", (), 3.0),
+}
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    task: str
+    split: str | None
+    index: int
+    label: str | None
+    seed: int
+
+    def generator(self) -> torch.Generator:
+        text = f"{self.seed}/{self.task}/{self.split}/{self.index}"
+        return torch.Generator().manual_seed(zlib.crc32(text.encode()))
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def _speaker_voice(seed: int, speaker: str) -> Voice:
+    return Voice.random(torch.Generator().manual_seed(zlib.crc32(f"{seed}/voice/{speaker}".encode())))
+
+
+def _background(num_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Unit-RMS noise with a random spectral tilt, from brown-ish to hiss."""
+    spectrum = torch.fft.rfft(torch.randn(num_samples, generator=generator))
+    freqs = torch.fft.rfftfreq(num_samples, 1 / SAMPLE_RATE).clamp_min(20.0)
+    tilt = _uniform(generator, -1.0, 0.3)
+    noise = torch.fft.irfft(spectrum * (freqs / 1000) ** tilt, n=num_samples)
+    return noise / noise.square().mean().sqrt()
+
+
+def _compose(sound: torch.Tensor, clip_seconds: float, generator: torch.Generator) -> torch.Tensor:
+    """``sound`` at a random onset over background noise, at a random SNR and level."""
+    num_samples = round(clip_seconds * SAMPLE_RATE)
+    sound = sound[:num_samples]
+    onset = int(torch.randint(num_samples - sound.numel() + 1, (), generator=generator))
+    placed = torch.zeros(num_samples)
+    placed[onset : onset + sound.numel()] = sound / sound.square().mean().sqrt().clamp_min(1e-8)
+    snr_db = _uniform(generator, 5.0, 25.0)
+    mix = placed * 10 ** (snr_db / 20) + _background(num_samples, generator)
+    level_db = _uniform(generator, -36.0, -16.0)  # RMS in dBFS, independent of the class
+    mix = mix / mix.square().mean().sqrt() * 10 ** (level_db / 20)
+    return mix / max(1.0, float(mix.abs().max()) / 0.99)
+
+
+def _events_clip(spec: ClipSpec, generator: torch.Generator) -> torch.Tensor:
+    duration = _uniform(generator, 0.4, 1.6)  # drawn the same way for every class
+    return synth_event(spec.label, duration, generator)
+
+
+def _keywords_clip(spec: ClipSpec, generator: torch.Generator) -> torch.Tensor:
+    return synth_word(spec.label, Voice.random(generator), generator)
+
+
+def _random_words(count: int, generator: torch.Generator) -> list[str]:
+    words = sorted(KEYWORDS)
+    return [words[int(index)] for index in torch.randint(len(words), (count,), generator=generator)]
+
+
+def _speakers_clip(spec: ClipSpec, generator: torch.Generator) -> torch.Tensor:
+    count = int(torch.randint(2, 5, (), generator=generator))
+    return synth_utterance(_random_words(count, generator), _speaker_voice(spec.seed, spec.label), generator)
+
+
+def _unlabeled_clip(spec: ClipSpec, generator: torch.Generator) -> torch.Tensor:
+    if torch.rand((), generator=generator) < 0.5:
+        name = sorted(EVENT_CLASSES)[int(torch.randint(len(EVENT_CLASSES), (), generator=generator))]
+        return synth_event(name, _uniform(generator, 0.4, 2.5), generator)
+    return synth_utterance(_random_words(3, generator), Voice.random(generator), generator)
+
+
+_SOUND: dict[str, Callable[[ClipSpec, torch.Generator], torch.Tensor]] = {
+    "events": _events_clip, "keywords": _keywords_clip, "speakers": _speakers_clip, "unlabeled": _unlabeled_clip,
+}
+
+
+def make_clip(spec: ClipSpec) -> torch.Tensor:
+    """The waveform of one demo clip (a pure function of ``spec``)."""
+    generator = spec.generator()
+    return _compose(_SOUND[spec.task](spec, generator), TASKS[spec.task].clip_seconds, generator)
+
+
+def _encode(spec: ClipSpec) -> EncodedClip:
+    key = f"demo-{spec.task}/{spec.split or 'all'}/{spec.index:06d}"
+    metadata = {"labels": [spec.label] if spec.label else [], "source": f"demo-{spec.task}"}
+    if spec.split:
+        metadata["split"] = spec.split
+    if spec.task == "speakers":
+        metadata["speaker"] = spec.label
+    return encode_clip(key, make_clip(spec), metadata, spec.split)
+
+
+def clip_specs(scale: float = 1.0, seed: int = 0) -> list[ClipSpec]:
+    """Every clip of the corpus, classes interleaved so that each shard holds all of them."""
+    specs = []
+    for task in TASKS.values():
+        if not task.classes:
+            count = max(1, round(UNLABELED_CLIPS * scale))
+            specs += [ClipSpec(task.name, None, index, None, seed) for index in range(count)]
+            continue
+        for split, per_class in SPLITS.items():
+            count = max(1, round(per_class * scale)) * len(task.classes)
+            specs += [ClipSpec(task.name, split, i, task.classes[i % len(task.classes)], seed) for i in range(count)]
+    return specs
+
+
+@dataclass
+class DemoSummary:
+    out: Path
+    lines: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n".join([f"demo corpus in {self.out}:", *self.lines])
+
+
+def build_demo(
+    out: str | Path, *, scale: float = 1.0, seed: int = 0, workers: int = 1, overwrite: bool = False, progress: bool = True
+) -> DemoSummary:
+    """Generate the demo corpus into ``out`` (see the module docstring)."""
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    out = Path(out)
+    existing = [out / name for name in [*TASKS, "demo.json"] if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds a demo corpus ({existing[0].name}); pass overwrite to replace it")
+    for path in existing:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    specs = clip_specs(scale, seed)
+    writers = {name: ShardSetWriter(out / name, SHARD_SIZE) for name in TASKS}
+    clips = parallel_map(_encode, specs, workers)
+    for spec, clip in tqdm(zip(specs, clips), total=len(specs), unit="clip", desc="synthesizing", disable=not progress):
+        writers[spec.task].write(clip)
+    for writer in writers.values():
+        writer.close()
+
+    summary = DemoSummary(out)
+    manifest = {"seed": seed, "scale": scale, "sample_rate": SAMPLE_RATE, "tasks": {}}
+    for task in TASKS.values():
+        folder = out / task.name
+        write_classes(folder, task.classes)
+        split = "train" if task.classes else None
+        stats = compute_stats(list_shards(folder, split), target_length=task.target_length, workers=0, progress=False)
+        write_stats(folder / "stats.json", stats)
+        counts = dict(writers[task.name].summary.clips)
+        manifest["tasks"][task.name] = {
+            "classes": len(task.classes), "clip_seconds": task.clip_seconds, "target_length": task.target_length,
+            "clips": {str(split or "all"): count for split, count in counts.items()},
+        }
+        splits = ", ".join(f"{split or 'all'} {count}" for split, count in counts.items())
+        kind = f"{len(task.classes)} classes" if task.classes else "no labels"
+        summary.lines.append(
+            f"  {task.name:<9} {kind:<11} {task.clip_seconds:.0f} s clips: {splits}; "
+            f"log-mel mean {stats['mean']:.2f} std {stats['std']:.2f}"
+        )
+    (out / "demo.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return summary
