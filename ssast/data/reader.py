@@ -15,8 +15,10 @@ that keep sharded training correct under DDP:
 
 Batches are dicts: ``audio`` ``[B, N]`` float32 waveforms (zero-padded), ``lengths``
 ``[B]`` valid samples, ``key`` list of sample keys, and with ``classes`` given ``labels``:
-``[B]`` class indices, or ``[B, C]`` multi-hot with ``multi_label``. Features are left to
-:class:`ssast.features.Fbank` on the training device.
+``[B]`` class indices, or ``[B, C]`` multi-hot with ``multi_label``. Features are best left
+to :class:`ssast.features.Fbank` on the accelerator; with no accelerator, pass ``fbank``
+and the workers compute a batch's raw log-mel (``fbank`` ``[B, T, F]``, in place of
+``audio``) in parallel.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ssast.audio import AudioDecodeError, decode_audio, pad_or_crop, random_crop
+from ssast.features import Fbank
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,8 @@ class ShardStream(IterableDataset):
     ``clip_samples`` is the waveform length of a batch row: training takes a random
     window of that length, evaluation the start of the clip; shorter clips are
     zero-padded and ``lengths`` says where their audio ends. ``rank`` and ``world_size``
-    default to ``torch.distributed``'s.
+    default to ``torch.distributed``'s. With ``fbank`` the workers turn the audio into
+    raw log-mel features.
     """
 
     def __init__(
@@ -129,6 +133,7 @@ class ShardStream(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         skips: SkipCounter | None = None,
+        fbank: Fbank | None = None,
     ) -> None:
         super().__init__()
         if rank is None or world_size is None:
@@ -144,6 +149,7 @@ class ShardStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.skips = skips if skips is not None else SkipCounter()
+        self.fbank = fbank
         self.epoch = 0
         self._iterations = 0  # advances the seed when persistent workers reuse this copy
 
@@ -169,7 +175,10 @@ class ShardStream(IterableDataset):
                 samples = wds.tarfile_to_samples(handler=self.skips.skip_shard)(shards)
                 samples = islice(samples, reader, None, readers)
         clips = (clip for sample in samples if (clip := self._prepare(sample, rng)) is not None)
-        yield from wds.batched(self.batch_size, collation_fn=_collate, partial=not self.training)(clips)
+        for batch in wds.batched(self.batch_size, collation_fn=_collate, partial=not self.training)(clips):
+            if self.fbank is not None:
+                batch["fbank"] = self.fbank(batch.pop("audio"), batch["lengths"])
+            yield batch
 
     def _prepare(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
         key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
