@@ -152,3 +152,25 @@ def test_epoch_loader_rejects_empty_epochs(uneven_shards):
     stream = ShardStream(uneven_shards, clip_samples=1600, batch_size=2, training=True, rank=0, world_size=1)
     with pytest.raises(ValueError, match="at least 1"):
         EpochLoader(stream, 0)
+
+
+def test_shards_over_http(uneven_shards, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        pattern = f"http://127.0.0.1:{server.server_port}/part-{{000000..000004}}.tar"
+        urls = list_shards(pattern)
+        assert len(urls) == 5
+        assert sorted(eval_keys(urls, 0, 1, workers=2)) == sorted(eval_keys(uneven_shards, 0, 1, workers=0))
+    finally:
+        server.shutdown()
