@@ -10,7 +10,7 @@ workers and end with normalized ``[B, 1024, 128]`` features:
 * ``per_clip``: what SSAST's loader does in its workers for every clip: remove the mean,
   ``torchaudio.compliance.kaldi.fbank``, pad/cut to 1024 frames, normalize.
 
-Also times the feature computation alone on waveforms already in memory. The two paths
+Also times the feature computation alone on waveforms already in memory. The paths
 alternate and each keeps its best of ``--repeats`` runs. Prints one JSON line.
 """
 
@@ -123,8 +123,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads of the main process (loader workers use 1); more than 1 next to busy workers "
+             "mostly measures thread contention",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     seconds = Fbank().num_samples(TARGET_LENGTH) / 16000
 
     with tempfile.TemporaryDirectory() as folder:
