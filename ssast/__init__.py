@@ -1,3 +1,11 @@
 """ssast: self-supervised pretraining of Audio Spectrogram Transformers."""
 
+from ssast.checkpoints import Checkpoint, CheckpointError, Preprocessing, load_checkpoint, load_encoder, save_encoder
+from ssast.embed import Embedder, Embeddings
+from ssast.encoder import ASTEncoder, EncoderConfig
+
 __version__ = "0.1.0.dev0"
+__all__ = [
+    "ASTEncoder", "Checkpoint", "CheckpointError", "Embedder", "Embeddings", "EncoderConfig", "Preprocessing",
+    "load_checkpoint", "load_encoder", "save_encoder",
+]

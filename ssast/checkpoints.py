@@ -1,0 +1,458 @@
+"""Loading encoders from this project's files and from the official SSAST, Hugging Face
+AST and ASiT releases; exporting them.
+
+:func:`load_checkpoint` recognizes the file, maps its parameter names onto
+:class:`~ssast.encoder.ASTEncoder`'s (timm's ViT names), reads the geometry the weights
+were trained at, loads strictly and then, if asked for another stride or input length,
+adapts the position embedding. Every ``torch.load`` is ``weights_only=True``: a file that
+would run code is refused. Anything unexpected (an unknown layout, a missing or extra key,
+a shape that does not fit) raises :class:`CheckpointError` naming the file, the format it
+looked like and the keys at fault; nothing is ever loaded partially.
+
+Formats:
+
+* ``ssast-encoder``: written by :func:`save_encoder` (``.pt`` or ``.safetensors``);
+* ``ssast-lightning``: a Lightning checkpoint of this project (``state_dict`` with an
+  ``encoder.`` prefix, and ``encoder_config`` beside it);
+* ``ssast-official``: the official SSAST ``.pth`` files, pretrained (``module.v.*``,
+  ``mask_embed``, ``cpredlayer``/``gpredlayer``, ``p_input_fdim/tdim``) or finetuned
+  (``module.v.*``, ``module.mlp_head.*``), with or without DataParallel's ``module.``;
+* ``huggingface-ast``: ``ASTModel`` / ``ASTForAudioClassification``, as a
+  ``save_pretrained`` folder or a bare state dict, in transformers 4 or 5 names;
+* ``asit``: an ASiT ``.pt`` with timm ViT keys, possibly under ``teacher``/``student``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssast.encoder import ASTEncoder, EncoderConfig, Pooling, adapt_pos_embed
+from ssast.features import PUBLISHED_STATS
+from ssast.heads import ClassificationHead
+
+OUR_FORMAT = "ssast-encoder"
+# What a loaded encoder may be given at another value than it was trained with.
+ADJUSTABLE = ("fstride", "tstride", "input_tdim", "drop_path")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded, with the file, its apparent format and why."""
+
+    def __init__(self, path: str | Path, format: str, message: str) -> None:
+        super().__init__(f"{path} ({format}): {message}")
+        self.path, self.format = Path(path), format
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the encoder's input was made: the fbank is always Kaldi's with the AST
+    settings (``ssast.features.Fbank``); these are the normalization and the length."""
+
+    mean: float = PUBLISHED_STATS["audioset"][0]
+    std: float = PUBLISHED_STATS["audioset"][1]
+    target_length: int = 1024
+
+
+@dataclass
+class Checkpoint:
+    """An encoder loaded from a file, with whatever else the file knew."""
+
+    encoder: ASTEncoder
+    preprocessing: Preprocessing
+    format: str
+    path: Path
+    head: ClassificationHead | None = None
+    pooling: Pooling = "mean"  # the pooling the head was trained with
+    labels: list[str] | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. SSAST's pretraining heads
+
+
+@dataclass
+class _Parsed:
+    format: str
+    config: EncoderConfig  # the geometry the weights were trained at
+    encoder_state: dict[str, torch.Tensor]
+    preprocessing: Preprocessing
+    optional: frozenset[str] = frozenset()  # encoder keys the file may lack
+    head_state: dict[str, torch.Tensor] | None = None
+    head_eps: float = 1e-5
+    pooling: Pooling = "mean"
+    labels: list[str] | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def load_encoder(path: str | Path, **overrides: Any) -> ASTEncoder:
+    """The encoder of any supported checkpoint (see :func:`load_checkpoint`)."""
+    return load_checkpoint(path, **overrides).encoder
+
+
+def load_checkpoint(
+    path: str | Path, *, stored_strides: tuple[int, int] | None = None, num_heads: int | None = None, **overrides: Any
+) -> Checkpoint:
+    """Load an encoder (and its classifier, when the file has one) from ``path``.
+
+    ``overrides`` set the new encoder's ``fstride``, ``tstride``, ``input_tdim`` or
+    ``drop_path``; the position embedding is cropped or interpolated to the new grid.
+    Files that do not record the strides their position embedding was trained with
+    (finetuned SSAST, bare Hugging Face state dicts, ASiT) are read as stride 10 (AST's
+    finetuning) or stride = patch shape, whichever fits; pass ``stored_strides`` when
+    neither is right. ``num_heads`` is read as ``embed_dim // 64`` unless given.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    unknown = set(overrides) - set(ADJUSTABLE)
+    if unknown:
+        raise TypeError(f"cannot change {sorted(unknown)} of a trained encoder; adjustable: {', '.join(ADJUSTABLE)}")
+    parsed = _parse(path, _Hints(stored_strides, num_heads))
+    encoder = _load_strict(path, parsed)
+    target = parsed.config.replace(**overrides)
+    if target != parsed.config:
+        state = encoder.state_dict()
+        state["pos_embed"] = adapt_pos_embed(state["pos_embed"], target.num_lead_tokens, parsed.config.grid, target.grid)
+        encoder = ASTEncoder(target)
+        encoder.load_state_dict(state)
+    head = None
+    if parsed.head_state is not None:
+        weight = parsed.head_state["linear.weight"]
+        head = ClassificationHead(weight.shape[1], weight.shape[0], parsed.head_eps)
+        _load_module(head, parsed.head_state, path, parsed.format, "classifier")
+    preprocessing = Preprocessing(parsed.preprocessing.mean, parsed.preprocessing.std, target.input_tdim)
+    return Checkpoint(encoder, preprocessing, parsed.format, path, head, parsed.pooling, parsed.labels, parsed.extra)
+
+
+def save_encoder(encoder: ASTEncoder, path: str | Path, preprocessing: Preprocessing | None = None) -> None:
+    """Write ``encoder`` with its config (and input preprocessing) for :func:`load_encoder`:
+    safetensors when ``path`` ends in ``.safetensors``, else a ``torch.save`` dict of
+    tensors and plain values."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    preprocessing = preprocessing or Preprocessing(target_length=encoder.config.input_tdim)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in encoder.state_dict().items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        metadata = {
+            "format": OUR_FORMAT,
+            "config": json.dumps(encoder.config.to_dict()),
+            "preprocessing": json.dumps(preprocessing.__dict__),
+        }
+        save_file(state, str(path), metadata=metadata)
+    else:
+        torch.save(
+            {"format": OUR_FORMAT, "version": 1, "config": encoder.config.to_dict(),
+             "preprocessing": dict(preprocessing.__dict__), "state_dict": state},
+            path,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Reading files
+
+
+@dataclass(frozen=True)
+class _Hints:
+    stored_strides: tuple[int, int] | None
+    num_heads: int | None
+
+
+def _torch_load(path: Path) -> Any:
+    # ASiT saves its argparse.Namespace of options; it only holds values, so it is allowed.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise CheckpointError(path, "pickle", f"refused to load: not a plain weights file ({reason})") from None
+    except (RuntimeError, EOFError) as error:
+        raise CheckpointError(path, "unknown", f"not a readable torch file ({error})") from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types
+        raise CheckpointError(path, "safetensors", f"not a readable safetensors file ({error})") from None
+
+
+def _tensors(mapping: dict) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in mapping.items() if isinstance(value, torch.Tensor)}
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Drop ``prefix`` from the keys when every key has it."""
+    if state and all(key.startswith(prefix) for key in state):
+        return {key[len(prefix) :]: value for key, value in state.items()}
+    return state
+
+
+def _parse(path: Path, hints: _Hints) -> _Parsed:
+    if path.is_dir():
+        return _parse_huggingface_folder(path, hints)
+    if path.suffix == ".safetensors":
+        tensors, metadata = _read_safetensors(path)
+        if metadata.get("format") == OUR_FORMAT:
+            config = EncoderConfig(**json.loads(metadata["config"]))
+            return _Parsed(OUR_FORMAT, config, tensors, Preprocessing(**json.loads(metadata["preprocessing"])))
+        obj: Any = tensors
+    else:
+        obj = _torch_load(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(path, "unknown", f"holds a {type(obj).__name__}, not a dict of weights")
+    if obj.get("format") == OUR_FORMAT:
+        preprocessing = Preprocessing(**obj.get("preprocessing", {}))
+        return _Parsed(OUR_FORMAT, EncoderConfig(**obj["config"]), obj["state_dict"], preprocessing)
+    if "encoder_config" in obj and "state_dict" in obj:
+        state = {k[len("encoder.") :]: v for k, v in obj["state_dict"].items() if k.startswith("encoder.")}
+        preprocessing = Preprocessing(**obj.get("preprocessing", {}))
+        return _Parsed("ssast-lightning", EncoderConfig(**obj["encoder_config"]), state, preprocessing)
+    for branch in ("teacher", "student"):  # the teacher, an EMA of the student, transfers better
+        if isinstance(obj.get(branch), dict):
+            return _parse_asit(path, _tensors(obj[branch]), hints)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj.get(wrapper), dict) and not _tensors(obj):
+            obj = obj[wrapper]
+    state = _strip(_tensors(obj), "module.")
+    if "v.patch_embed.proj.weight" in state:
+        return _parse_official_ssast(path, state, hints)
+    if any(key.endswith("embeddings.patch_embeddings.projection.weight") for key in state):
+        return _parse_huggingface(path, state, None, hints)
+    if "patch_embed.proj.weight" in _strip(state, "backbone."):
+        return _parse_asit(path, state, hints)
+    sample = ", ".join(sorted(obj)[:8])
+    raise CheckpointError(path, "unknown", f"not a checkpoint format ssast knows; its top-level keys: {sample}")
+
+
+def _geometry(path: Path, format: str, state: dict[str, torch.Tensor], hints: _Hints) -> dict[str, Any]:
+    """Shape fields of the config, read off the weights (timm names)."""
+    try:
+        embed_dim, _, fshape, tshape = state["patch_embed.proj.weight"].shape
+        depth = 1 + max(int(match.group(1)) for key in state if (match := re.match(r"blocks\.(\d+)\.", key)))
+        hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(path, format, f"lacks the keys of a ViT encoder ({error})") from None
+    num_heads = hints.num_heads or max(1, embed_dim // 64)
+    return {
+        "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": hidden / embed_dim,
+        "fshape": fshape, "tshape": tshape, "num_lead_tokens": 2 if "dist_token" in state else 1,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+    }
+
+
+def _grid_geometry(
+    path: Path, format: str, num_patches: int, fshape: int, tshape: int, candidates: list[tuple[int, int]],
+    input_fdim: int = 128,
+) -> dict[str, int]:
+    """Strides and input length under which ``num_patches`` form a grid, trying
+    ``candidates`` (``(fstride, tstride)``) in order."""
+    for fstride, tstride in candidates:
+        n_freq = (input_fdim - fshape) // fstride + 1
+        if num_patches % n_freq == 0:
+            n_time = num_patches // n_freq
+            return {"fstride": fstride, "tstride": tstride, "input_tdim": (n_time - 1) * tstride + tshape}
+    raise CheckpointError(
+        path, format,
+        f"cannot tell the patch grid of its {num_patches} position embeddings (tried strides {candidates}); "
+        "pass stored_strides=(fstride, tstride)",
+    )
+
+
+def _default_candidates(fshape: int, tshape: int, hints: _Hints, pretrained: bool) -> list[tuple[int, int]]:
+    if hints.stored_strides:
+        return [tuple(hints.stored_strides)]
+    if fshape == 128:  # frame models: stride 2 to pretrain, 1 to finetune
+        return [(fshape, tshape), (fshape, 1)] if pretrained else [(fshape, 1), (fshape, tshape)]
+    return [(fshape, tshape), (10, 10)] if pretrained else [(10, 10), (fshape, tshape)]
+
+
+_UNUSED_VIT_HEADS = re.compile(r"^(head|head_dist|pre_logits|fc_norm)\.")
+
+
+def _parse_official_ssast(path: Path, state: dict[str, torch.Tensor], hints: _Hints) -> _Parsed:
+    format = "ssast-official"
+    # timm's DeiT classifiers ride along in SSAST's files but are never used.
+    encoder_state = {k[2:]: v for k, v in state.items() if k.startswith("v.") and not _UNUSED_VIT_HEADS.match(k[2:])}
+    geometry = _geometry(path, format, encoder_state, hints)
+    num_patches = encoder_state["pos_embed"].shape[1] - geometry["num_lead_tokens"]
+    if "p_input_tdim" in state:  # pretrained: the input size is recorded and stride = shape
+        input_fdim, input_tdim = int(state["p_input_fdim"]), int(state["p_input_tdim"])
+        grid = {"fstride": geometry["fshape"], "tstride": geometry["tshape"], "input_tdim": input_tdim}
+        config = EncoderConfig(**geometry, **grid, input_fdim=input_fdim)
+        if config.num_patches != num_patches:
+            raise CheckpointError(path, format, f"p_input_tdim {input_tdim} does not match {num_patches} patches")
+    else:
+        candidates = _default_candidates(geometry["fshape"], geometry["tshape"], hints, pretrained=False)
+        config = EncoderConfig(**geometry, **_grid_geometry(path, format, num_patches, geometry["fshape"],
+                                                             geometry["tshape"], candidates))
+    if "mask_embed" in state:
+        encoder_state["mask_embed"] = state["mask_embed"]
+    head_state = None
+    if "mlp_head.1.weight" in state:
+        head_state = {
+            "norm.weight": state["mlp_head.0.weight"], "norm.bias": state["mlp_head.0.bias"],
+            "linear.weight": state["mlp_head.1.weight"], "linear.bias": state["mlp_head.1.bias"],
+        }
+    used = {f"v.{k}" for k in encoder_state} | {"mask_embed", "p_input_fdim", "p_input_tdim"}
+    used |= {f"mlp_head.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")}
+    extra = {k: v for k, v in state.items() if k not in used and not _UNUSED_VIT_HEADS.match(k.removeprefix("v."))}
+    unexpected = [k for k in extra if not k.startswith(("cpredlayer.", "gpredlayer."))]
+    if unexpected:
+        raise CheckpointError(path, format, f"unexpected keys: {', '.join(sorted(unexpected)[:10])}")
+    preprocessing = Preprocessing(target_length=config.input_tdim)
+    return _Parsed(format, config, encoder_state, preprocessing, frozenset({"mask_embed"}), head_state, 1e-5,
+                   "mean", None, extra)
+
+
+# Transformers 4 names -> transformers 5 names, then 5 -> ours.
+_HF4_TO_HF5 = [
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"layers.\1.attention.q_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"layers.\1.attention.k_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"layers.\1.attention.v_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attention.o_proj."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.mlp.fc1."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.mlp.fc2."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_", r"layers.\1.layernorm_"),
+]
+_HF5_TO_OURS = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.distillation_token$", "dist_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^layers\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
+    (r"^layers\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"^layers\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^layers\.(\d+)\.mlp\.", r"blocks.\1.mlp."),
+    (r"^layernorm\.", "norm."),
+]
+
+
+def _rename(key: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, replacement in rules:
+        key, count = re.subn(pattern, replacement, key)
+        if count:
+            break
+    return key
+
+
+def _parse_huggingface(
+    path: Path, state: dict[str, torch.Tensor], hf_config: dict | None, hints: _Hints
+) -> _Parsed:
+    format = "huggingface-ast"
+    state = {k.removeprefix("audio_spectrogram_transformer."): v for k, v in state.items()}
+    head_state = {
+        {"classifier.layernorm.weight": "norm.weight", "classifier.layernorm.bias": "norm.bias",
+         "classifier.dense.weight": "linear.weight", "classifier.dense.bias": "linear.bias"}[k]: v
+        for k, v in state.items() if k.startswith("classifier.")
+    } or None
+    encoder_state: dict[str, torch.Tensor] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith("classifier."):
+            continue
+        key = _rename(_rename(key, _HF4_TO_HF5), _HF5_TO_OURS)
+        if match := re.match(r"^layers\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$", key):
+            qkv.setdefault(f"blocks.{match.group(1)}.attn.qkv.{match.group(3)}", {})[match.group(2)] = value
+        else:
+            encoder_state[key] = value
+    for key, parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise CheckpointError(path, format, f"{key}: only {sorted(parts)} of q, k, v are present")
+        encoder_state[key] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    if hf_config is not None:
+        config = EncoderConfig(
+            embed_dim=hf_config["hidden_size"], depth=hf_config["num_hidden_layers"],
+            num_heads=hf_config["num_attention_heads"],
+            mlp_ratio=hf_config["intermediate_size"] / hf_config["hidden_size"],
+            fshape=hf_config["patch_size"], tshape=hf_config["patch_size"],
+            fstride=hf_config["frequency_stride"], tstride=hf_config["time_stride"],
+            input_fdim=hf_config["num_mel_bins"], input_tdim=hf_config["max_length"],
+            layer_norm_eps=hf_config["layer_norm_eps"], qkv_bias=hf_config.get("qkv_bias", True),
+        )
+    else:
+        geometry = _geometry(path, format, encoder_state, hints)
+        num_patches = encoder_state["pos_embed"].shape[1] - geometry["num_lead_tokens"]
+        candidates = _default_candidates(geometry["fshape"], geometry["tshape"], hints, pretrained=False)
+        grid = _grid_geometry(path, format, num_patches, geometry["fshape"], geometry["tshape"], candidates)
+        config = EncoderConfig(**geometry, **grid, layer_norm_eps=1e-12)  # transformers' default eps
+    return _Parsed(format, config, encoder_state, Preprocessing(target_length=config.input_tdim),
+                   frozenset({"mask_embed"}), head_state, config.layer_norm_eps, "cls")
+
+
+def _parse_huggingface_folder(path: Path, hints: _Hints) -> _Parsed:
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(path, "folder", "a folder checkpoint must be a Hugging Face save_pretrained folder")
+    hf_config = json.loads(config_file.read_text())
+    if hf_config.get("model_type") != "audio-spectrogram-transformer":
+        raise CheckpointError(path, "huggingface", f"model_type is {hf_config.get('model_type')!r}, not an AST")
+    if (path / "model.safetensors").exists():
+        state, _ = _read_safetensors(path / "model.safetensors")
+    elif (path / "pytorch_model.bin").exists():
+        state = _tensors(_torch_load(path / "pytorch_model.bin"))
+    else:
+        raise CheckpointError(
+            path, "huggingface-ast", "no model.safetensors or pytorch_model.bin (sharded weights are not supported)"
+        )
+    parsed = _parse_huggingface(path, state, hf_config, hints)
+    extractor = path / "preprocessor_config.json"
+    if extractor.exists():
+        settings = json.loads(extractor.read_text())
+        parsed.preprocessing = Preprocessing(
+            settings.get("mean", parsed.preprocessing.mean), settings.get("std", parsed.preprocessing.std),
+            settings.get("max_length", parsed.config.input_tdim),
+        )
+    if hf_config.get("id2label") and parsed.head_state is not None:
+        id2label = hf_config["id2label"]
+        parsed.labels = [id2label[str(index)] for index in range(len(id2label))]
+    return parsed
+
+
+def _parse_asit(path: Path, state: dict[str, torch.Tensor], hints: _Hints) -> _Parsed:
+    format = "asit"
+    state = _strip(state, "module.")
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")} or state
+    extra = {k: v for k, v in state.items() if not k.startswith("backbone.")} if backbone is not state else {}
+    encoder_state = {k: v for k, v in backbone.items() if not _UNUSED_VIT_HEADS.match(k)}
+    geometry = _geometry(path, format, encoder_state, hints)
+    num_patches = encoder_state["pos_embed"].shape[1] - geometry["num_lead_tokens"]
+    candidates = _default_candidates(geometry["fshape"], geometry["tshape"], hints, pretrained=True)
+    grid = _grid_geometry(path, format, num_patches, geometry["fshape"], geometry["tshape"], candidates)
+    config = EncoderConfig(**geometry, **grid)
+    return _Parsed(format, config, encoder_state, Preprocessing(target_length=config.input_tdim),
+                   frozenset({"mask_embed"}), extra=extra)
+
+
+def _load_module(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, format: str, what: str) -> None:
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        mismatches = re.findall(r"size mismatch for ([^:]+): (.*?)\.(?:\n|$)", str(error))
+        detail = "; ".join(f"{name}: {reason}" for name, reason in mismatches) or str(error)
+        raise CheckpointError(path, format, f"{what} shapes do not fit: {detail}") from None
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {what} keys: {', '.join(missing[:10])}")
+        if unexpected:
+            parts.append(f"unexpected {what} keys: {', '.join(unexpected[:10])}")
+        raise CheckpointError(path, format, "; ".join(parts))
+
+
+def _load_strict(path: Path, parsed: _Parsed) -> ASTEncoder:
+    encoder = ASTEncoder(parsed.config)
+    state = dict(parsed.encoder_state)
+    for key in parsed.optional - set(state):  # e.g. no mask token in a finetuned model
+        state[key] = encoder.state_dict()[key]
+    _load_module(encoder, state, path, parsed.format, "encoder")
+    return encoder
