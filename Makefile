@@ -31,6 +31,7 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/encoder.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
