@@ -163,17 +163,15 @@ class ShardStream(IterableDataset):
         rng = random.Random(hash((self.seed, self.rank, worker, self.epoch, self._iterations)))
         if self.training:
             shards = _endless_random_shards(self.urls, rng)
-            samples = wds.tarfile_to_samples(handler=self.skips.skip_shard)(shards)
-            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng)(samples)
         else:
             reader, readers = self.rank * num_workers + worker, self.world_size * num_workers
-            if len(self.urls) >= readers:
-                shards = ({"url": url} for url in self.urls[reader::readers])
-                samples = wds.tarfile_to_samples(handler=self.skips.skip_shard)(shards)
-            else:  # too few shards to go round: every reader reads all, keeps its share
-                shards = ({"url": url} for url in self.urls)
-                samples = wds.tarfile_to_samples(handler=self.skips.skip_shard)(shards)
-                samples = islice(samples, reader, None, readers)
+            by_shard = len(self.urls) >= readers
+            shards = ({"url": url} for url in (self.urls[reader::readers] if by_shard else self.urls))
+        samples = wds.tarfile_to_samples(handler=self.skips.skip_shard)(shards)
+        if self.training:
+            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng)(samples)
+        elif not by_shard:  # too few shards to go round: every reader reads all, keeps its share
+            samples = islice(samples, reader, None, readers)
         clips = (clip for sample in samples if (clip := self._prepare(sample, rng)) is not None)
         for batch in wds.batched(self.batch_size, collation_fn=_collate, partial=not self.training)(clips):
             if self.fbank is not None:
