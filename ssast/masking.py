@@ -1,0 +1,172 @@
+"""Which patches to mask for masked spectrogram patch modeling (SSAST's MSPM).
+
+Every clip gets exactly ``num_masked`` masked patches, as a boolean ``[B, n_freq * n_time]``
+tensor in the encoder's frequency-major patch order (``index = f_row * n_time + t_col``).
+Frame models mask positions uniformly at random (:func:`random_mask`); patch models mask
+square clusters of neighbouring patches (:func:`cluster_mask`).
+
+:func:`cluster_mask` follows the SSAST paper's description: one cluster size per clip,
+blocks clipped at the edges of the (frequency, time) grid, and exactly N patches kept,
+where only the last block is cut. The official SSAST code differs in three ways: it draws
+a new cluster size for every block; it builds a block as ``start + 64 * i + j``, so a block
+near the end of a frequency row continues at the start of the next row (and the stride 64
+is the time width of its pretraining grid only); and it keeps ``list(set(ids))[:N]``, whose
+order in CPython follows the integer values, which drops high-index patches first.
+
+Both functions are vectorised over the batch, create the mask on ``device``, and take all
+their randomness from ``generator`` (which must live on that device) when one is given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+# Block index of a position that no block covers (yet).
+_UNCOVERED = torch.iinfo(torch.int64).max
+
+
+def random_mask(
+    batch_size: int,
+    num_patches: int,
+    num_masked: int,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``num_masked`` positions uniformly at random per clip (frame models): ``[B, P]`` bool."""
+    _check_counts(batch_size, num_patches, num_masked)
+    keys = torch.rand(batch_size, num_patches, device=device, generator=generator)
+    chosen = keys.topk(num_masked, dim=1).indices
+    mask = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=device)
+    return mask.scatter_(1, chosen, True)
+
+
+def cluster_mask(
+    batch_size: int,
+    grid: tuple[int, int],
+    num_masked: int,
+    *,
+    cluster_sizes: Sequence[int] = (3, 4, 5),
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Clusters of patches (patch models): ``[B, n_freq * n_time]`` bool.
+
+    Each clip draws a cluster size ``C`` from ``cluster_sizes`` (uniformly over the entries),
+    then repeatedly a start patch uniformly over the grid, and masks the ``C x C`` block
+    below/right of the start, clipped at the grid's edges, until at least ``num_masked``
+    distinct patches are covered. All blocks but the last are kept whole; the last one
+    contributes a random subset of the patches it newly covered, so exactly ``num_masked``
+    patches are masked.
+    """
+    n_freq, n_time = _check_grid(grid)
+    num_patches = n_freq * n_time
+    _check_counts(batch_size, num_patches, num_masked)
+    sizes = tuple(cluster_sizes)
+    if not sizes or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in sizes):
+        raise ValueError(f"cluster_sizes must be a non-empty sequence of positive ints, got {cluster_sizes!r}")
+
+    pick = torch.randint(len(sizes), (batch_size,), device=device, generator=generator)
+    size = torch.tensor(sizes, device=device)[pick]
+
+    # The whole process depends on blocks only through first[b, p], the index of the first
+    # block covering patch p. That is a min over the starts whose block covers p of the
+    # index at which each start was first drawn, so only [B, P] state is needed however
+    # many starts are drawn.
+    num_draws = _initial_draws(grid, num_masked, min(sizes))
+    first_draw = torch.full((batch_size, num_patches), _UNCOVERED, dtype=torch.int64, device=device)
+    _draw_starts(first_draw, num_draws, 0, generator)
+    first = _first_cover(first_draw, size, grid, max(sizes))
+    drawn = num_draws
+    while True:
+        # Rare (and certain only when nearly every patch must be masked): some clips are
+        # still short of num_masked, so extend just their sequence of starts.
+        short = ((first != _UNCOVERED).sum(1) < num_masked).nonzero().squeeze(1)
+        if short.numel() == 0:  # one host sync per round
+            break
+        num_draws *= 2
+        rows = first_draw[short]
+        _draw_starts(rows, num_draws, drawn, generator)
+        first_draw[short] = rows
+        first[short] = _first_cover(rows, size[short], grid, max(sizes))
+        drawn += num_draws
+
+    # Coverage after blocks 0..k is #{p : first[p] <= k}, so the block that brings it to
+    # num_masked is the num_masked-th smallest first index.
+    last_block = first.kthvalue(num_masked, dim=1, keepdim=True).values
+    whole = first < last_block
+    newly = first == last_block
+    missing = num_masked - whole.sum(1, keepdim=True)
+    keys = torch.rand(batch_size, num_patches, device=device, generator=generator).masked_fill_(~newly, 2.0)
+    return whole | (newly & (_ranks(keys) < missing))
+
+
+def _check_counts(batch_size: int, num_patches: int, num_masked: int) -> None:
+    if batch_size < 0:
+        raise ValueError(f"batch_size must be >= 0, got {batch_size}")
+    if num_patches < 1:
+        raise ValueError(f"num_patches must be positive, got {num_patches}")
+    if not 1 <= num_masked <= num_patches:
+        raise ValueError(f"num_masked must be between 1 and {num_patches} (the number of patches), got {num_masked}")
+
+
+def _check_grid(grid: tuple[int, int]) -> tuple[int, int]:
+    if len(grid) != 2 or any(n < 1 for n in grid):
+        raise ValueError(f"grid must be two positive ints (n_freq, n_time), got {grid!r}")
+    return int(grid[0]), int(grid[1])
+
+
+def _initial_draws(grid: tuple[int, int], num_masked: int, size: int) -> int:
+    """How many starts to draw at once so that coverage of ``num_masked`` is very likely.
+
+    With starts uniform over the grid, a patch stays uncovered after ``k`` blocks with
+    probability about ``(1 - a / P) ** k``, ``a`` being a block's mean edge-clipped area; the
+    estimate is taken twice over, plus a few, for the spread and the edge patches.
+    """
+    n_freq, n_time = grid
+    num_patches = n_freq * n_time
+    height = sum(min(size, n_freq - r) for r in range(n_freq)) / n_freq
+    width = sum(min(size, n_time - t) for t in range(n_time)) / n_time
+    miss_per_block = 1.0 - height * width / num_patches
+    if miss_per_block <= 0.0:
+        return 1
+    # At num_masked == P the exact target needs every patch; aim at all but half a patch.
+    target = min(num_masked / num_patches, 1.0 - 0.5 / num_patches)
+    return math.ceil(2.0 * math.log(1.0 - target) / math.log(miss_per_block)) + 8
+
+
+def _draw_starts(first_draw: torch.Tensor, num_draws: int, offset: int, generator: torch.Generator | None) -> None:
+    """Draw ``num_draws`` starts per row, numbered from ``offset``, and keep in ``first_draw``
+    (in place) the number of each start's first draw."""
+    rows, num_patches = first_draw.shape
+    starts = torch.randint(num_patches, (rows, num_draws), device=first_draw.device, generator=generator)
+    order = torch.arange(offset, offset + num_draws, device=first_draw.device).expand(rows, -1)
+    first_draw.scatter_reduce_(1, starts, order, reduce="amin")
+
+
+def _first_cover(first_draw: torch.Tensor, size: torch.Tensor, grid: tuple[int, int], max_size: int) -> torch.Tensor:
+    """``first[b, f, t] = min first_draw[b, r, c]`` over ``f - C_b < r <= f``, ``t - C_b < c <= t``
+    (the starts whose edge-clipped block covers ``(f, t)``), flattened to ``[B, P]``."""
+    grid_draws = first_draw.view(-1, *grid)
+    size = size.view(-1, 1, 1)
+    # Separable min over the window, one shift per offset below the largest cluster size;
+    # shifting in _UNCOVERED from the low edge means a block never starts off the grid.
+    for dim in (1, 2):
+        length = grid_draws.shape[dim]
+        result = grid_draws
+        for shift in range(1, min(max_size, length)):
+            pad = grid_draws.new_full((*grid_draws.shape[:dim], shift, *grid_draws.shape[dim + 1 :]), _UNCOVERED)
+            shifted = torch.cat([pad, grid_draws.narrow(dim, 0, length - shift)], dim=dim)
+            result = torch.where(shift < size, torch.minimum(result, shifted), result)
+        grid_draws = result
+    return grid_draws.reshape(first_draw.shape)
+
+
+def _ranks(keys: torch.Tensor) -> torch.Tensor:
+    """Rank of each entry within its row (0 = smallest); exact even with tied keys."""
+    order = keys.argsort(dim=1)
+    positions = torch.arange(keys.shape[1], device=keys.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
