@@ -20,3 +20,12 @@ class ClassificationHead(nn.Module):
 
     def forward(self, clip_embedding: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(clip_embedding))
+
+
+class PatchPredictionHead(nn.Sequential):
+    """``Linear(D, D) -> ReLU -> Linear(D, patch_dim)``: SSAST's discriminative and generative
+    heads (``cpredlayer`` / ``gpredlayer``; the same parameter names, so the official
+    pretrained heads load into it)."""
+
+    def __init__(self, embed_dim: int, patch_dim: int) -> None:
+        super().__init__(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, patch_dim))

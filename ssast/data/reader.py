@@ -249,6 +249,12 @@ class EpochLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def sampler(self) -> EpochLoader:
+        """Lightning calls ``dataloader.sampler.set_epoch(epoch)`` at every epoch start,
+        resumed runs included; this routes it to the stream's seed."""
+        return self
+
     def __len__(self) -> int:
         return self.batches_per_epoch
 

@@ -1,0 +1,42 @@
+"""Callbacks for pretraining runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+
+from ssast.checkpoints import save_encoder
+
+
+class ExportEncoder(L.Callback):
+    """Writes the encoder, with its config and input preprocessing, for
+    ``ssast.load_encoder`` and finetuning, at the end of training (and at every
+    validation with ``every_validation``).
+
+    Args:
+        path: the file (``.safetensors`` or ``.pt``); relative paths are under the
+            trainer's ``default_root_dir``.
+        every_validation: also export after each validation, so a long run always
+            leaves a usable encoder behind.
+    """
+
+    def __init__(self, path: str = "encoder.safetensors", every_validation: bool = False) -> None:
+        self.path = path
+        self.every_validation = every_validation
+
+    def target(self, trainer: L.Trainer) -> Path:
+        path = Path(self.path)
+        return path if path.is_absolute() else Path(trainer.default_root_dir) / path
+
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            datamodule = getattr(trainer, "datamodule", None)
+            save_encoder(pl_module.encoder, self.target(trainer), getattr(datamodule, "preprocessing", None))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.every_validation and not trainer.sanity_checking:
+            self.export(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.export(trainer, pl_module)

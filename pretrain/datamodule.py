@@ -1,0 +1,159 @@
+"""The LightningDataModule shared by pretraining and finetuning.
+
+Loader workers decode and crop clips from WebDataset shards (``ssast.data.reader``); the
+Kaldi fbank and the normalization run on the training device in
+``on_after_batch_transfer``. On a CPU-only run the workers compute the fbank instead, in
+parallel, and only the normalization is left to the main process.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from ssast.checkpoints import Preprocessing
+from ssast.data.reader import EpochLoader, ShardStream, SkipCounter, list_shards, read_classes
+from ssast.data.stats import read_stats
+from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames
+
+log = logging.getLogger(__name__)
+
+
+def _beside(shards: str, name: str) -> Path | None:
+    """``name`` in the shards' folder or the folder above (a dataset root with split folders)."""
+    folder = Path(shards)
+    for candidate in (folder / name, folder.parent / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class AudioDataModule(L.LightningDataModule):
+    """Shards in, normalized log-mel batches ``batch["fbank"] [B, target_length, 128]`` out.
+
+    Args:
+        train: training shards: a folder of ``.tar`` files or a webdataset pattern.
+        val: validation shards (optional), read exactly once per validation.
+        test: test shards (optional).
+        target_length: frames per clip (AST pads or cuts the fbank to this).
+        batch_size: clips per batch on each device.
+        num_workers: loader processes per device.
+        batches_per_epoch: training batches per epoch and device (the stream is endless).
+        stats: the normalization: a ``stats.json``; ``"auto"`` looks beside the training
+            shards and one folder up, and falls back to the AudioSet stats; or the name of
+            a set with published stats (``audioset``, ``esc50``, ``speechcommands``).
+        classes: ``classes.txt`` for labeled data; ``"auto"`` finds it like ``stats``;
+            ``None`` for unlabeled data.
+        multi_label: labels as multi-hot vectors instead of class indices.
+        shuffle_buffer: samples held for shuffling in each training worker.
+        seed: seed of shard order, shuffling and crops.
+        fbank_in_workers: compute the fbank in the loader workers; ``None``: when the
+            trainer runs on CPU.
+        demo_corpus: a folder for the built-in demo corpus, generated there before the
+            run when it is missing.
+    """
+
+    def __init__(
+        self,
+        train: str,
+        val: str | None = None,
+        test: str | None = None,
+        target_length: int = 1024,
+        batch_size: int = 24,
+        num_workers: int = 4,
+        batches_per_epoch: int = 1000,
+        stats: str | None = "auto",
+        classes: str | None = None,
+        multi_label: bool = False,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        fbank_in_workers: bool | None = None,
+        demo_corpus: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.fbank = Fbank()
+        self.clip_samples = self.fbank.num_samples(target_length)
+        self.train_skips, self.eval_skips = SkipCounter(), SkipCounter()
+        self.class_names: list[str] | None = None
+        self.normalize: Normalize | None = None
+
+    @property
+    def skipped_samples(self) -> int:
+        return self.train_skips.samples + self.eval_skips.samples
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        assert self.normalize is not None, "setup() has not run"
+        return Preprocessing(self.normalize.mean, self.normalize.std, self.hparams.target_length)
+
+    def prepare_data(self) -> None:
+        root = self.hparams.demo_corpus
+        if root is not None and not (Path(root) / "demo.json").exists():
+            from ssast.data.demo import build_demo
+
+            log.info("generating the demo corpus in %s", root)
+            print(build_demo(root, workers=max(1, self.hparams.num_workers)))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.normalize is not None:
+            return
+        hp = self.hparams
+        stats_path = _beside(hp.train, "stats.json") if hp.stats == "auto" else hp.stats
+        if stats_path in PUBLISHED_STATS:
+            self.normalize = Normalize.published(stats_path)
+        elif stats_path is None:
+            log.warning("no stats.json beside %s: normalizing with the published AudioSet stats", hp.train)
+            self.normalize = Normalize.published("audioset")
+        else:
+            self.normalize = Normalize(*read_stats(stats_path))
+        classes_path = _beside(hp.train, "classes.txt") if hp.classes == "auto" else hp.classes
+        if hp.classes == "auto" and classes_path is None:
+            raise FileNotFoundError(f"classes='auto' but there is no classes.txt beside {hp.train}")
+        self.class_names = read_classes(classes_path) if classes_path else None
+
+    @property
+    def _workers_compute_fbank(self) -> bool:
+        if self.hparams.fbank_in_workers is not None:
+            return self.hparams.fbank_in_workers
+        return self.trainer is None or self.trainer.strategy.root_device.type == "cpu"
+
+    def _stream(self, source: str, training: bool) -> ShardStream:
+        hp = self.hparams
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return ShardStream(
+            list_shards(source), clip_samples=self.clip_samples, batch_size=hp.batch_size, training=training,
+            classes=self.class_names, multi_label=hp.multi_label, shuffle_buffer=hp.shuffle_buffer, seed=hp.seed,
+            rank=rank, world_size=world_size, skips=self.train_skips if training else self.eval_skips,
+            fbank=Fbank() if self._workers_compute_fbank else None,
+        )
+
+    def _loader_options(self) -> dict:
+        workers = self.hparams.num_workers
+        return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available()}
+
+    def train_dataloader(self) -> EpochLoader:
+        stream = self._stream(self.hparams.train, training=True)
+        return EpochLoader(stream, self.hparams.batches_per_epoch, **self._loader_options())
+
+    def _eval_loader(self, source: str | None) -> DataLoader | list:
+        if source is None:
+            return []
+        return DataLoader(self._stream(source, training=False), batch_size=None, **self._loader_options())
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader(self.hparams.val)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader(self.hparams.test)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if "fbank" not in batch:
+            self.fbank.to(batch["audio"].device)
+            batch["fbank"] = self.fbank(batch.pop("audio"), batch["lengths"])
+        batch["fbank"] = self.normalize(fit_frames(batch["fbank"], self.hparams.target_length))
+        return batch

@@ -1,0 +1,156 @@
+"""MSPM: the losses against straightforward references, the passes, the schedules."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.mspm import MSPM, gather_masked, info_nce, patchify, unpatchify
+from pretrain.schedules import WarmupCosine, WarmupPlateau
+from ssast.masking import cluster_mask
+
+
+def reference_info_nce(prediction, target):
+    """DESIGN.md section 6, clip by clip."""
+    total_loss, correct = 0.0, 0
+    for pred, tgt in zip(prediction, target):
+        scores = tgt @ pred.T
+        total_loss += torch.diag(torch.log_softmax(scores, dim=-1)).sum()
+        correct += (scores.argmax(dim=0) == torch.arange(len(pred))).sum()
+    count = prediction.shape[0] * prediction.shape[1]
+    return -total_loss / count, correct / count
+
+
+def test_info_nce_equals_the_reference():
+    generator = torch.Generator().manual_seed(0)
+    prediction, target = torch.randn(3, 7, 5, generator=generator), torch.randn(3, 7, 5, generator=generator)
+    loss, accuracy = info_nce(prediction, target)
+    expected_loss, expected_accuracy = reference_info_nce(prediction, target)
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
+    assert accuracy.item() == pytest.approx(expected_accuracy.item())
+    orthogonal = torch.eye(7).expand(2, 7, 7)
+    perfect, accuracy = info_nce(orthogonal * 100, orthogonal)
+    assert perfect.item() < 1e-3 and accuracy.item() == 1.0
+    _, accuracy = info_nce(orthogonal.roll(1, dims=1), orthogonal)
+    assert accuracy.item() == 0.0
+
+
+def test_gather_masked_keeps_position_order():
+    values = torch.arange(2 * 6).reshape(2, 6, 1).float()
+    mask = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    assert gather_masked(values, mask, 3)[..., 0].tolist() == [[1, 3, 4], [6, 10, 11]]
+
+
+def test_patchify_matches_the_encoder_token_order_and_inverts():
+    fbank = torch.randn(2, 48, 32)  # T=48, F=32: grid 2 x 3 of 16x16 patches
+    patches = patchify(fbank, 16, 16)
+    assert patches.shape == (2, 6, 256)
+    f_row, t_col = divmod(4, 3)  # token 4: frequency row 1, time column 1
+    expected = fbank[1, t_col * 16 : (t_col + 1) * 16, f_row * 16 : (f_row + 1) * 16].T.flatten()
+    assert torch.equal(patches[1, 4], expected)
+    assert torch.equal(unpatchify(patches, 16, 16, 48, 32), fbank)
+
+
+def tiny_mspm(**changes) -> MSPM:
+    settings = dict(size="tiny", input_tdim=64, mask_patches=20, image_every_n_steps=0)
+    torch.manual_seed(0)
+    return MSPM(**{**settings, **changes})
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_losses_follow_the_method(passes):
+    model = tiny_mspm(passes=passes)
+    calls = []
+    model.encoder.register_forward_hook(lambda module, args, out: calls.append(args[1]))
+    fbank = torch.randn(3, 64, 128)
+    out = model.losses(fbank)
+    assert len(calls) == passes and all(mask.sum(1).eq(20).all() for mask in calls)
+    assert out["loss"].item() == pytest.approx(out["nce"].item() + 10 * out["mse"].item(), rel=1e-5)
+    # The generative loss, recomputed by hand from the encoder's output at the masked patches.
+    generative_mask = calls[-1]
+    with torch.no_grad():
+        tokens = model.encoder.patch_tokens(model.encoder(fbank, generative_mask))
+        predicted = model.generative_head(tokens[generative_mask].reshape(3, 20, -1))
+        target = patchify(fbank, 16, 16)[generative_mask].reshape(3, 20, -1)
+    assert out["mse"].item() == pytest.approx(F.mse_loss(predicted, target).item(), rel=1e-4)
+    out["loss"].backward()
+    for module in (model.encoder.blocks[0], model.discriminative_head, model.generative_head):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert model.encoder.mask_embed.grad.abs().sum() > 0
+
+
+def test_two_passes_use_independent_masks_and_patch_models_cluster():
+    model = tiny_mspm(passes=2)
+    masks = []
+    model.encoder.register_forward_hook(lambda module, args, out: masks.append(args[1]))
+    model.losses(torch.randn(4, 64, 128))
+    assert not torch.equal(masks[0], masks[1])
+    assert model.cluster and not tiny_mspm(fshape=128, tshape=2).cluster
+
+
+def test_training_lowers_the_loss():
+    model = tiny_mspm(passes=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.95, 0.999))
+    fbank = torch.randn(4, 64, 128) * 0.5
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(25):
+        out = model.losses(fbank, generator)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["loss"].item())
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError, match="passes"):
+        tiny_mspm(passes=3)
+    with pytest.raises(ValueError, match="mask_patches"):
+        tiny_mspm(mask_patches=32)  # all 8 x 4 patches
+
+
+def optimizer_with(lr=1.0):
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_warmup_plateau_schedule():
+    optimizer = optimizer_with()
+    schedule = WarmupPlateau(optimizer, warmup_steps=4, factor=0.5, patience=2)
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(5):
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    for metric, expected in [(0.5, 1.0), (0.4, 1.0), (0.5, 1.0), (0.3, 0.5), (0.6, 0.5), (0.6, 0.5)]:
+        schedule.report(metric)  # best 0.5; three reports without improvement halve the rate
+        assert optimizer.param_groups[0]["lr"] == expected
+    optimizer.step()
+    schedule.step()
+    assert optimizer.param_groups[0]["lr"] == 0.5  # the next step keeps the reduction
+    resumed = WarmupPlateau(optimizer_with(), warmup_steps=4)
+    resumed.load_state_dict(schedule.state_dict())
+    assert resumed.scale == 0.5 and resumed.best == 0.6 and resumed.get_lr() == [0.5]
+
+
+def test_warmup_cosine_schedule():
+    optimizer = optimizer_with()
+    schedule = WarmupCosine(optimizer, warmup_steps=2, total_steps=10, min_lr=0.1)
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(10):
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[:2] == [0.5, 1.0]
+    # After 6 steps the schedule is at step 7: 5 of the 8 cosine steps done.
+    assert rates[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 5 / 8)))
+    assert rates[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(rates[1:], rates[2:]))
+
+
+def test_cluster_mask_is_what_the_module_draws():
+    model = tiny_mspm()
+    generator = torch.Generator().manual_seed(5)
+    expected = cluster_mask(2, model.encoder.grid, 20, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(model.sample_mask(2, generator), expected)
