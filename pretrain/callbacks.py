@@ -40,3 +40,35 @@ class ExportEncoder(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.export(trainer, pl_module)
+
+
+class MetricsSummary(L.Callback):
+    """Prints where the watched metrics started and ended, once training is over.
+
+    Args:
+        names: logged metrics to follow (as in ``trainer.callback_metrics``).
+    """
+
+    def __init__(self, names: tuple[str, ...] = ("train/loss", "train/acc", "val/loss", "val/acc")) -> None:
+        self.names = names
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+
+    def _record(self, trainer: L.Trainer) -> None:
+        for name in self.names:
+            value = trainer.callback_metrics.get(name)
+            if value is not None:
+                self.first.setdefault(name, float(value))
+                self.last[name] = float(value)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self._record(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.last:
+            lines = [f"  {name}: {self.first[name]:.4f} -> {self.last[name]:.4f}" for name in self.last]
+            print(f"after {trainer.global_step} steps:", *lines, sep="\n")

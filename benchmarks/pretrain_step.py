@@ -1,0 +1,268 @@
+"""Pretraining step speed: our batched MSPM step against the official SSAST step's structure.
+
+One optimizer step is timed: ``zero_grad`` + masking + forward + losses + backward +
+``optimizer.step()`` (Adam, lr 1e-4, betas (0.95, 0.999), weight decay 5e-7, as SSAST).
+The input is a random ``[B, frames, 128]`` normalized log-mel already in memory, so the
+fbank is not timed. Each variant gets a fresh model with the same seed and its warm-up
+steps; then the timed steps go round-robin, one step of each variant per round, so that a
+slow spell of a shared machine hits all of them alike. ``step_s`` is the median of
+``--steps`` timed steps. The variants:
+
+* ``passes`` (``1``, ``2`` or ``1,2``): ``pretrain.mspm.MSPM.losses`` (batched masks, no
+  Python loop over clips); ``2`` runs one encoder pass per objective, ``1`` shares one;
+* ``official_style``: :func:`official_style_step`, our re-implementation of the official
+  SSAST code's algorithmic structure (its code cannot be run here: nothing may be
+  downloaded). Masks are built clip by clip with a Python ``while`` loop over random block
+  starts; two encoder passes with their own masks, each putting the mask token in clip by
+  clip; the predictions, targets, InfoNCE and MSE are gathered and computed clip by clip;
+  attention is explicit, ``softmax(q k^T / sqrt(d)) v``, as in the timm ViT the official
+  code is built on. It uses the same encoder weights and heads as ``MSPM``, so only the
+  implementation differs (``tflop_per_step`` of it and of ``passes=2`` should match).
+
+``ratio_passes{1,2}_vs_official`` are ``step_s`` over ``official_style_step_s``, measured in
+the same run (lower is better). ``official_reference_s`` is a constant, not a measurement:
+the task's figure for the official code itself, about 1.95 s per step on a 2-core CPU
+machine like ours (tiny, batch 4, 1024 frames); compare with it only on such a machine.
+
+``tflop_per_step`` counts one training step with ``FlopCounterMode`` outside the timed
+steps (on CPU with the math attention kernel, whose matmuls the counter sees). On CUDA,
+fp32 uses TF32 matmuls, bf16 runs under ``torch.autocast``, ``peak_mem_mb`` is
+``torch.cuda.max_memory_allocated`` while the variant is built and warmed up, less what was
+allocated before (the input and the other variants), and ``mfu`` (bf16 only) is achieved
+over the GPU's peak dense bf16 TFLOP/s from ``benchmarks/encoder.py``'s table. On CPU,
+``peak_mem_mb`` is the process's peak resident set so far (``ru_maxrss``), so it only grows
+from one variant to the next. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import random
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from pretrain.mspm import MSPM, patchify
+from ssast.encoder import SIZES
+from ssast.heads import PatchPredictionHead
+
+MEL_BINS = 128
+OFFICIAL_REFERENCE_S = 1.95
+OFFICIAL_ROW = 64  # the official cluster masks step rows by 64: the time width of its 1024-frame grid
+GEOMETRIES: dict[str, dict[str, int]] = {"patch": {"fshape": 16, "tshape": 16}, "frame": {"fshape": 128, "tshape": 2}}
+Step = Callable[[torch.Tensor], None]
+
+
+def build_mspm(size: str, geometry: str, frames: int, mask_patches: int, passes: int) -> MSPM:
+    return MSPM(size=size, input_tdim=frames, mask_patches=mask_patches, passes=passes, **GEOMETRIES[geometry])
+
+
+# Method name -> builder of a module whose ``losses(fbank)["loss"]`` is the training loss.
+METHODS: dict[str, Callable[..., nn.Module]] = {"mspm": build_mspm}
+
+
+def adam(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=5e-7)
+
+
+def official_mask_ids(num_patches: int, num_masked: int, cluster: bool) -> list[int]:
+    """One clip's masked patch indices, drawn the way the official code draws them."""
+    if not cluster:
+        return random.sample(range(num_patches), num_masked)
+    ids: list[int] = []
+    while len(set(ids)) <= num_masked:
+        start, side = random.randrange(num_patches), random.randrange(3) + 3
+        ids += [c for i in range(side) for j in range(side) if 0 < (c := start + OFFICIAL_ROW * i + j) < num_patches]
+    return list(set(ids))[:num_masked]
+
+
+def official_style_pass(
+    model: MSPM, fbank: torch.Tensor, targets: torch.Tensor, head: PatchPredictionHead
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One masked encoder pass with per-clip loops; ``(predictions, targets)`` ``[B, M, P]``."""
+    encoder, batch, count = model.encoder, len(fbank), model.mask_patches
+    index = torch.empty(batch, count, dtype=torch.long, device=fbank.device)
+    x = encoder.patch_embed(fbank)
+    for i in range(batch):
+        ids = torch.tensor(official_mask_ids(encoder.config.num_patches, count, model.cluster), device=fbank.device)
+        index[i] = ids  # (autograd keeps ids, which index[i + 1] = ... must not overwrite)
+        x[i, ids, :] = encoder.mask_embed[0].to(x.dtype)
+    x = torch.cat([encoder.lead_tokens(batch).to(x.dtype), x], dim=1) + encoder.pos_embed
+    for block in encoder.blocks:
+        x = block(x)
+    x = encoder.norm(x)
+    predictions = torch.empty(batch, count, targets.shape[-1], device=fbank.device)
+    chosen = torch.empty_like(predictions)
+    for i in range(batch):
+        predictions[i] = head(x[i, index[i] + encoder.num_lead_tokens, :])
+        chosen[i] = targets[i, index[i], :]
+    return predictions, chosen
+
+
+def official_style_step(model: MSPM, optimizer: torch.optim.Optimizer, fbank: torch.Tensor, autocast: bool) -> None:
+    """Two passes (discriminative, then generative), per-clip InfoNCE and MSE, Adam step.
+
+    Attention runs as explicit ``softmax(q k^T / sqrt(d)) v`` (the math kernel), as the
+    timm ViT attention of the official code does; everything else is the same model."""
+    optimizer.zero_grad(set_to_none=True)
+    config = model.encoder.config
+    targets = patchify(fbank, config.fshape, config.tshape)
+    explicit_attention = sdpa_kernel(SDPBackend.MATH)
+    with explicit_attention, torch.autocast(fbank.device.type, dtype=torch.bfloat16, enabled=autocast):
+        predictions, chosen = official_style_pass(model, fbank, targets, model.discriminative_head)
+        batch, count = predictions.shape[:2]
+        nce, correct = fbank.new_zeros(()), fbank.new_zeros(())
+        for i in range(batch):
+            scores = chosen[i] @ predictions[i].T
+            own = torch.arange(count, device=fbank.device)
+            correct += (scores.softmax(dim=-1).argmax(dim=0) == own).sum()
+            nce += scores.log_softmax(dim=-1).diagonal().sum()
+        nce = nce / (-batch * count)
+        generated, chosen = official_style_pass(model, fbank, targets, model.generative_head)
+        mse = fbank.new_zeros(())
+        for i in range(batch):
+            mse += ((generated[i] - chosen[i]) ** 2).sum()
+        mse = mse / generated.numel()
+    (nce + model.mse_weight * mse).backward()
+    optimizer.step()
+
+
+def method_step(model: nn.Module, optimizer: torch.optim.Optimizer, fbank: torch.Tensor, autocast: bool) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(fbank.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = model.losses(fbank)["loss"]
+    loss.backward()
+    optimizer.step()
+
+
+def prepare(build: Callable[[], Step], fbank: torch.Tensor, warmup: int) -> tuple[Step, int, float]:
+    """Build a variant, count one step's FLOPs (also its first warm-up step) and warm it up;
+    returns the step, its FLOPs and its peak memory in MiB."""
+    cuda = fbank.device.type == "cuda"
+    if cuda:
+        before = torch.cuda.memory_allocated(fbank.device)
+        torch.cuda.reset_peak_memory_stats(fbank.device)
+    step = build()
+    kernel = sdpa_kernel(SDPBackend.MATH) if not cuda else contextlib.nullcontext()
+    with kernel, FlopCounterMode(display=False) as counter:
+        step(fbank)
+    for _ in range(warmup):
+        step(fbank)
+    if cuda:
+        torch.cuda.synchronize(fbank.device)
+        return step, counter.get_total_flops(), (torch.cuda.max_memory_allocated(fbank.device) - before) / 2**20
+    return step, counter.get_total_flops(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB
+
+
+def time_round_robin(steps: dict[str, Step], fbank: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Median seconds per step of each variant, one step of each per round, so that a slow
+    spell of a shared machine hits every variant alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            if fbank.device.type == "cuda":
+                torch.cuda.synchronize(fbank.device)
+            start = time.perf_counter()
+            step(fbank)
+            if fbank.device.type == "cuda":
+                torch.cuda.synchronize(fbank.device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    """``benchmarks/encoder.py``'s table (``benchmarks`` is no package, so load it by path)."""
+    spec = importlib.util.spec_from_file_location("_encoder_benchmark", Path(__file__).with_name("encoder.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.peak_bf16_tflops(device_name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", choices=sorted(METHODS), default="mspm")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default="patch")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=1024)
+    parser.add_argument("--mask-patches", type=int, default=400)
+    parser.add_argument("--passes", default="1,2", help="1, 2 or a comma list such as 1,2")
+    parser.add_argument("--skip-official", action="store_true", help="do not time the official-style step")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), help="default bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--warmup", type=int, help="untimed steps after the FLOP count; default 3 on CUDA, 1 on CPU")
+    parser.add_argument("--steps", type=int, help="timed steps, median reported; default 20 on CUDA, 3 on CPU")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    precision = args.precision or ("bf16" if cuda else "fp32")
+    autocast = precision == "bf16"
+    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    steps = args.steps or (20 if cuda else 3)
+    passes = [int(p) for p in args.passes.split(",") if p.strip()]
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    peak_tflops = peak_bf16_tflops(device_name) if cuda and autocast else None
+    fbank = torch.randn(args.batch, args.frames, MEL_BINS, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def builder(official: bool, num_passes: int = 2) -> Callable[[], Step]:
+        def build() -> Step:
+            torch.manual_seed(0)
+            random.seed(0)
+            method = METHODS[args.method]
+            model = method(args.size, args.geometry, args.frames, args.mask_patches, num_passes).to(device)
+            optimizer = adam(model.train())
+            variant = official_style_step if official else method_step
+            return lambda x: variant(model, optimizer, x, autocast)
+        return build
+
+    builders = {f"passes{p}": builder(official=False, num_passes=p) for p in passes}
+    if not args.skip_official:
+        if args.method != "mspm":
+            raise SystemExit("the official-style step is SSAST's MSPM; use --skip-official for other methods")
+        builders["official_style"] = builder(official=True)
+    prepared = {name: prepare(build, fbank, warmup) for name, build in builders.items()}
+    medians = time_round_robin({name: step for name, (step, _, _) in prepared.items()}, fbank, steps)
+    results: dict[str, dict[str, Any]] = {}
+    for name, (_, flops, memory) in prepared.items():
+        results[name] = {"step_s": round(medians[name], 4), "peak_mem_mb": round(memory, 1),
+                         "tflop_per_step": round(flops / 1e12, 4)}
+        if peak_tflops is not None:
+            results[name]["mfu"] = round(flops / 1e12 / medians[name] / peak_tflops, 4)
+
+    report: dict[str, Any] = {
+        "benchmark": "pretrain_step", "method": args.method, "device": str(device), "device_name": device_name,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "size": args.size,
+        "geometry": args.geometry, "batch": args.batch, "frames": args.frames, "mask_patches": args.mask_patches,
+        "precision": precision, "warmup": warmup, "steps": steps,
+        "peak_mem_kind": "cuda_max_memory_allocated" if cuda else "process_peak_rss_so_far",
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),  # above ~threads: other processes shared the CPU
+    }
+    if peak_tflops is not None:
+        report["peak_bf16_tflop_s"] = peak_tflops
+    report["passes"] = {str(p): results[f"passes{p}"] for p in passes}
+    if "official_style" in results:
+        official = results["official_style"]
+        report |= {"official_style": official, "official_style_step_s": official["step_s"]}
+        for p in passes:
+            report[f"ratio_passes{p}_vs_official"] = round(results[f"passes{p}"]["step_s"] / official["step_s"], 3)
+        report["official_reference_s"] = OFFICIAL_REFERENCE_S
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
