@@ -1,4 +1,5 @@
-"""``ssast-data``: make WebDataset shards, compute their stats, build the demo corpus."""
+"""``ssast-data``: make WebDataset shards (from a folder, a CSV, or a published dataset's
+layout), compute their stats, build the demo corpus."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ssast.data.reader import list_shards
+from ssast.data.recipes import RECIPES, build_recipe
 from ssast.data.stats import compute_stats, write_stats
 from ssast.data.writer import read_manifest, scan_folder, write_shards
 
@@ -19,11 +21,13 @@ def _default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def _add_writer_options(parser: argparse.ArgumentParser) -> None:
+def _add_writer_options(parser: argparse.ArgumentParser, source_default: str = "the input's name") -> None:
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--shard-size", type=int, default=1000, help="clips per shard (default: 1000)")
     parser.add_argument("--workers", type=int, default=_default_workers(), help="encoding processes (default: %(default)s)")
-    parser.add_argument("--source", help="dataset name for keys and the json 'source' field (default: the input's name)")
+    parser.add_argument(
+        "--source", help=f"dataset name for keys and the json 'source' field (default: {source_default})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the clip order (default: 0)")
     parser.add_argument("--no-shuffle", action="store_true", help="keep the input order instead of shuffling clips")
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in the output folder")
@@ -52,6 +56,8 @@ def _build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--batch-size", type=int, default=32)
     stats.add_argument("--workers", type=int, default=_default_workers(), help="decoding processes")
 
+    _add_recipe_parsers(commands)
+
     demo = commands.add_parser("demo", help="generate the built-in synthetic demo corpus")
     demo.add_argument("--out", type=Path, required=True, help="output folder")
     demo.add_argument("--scale", type=float, default=1.0, help="multiplies the number of clips (default: 1)")
@@ -59,6 +65,45 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=_default_workers(), help="synthesis processes")
     demo.add_argument("--overwrite", action="store_true", help="replace a corpus already in the output folder")
     return parser
+
+
+_RECIPE_SOURCES = {
+    "esc50": "the ESC-50-master folder (meta/esc50.csv, audio/)",
+    "speechcommands": "the extracted Speech Commands folder (word folders, validation_list.txt, testing_list.txt)",
+    "voxceleb1": "the VoxCeleb1 folder (iden_split.txt, wav/)",
+    "audioset": "the folder of balanced_train_segments.csv, eval_segments.csv, ontology.json "
+    "[and unbalanced_train_segments.csv]",
+}
+
+
+def _add_recipe_parsers(commands: argparse._SubParsersAction) -> None:
+    """One subcommand per dataset recipe (ssast.data.recipes)."""
+    for name, recipe in RECIPES.items():
+        parser = commands.add_parser(name, help=f"shards of {recipe.description}")
+        parser.add_argument("src", type=Path, help=_RECIPE_SOURCES[name])
+        _add_writer_options(parser, source_default=name)
+        parser.add_argument("--no-stats", action="store_true", help="skip the stats.json pass")
+        parser.add_argument(
+            "--stats-max-clips", type=int, help="compute stats.json over at most this many training clips"
+        )
+        if name == "speechcommands":
+            parser.add_argument(
+                "--variant", type=int, choices=(35, 12), default=35,
+                help="35: every word folder is a class (30 in v1); 12: the 10 commands, _unknown_, _silence_",
+            )
+        if name == "audioset":
+            parser.add_argument("--clips", type=Path, help="folder of the downloaded clips (default: SRC/audio)")
+
+
+def _recipe(args: argparse.Namespace) -> int:
+    options = {name: getattr(args, name) for name in ("variant", "clips") if hasattr(args, name)}
+    summary = build_recipe(
+        args.command, args.src, args.out, shard_size=args.shard_size, workers=args.workers, seed=args.seed,
+        shuffle=not args.no_shuffle, overwrite=args.overwrite, stats=not args.no_stats,
+        stats_max_clips=args.stats_max_clips, source=args.source, **options,
+    )
+    print(summary)
+    return 0 if sum(summary.clips.values()) else 1
 
 
 def _write(files, ignored: int, args: argparse.Namespace) -> int:
@@ -108,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             return _write(read_manifest(args.manifest, args.source), 0, args)
         if args.command == "stats":
             return _stats(args)
+        if args.command in RECIPES:
+            return _recipe(args)
         from ssast.data.demo import build_demo
 
         print(build_demo(args.out, scale=args.scale, seed=args.seed, workers=args.workers, overwrite=args.overwrite))

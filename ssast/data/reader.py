@@ -77,13 +77,14 @@ class SkipCounter:
 
 
 def list_shards(source: str | Path | Sequence[str], split: str | None = None) -> list[str]:
-    """Shard URLs from a directory (``source/split/*.tar``), a list, or a webdataset pattern.
+    """Shard URLs from a directory (``source/split/*.tar``), a webdataset pattern, or a list
+    of either (e.g. the training folds of a cross-validation).
 
     Patterns are anything webdataset opens: brace expansions, local paths, ``http(s)://``
     URLs and ``pipe:`` commands, separated by ``::`` to join several sets.
     """
     if not isinstance(source, (str, Path)):
-        urls = list(source)
+        urls = [url for item in source for url in list_shards(item, split)]
     elif Path(source).is_dir():
         folder = Path(source) / split if split else Path(source)
         urls = sorted(str(path) for path in folder.glob("*.tar"))
