@@ -23,6 +23,20 @@ from pretrain.schedules import WarmupCosine, WarmupPlateau
 log = logging.getLogger(__name__)
 
 
+def log_picture(module: L.LightningModule, key: str, picture: np.ndarray, caption: str | None = None) -> None:
+    """A ``[H, W, 3]`` uint8 picture to the module's W&B or TensorBoard loggers (other loggers
+    skip it). A picture that cannot be logged is reported, never fatal."""
+    for logger in module.loggers:
+        try:
+            if isinstance(logger, WandbLogger):
+                captions = [caption] if caption else None
+                logger.log_image(key=key, images=[picture], caption=captions, step=module.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(key, picture, module.global_step, dataformats="HWC")
+        except Exception as error:  # a dashboard picture must never end a long run
+            log.warning("could not log %s to %s: %s", key, type(logger).__name__, error)
+
+
 class PretrainModule(L.LightningModule):
     """Base of the pretraining methods.
 
@@ -117,17 +131,7 @@ class PretrainModule(L.LightningModule):
         return every > 0 and self.global_step % every == 0 and self.trainer.is_global_zero
 
     def log_picture(self, key: str, picture: np.ndarray, caption: str | None = None) -> None:
-        """A ``[H, W, 3]`` uint8 picture to W&B or TensorBoard (other loggers skip it). A
-        picture that cannot be logged is reported, never fatal."""
-        for logger in self.loggers:
-            try:
-                if isinstance(logger, WandbLogger):
-                    captions = [caption] if caption else None
-                    logger.log_image(key=key, images=[picture], caption=captions, step=self.global_step)
-                elif isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_image(key, picture, self.global_step, dataformats="HWC")
-            except Exception as error:  # a dashboard picture must never end a long run
-                log.warning("could not log %s to %s: %s", key, type(logger).__name__, error)
+        log_picture(self, key, picture, caption)
 
     # --- checkpoints ------------------------------------------------------------------
 

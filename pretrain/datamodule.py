@@ -36,9 +36,11 @@ class AudioDataModule(L.LightningDataModule):
     """Shards in, normalized log-mel batches ``batch["fbank"] [B, target_length, 128]`` out.
 
     Args:
-        train: training shards: a folder of ``.tar`` files or a webdataset pattern.
+        train: training shards: a folder of ``.tar`` files, a webdataset pattern, or a list
+            of them (e.g. the training folds of a cross-validation).
         val: validation shards (optional), read exactly once per validation.
         test: test shards (optional).
+        predict: shards to predict on (optional); their labels are not read.
         target_length: frames per clip (AST pads or cuts the fbank to this).
         batch_size: clips per batch on each device.
         num_workers: loader processes per device.
@@ -59,9 +61,10 @@ class AudioDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train: str,
-        val: str | None = None,
-        test: str | None = None,
+        train: str | list[str],
+        val: str | list[str] | None = None,
+        test: str | list[str] | None = None,
+        predict: str | list[str] | None = None,
         target_length: int = 1024,
         batch_size: int = 24,
         num_workers: int = 4,
@@ -79,8 +82,29 @@ class AudioDataModule(L.LightningDataModule):
         self.fbank = Fbank()
         self.clip_samples = self.fbank.num_samples(target_length)
         self.train_skips, self.eval_skips = SkipCounter(), SkipCounter()
-        self.class_names: list[str] | None = None
         self.normalize: Normalize | None = None
+        self._class_names: list[str] | None = None
+
+    @property
+    def _first_train_source(self) -> str:
+        train = self.hparams.train
+        return train if isinstance(train, str) else train[0]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The classes of labeled data (``classes.txt``), ``None`` for unlabeled data. Read
+        on first use, after generating the demo corpus if it is configured and missing."""
+        if self._class_names is None and self.hparams.classes is not None:
+            self.prepare_data()
+            path = _beside(self._first_train_source, "classes.txt") if self.hparams.classes == "auto" else self.hparams.classes
+            if path is None:
+                raise FileNotFoundError(f"classes='auto' but there is no classes.txt beside {self._first_train_source}")
+            self._class_names = read_classes(path)
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names or ())
 
     @property
     def skipped_samples(self) -> int:
@@ -103,18 +127,14 @@ class AudioDataModule(L.LightningDataModule):
         if self.normalize is not None:
             return
         hp = self.hparams
-        stats_path = _beside(hp.train, "stats.json") if hp.stats == "auto" else hp.stats
+        stats_path = _beside(self._first_train_source, "stats.json") if hp.stats == "auto" else hp.stats
         if stats_path in PUBLISHED_STATS:
             self.normalize = Normalize.published(stats_path)
         elif stats_path is None:
-            log.warning("no stats.json beside %s: normalizing with the published AudioSet stats", hp.train)
+            log.warning("no stats.json beside %s: normalizing with the AudioSet stats", self._first_train_source)
             self.normalize = Normalize.published("audioset")
         else:
             self.normalize = Normalize(*read_stats(stats_path))
-        classes_path = _beside(hp.train, "classes.txt") if hp.classes == "auto" else hp.classes
-        if hp.classes == "auto" and classes_path is None:
-            raise FileNotFoundError(f"classes='auto' but there is no classes.txt beside {hp.train}")
-        self.class_names = read_classes(classes_path) if classes_path else None
 
     @property
     def _workers_compute_fbank(self) -> bool:
@@ -122,12 +142,13 @@ class AudioDataModule(L.LightningDataModule):
             return self.hparams.fbank_in_workers
         return self.trainer is None or self.trainer.strategy.root_device.type == "cpu"
 
-    def _stream(self, source: str, training: bool) -> ShardStream:
+    def _stream(self, source: str | list[str], training: bool, labeled: bool = True) -> ShardStream:
         hp = self.hparams
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         return ShardStream(
             list_shards(source), clip_samples=self.clip_samples, batch_size=hp.batch_size, training=training,
-            classes=self.class_names, multi_label=hp.multi_label, shuffle_buffer=hp.shuffle_buffer, seed=hp.seed,
+            classes=self.class_names if labeled else None, multi_label=hp.multi_label,
+            shuffle_buffer=hp.shuffle_buffer, seed=hp.seed,
             rank=rank, world_size=world_size, skips=self.train_skips if training else self.eval_skips,
             fbank=Fbank() if self._workers_compute_fbank else None,
         )
@@ -140,16 +161,20 @@ class AudioDataModule(L.LightningDataModule):
         stream = self._stream(self.hparams.train, training=True)
         return EpochLoader(stream, self.hparams.batches_per_epoch, **self._loader_options())
 
-    def _eval_loader(self, source: str | None) -> DataLoader | list:
+    def _eval_loader(self, source: str | list[str] | None, labeled: bool = True) -> DataLoader | list:
         if source is None:
             return []
-        return DataLoader(self._stream(source, training=False), batch_size=None, **self._loader_options())
+        stream = self._stream(source, training=False, labeled=labeled)
+        return DataLoader(stream, batch_size=None, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader(self.hparams.val)
 
     def test_dataloader(self) -> DataLoader | list:
         return self._eval_loader(self.hparams.test)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self._eval_loader(self.hparams.predict, labeled=False)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if "fbank" not in batch:

@@ -109,17 +109,10 @@ def load_checkpoint(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    unknown = set(overrides) - set(ADJUSTABLE)
-    if unknown:
-        raise TypeError(f"cannot change {sorted(unknown)} of a trained encoder; adjustable: {', '.join(ADJUSTABLE)}")
+    _check_adjustable(overrides)
     parsed = _parse(path, _Hints(stored_strides, num_heads))
-    encoder = _load_strict(path, parsed)
-    target = parsed.config.replace(**overrides)
-    if target != parsed.config:
-        state = encoder.state_dict()
-        state["pos_embed"] = adapt_pos_embed(state["pos_embed"], target.num_lead_tokens, parsed.config.grid, target.grid)
-        encoder = ASTEncoder(target)
-        encoder.load_state_dict(state)
+    encoder = adapt_encoder(_load_strict(path, parsed), **overrides)
+    target = encoder.config
     head = None
     if parsed.head_state is not None:
         weight = parsed.head_state["linear.weight"]
@@ -127,6 +120,27 @@ def load_checkpoint(
         _load_module(head, parsed.head_state, path, parsed.format, "classifier")
     preprocessing = Preprocessing(parsed.preprocessing.mean, parsed.preprocessing.std, target.input_tdim)
     return Checkpoint(encoder, preprocessing, parsed.format, path, head, parsed.pooling, parsed.labels, parsed.extra)
+
+
+def _check_adjustable(overrides: dict[str, Any]) -> None:
+    unknown = set(overrides) - set(ADJUSTABLE)
+    if unknown:
+        raise TypeError(f"cannot change {sorted(unknown)} of a trained encoder; adjustable: {', '.join(ADJUSTABLE)}")
+
+
+def adapt_encoder(encoder: ASTEncoder, **overrides: Any) -> ASTEncoder:
+    """``encoder`` with some of ``fstride``, ``tstride``, ``input_tdim`` and ``drop_path``
+    changed: a new encoder with the same weights, its position embedding cropped or
+    interpolated to the new patch grid (the same encoder when nothing changes)."""
+    _check_adjustable(overrides)
+    target = encoder.config.replace(**overrides)
+    if target == encoder.config:
+        return encoder
+    state = encoder.state_dict()
+    state["pos_embed"] = adapt_pos_embed(state["pos_embed"], target.num_lead_tokens, encoder.config.grid, target.grid)
+    adapted = ASTEncoder(target)
+    adapted.load_state_dict(state)
+    return adapted
 
 
 def save_encoder(encoder: ASTEncoder, path: str | Path, preprocessing: Preprocessing | None = None) -> None:
