@@ -1,1 +1,1 @@
-"""Finetune (Lightning). Not built yet."""
+"""Finetuning (Lightning): ssast-finetune."""

@@ -1,11 +1,76 @@
-"""`ssast-finetune`: placeholder until the finetune module lands."""
+"""``ssast-finetune``: finetuning, evaluation and prediction from a YAML recipe.
 
+    ssast-finetune fit      --config configs/finetune/demo_events.yaml --model.init_from runs/demo-mspm/encoder.safetensors
+    ssast-finetune test     --config configs/finetune/demo_events.yaml --ckpt_path runs/.../best.ckpt
+    ssast-finetune predict  --config configs/finetune/demo_events.yaml --ckpt_path ... --data.predict SHARDS
+    ssast-finetune cv       --config configs/finetune/esc50.yaml       # every fold, then mean ± std
+
+``cv`` trains on all folds but one and tests on that one, for each ``fold*`` folder under
+``data.train``, and prints the test metric per fold and its mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
 import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from finetune.module import Finetune
+from pretrain.cli import LogConfig, default_wandb_to_offline
+from pretrain.datamodule import AudioDataModule
 
 
-def main() -> int:
-    print("ssast-finetune is not built yet; see the project's open issues.", file=sys.stderr)
-    return 2
+class FinetuneCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.target_length", "model.input_tdim")
+        parser.link_arguments("model.task", "data.multi_label", compute_fn=lambda task: task == "multilabel")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+
+def build_cli(args: list[str], run: bool = True) -> FinetuneCLI:
+    return FinetuneCLI(
+        Finetune, AudioDataModule, save_config_callback=LogConfig, save_config_kwargs={"overwrite": True},
+        args=args, run=run,
+    )
+
+
+def cross_validate(args: list[str]) -> list[float]:
+    """Fit and test once per fold folder of ``data.train``; returns the test metrics."""
+    probe = build_cli(["fit", *args], run=False)
+    root = Path(probe.datamodule.hparams.train)
+    folds = sorted(path for path in root.glob("fold*") if path.is_dir())
+    if len(folds) < 2:
+        raise SystemExit(f"cv needs data.train to be a folder of fold* folders; {root} has {len(folds)}")
+    metric = f"test/{probe.model.metric_name}"
+    output = Path(probe.trainer.default_root_dir)
+    results = []
+    for held_out in folds:
+        others = [str(fold) for fold in folds if fold != held_out]
+        fold_args = [*args, "--data.train", json.dumps(others), "--data.val", str(held_out),
+                     "--data.test", str(held_out), "--trainer.default_root_dir", str(output / held_out.name)]
+        cli = build_cli(["fit", *fold_args], run=False)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        best = "best" if cli.trainer.checkpoint_callback and cli.trainer.checkpoint_callback.best_model_path else None
+        (scores,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
+        results.append(scores[metric])
+        print(f"{held_out.name}: {metric} = {scores[metric]:.4f}")
+    spread = statistics.stdev(results) if len(results) > 1 else 0.0
+    print(f"{len(results)}-fold {metric}: {statistics.mean(results):.4f} ± {spread:.4f}  "
+          f"({', '.join(f'{value:.4f}' for value in results)})")
+    return results
+
+
+def main(args: list[str] | None = None) -> None:
+    args = sys.argv[1:] if args is None else list(args)
+    default_wandb_to_offline()
+    if args and args[0] == "cv":
+        cross_validate(args[1:])
+        return
+    build_cli(args)
 
 
 if __name__ == "__main__":

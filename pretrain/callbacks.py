@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ssast.checkpoints import save_encoder
 
@@ -72,3 +73,15 @@ class MetricsSummary(L.Callback):
         if trainer.is_global_zero and self.last:
             lines = [f"  {name}: {self.first[name]:.4f} -> {self.last[name]:.4f}" for name in self.last]
             print(f"after {trainer.global_step} steps:", *lines, sep="\n")
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that, without a ``dirpath``, saves in
+    ``<trainer.default_root_dir>/checkpoints`` whatever the logger, so a later
+    ``test``/``predict`` or ``--ckpt_path`` finds the files at a path known in advance."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        explicit = self.dirpath is not None
+        super().setup(trainer, pl_module, stage)
+        if not explicit:
+            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")

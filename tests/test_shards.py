@@ -130,7 +130,6 @@ def test_stats_match_a_direct_computation(tmp_path):
 def test_console_entry_points_answer():
     result = subprocess.run([sys.executable, "-m", "ssast.data.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "from-folder" in result.stdout and "demo" in result.stdout
-    result = subprocess.run([sys.executable, "-m", "pretrain.cli", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "fit" in result.stdout
-    result = subprocess.run([sys.executable, "-m", "finetune.cli"], capture_output=True, text=True)
-    assert result.returncode == 2 and "not built yet" in result.stderr
+    for module in ("pretrain.cli", "finetune.cli"):
+        result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "fit" in result.stdout

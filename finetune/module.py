@@ -1,0 +1,274 @@
+"""Finetuning an AST encoder for event, keyword and speaker tasks (DESIGN.md §8).
+
+One LightningModule: an encoder from any checkpoint ``ssast.load_encoder`` reads (or a
+random one, for the from-scratch baseline) and a ``LayerNorm -> Linear`` head on the mean
+of the patch tokens or on the leading tokens. ``multiclass`` tasks train with cross-entropy
+and report accuracy; ``multilabel`` tasks with binary cross-entropy and report mAP.
+
+Augmentation acts on the normalized log-mel of the batch, on its device: mixup (λ drawn from
+Beta(10, 10) per clip, labels mixed alike), SpecAugment frequency and time masks, and
+AST's noise + time roll. AST mixes waveforms and masks the raw fbank; mixing and masking
+the normalized log-mel (with masks filled at the value a raw zero normalizes to) keeps all
+of it on the device.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio.transforms as T
+from einops import rearrange
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
+
+from pretrain.base import log_picture
+from pretrain.schedules import WarmupCosine
+from ssast.checkpoints import adapt_encoder, load_checkpoint
+from ssast.encoder import ASTEncoder, EncoderConfig, Pooling
+from ssast.heads import ClassificationHead
+from ssast.visualize import colorize
+
+Task = Literal["multiclass", "multilabel"]
+
+
+def mixup(fbank: torch.Tensor, targets: torch.Tensor, probability: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip, with ``probability``, becomes ``λ x + (1 - λ) x'`` for another clip ``x'``
+    of the batch and ``λ ~ Beta(10, 10)``; its targets are mixed with the same ``λ``."""
+    batch = len(fbank)
+    device = fbank.device
+    applies = torch.rand(batch, device=device) < probability
+    beta = torch.distributions.Beta(torch.tensor(10.0, device=device), torch.tensor(10.0, device=device))
+    lam = torch.where(applies, beta.sample((batch,)), torch.ones(batch, device=device))
+    partner = torch.randperm(batch, device=device)
+    mixed = lam[:, None, None] * fbank + (1 - lam[:, None, None]) * fbank[partner]
+    return mixed, lam[:, None] * targets + (1 - lam[:, None]) * targets[partner]
+
+
+def noise_and_roll(fbank: torch.Tensor, max_shift: int = 10) -> torch.Tensor:
+    """AST's ESC-50 augmentation: uniform noise of a random level up to 0.1, then each clip
+    rolled in time by up to ``max_shift`` frames."""
+    batch, frames, _ = fbank.shape
+    level = torch.rand(batch, 1, 1, device=fbank.device) / 10
+    noisy = fbank + torch.rand_like(fbank) * level
+    shift = torch.randint(-max_shift, max_shift, (batch, 1), device=fbank.device)
+    source = (torch.arange(frames, device=fbank.device) - shift) % frames
+    return noisy.gather(1, source[..., None].expand_as(noisy))
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head."""
+    if match := re.match(r"encoder\.blocks\.(\d+)\.", name):
+        return int(match.group(1)) + 1
+    if name.startswith(("encoder.patch_embed", "encoder.cls_token", "encoder.dist_token", "encoder.pos_embed",
+                        "encoder.mask_embed")):
+        return 0
+    return depth + 1
+
+
+class Finetune(L.LightningModule):
+    """An encoder and a classification head, trained on labeled shards.
+
+    Args:
+        num_classes: number of classes (linked from the data by the CLI).
+        task: ``multiclass`` (cross-entropy, accuracy) or ``multilabel`` (BCE, mAP).
+        init_from: checkpoint to start from (ours, official SSAST, Hugging Face AST, ASiT);
+            ``None`` trains from scratch (the baseline).
+        size: encoder size when training from scratch.
+        fshape: patch height when training from scratch.
+        tshape: patch width when training from scratch.
+        fstride: frequency stride (SSAST finetunes patch models at 10, frame models at
+            128); ``None`` keeps the checkpoint's (the patch height from scratch).
+        tstride: time stride (SSAST: 10 for patch models, 1 for frame models); ``None``
+            keeps the checkpoint's (the patch width from scratch).
+        input_tdim: frames per clip (linked to the data's ``target_length``).
+        pooling: ``mean`` of patch tokens (SSAST) or ``cls`` (the leading tokens).
+        drop_path: stochastic depth of the deepest block.
+        freeze_encoder: train the head only (a linear probe).
+        lr: peak learning rate of the head (and of the top block with ``layer_decay``).
+        layer_decay: each block down from the top learns ``layer_decay`` times slower.
+        weight_decay: Adam's weight decay.
+        betas: Adam's betas.
+        warmup_steps: linear warmup, then cosine decay to ``min_lr``.
+        min_lr: the final learning rate.
+        mixup: probability that a clip is mixed with another (0: off).
+        freqm: SpecAugment: widest frequency mask in bins (0: off).
+        timem: SpecAugment: widest time mask in frames (0: off).
+        noise: add AST's noise and random time roll.
+        class_names: class names for predictions and the confusion matrix (linked).
+        predict_top_k: labels per clip in predictions.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        task: Task = "multiclass",
+        init_from: str | None = None,
+        size: str = "base",
+        fshape: int = 16,
+        tshape: int = 16,
+        fstride: int | None = None,
+        tstride: int | None = None,
+        input_tdim: int = 1024,
+        pooling: Pooling = "mean",
+        drop_path: float = 0.0,
+        freeze_encoder: bool = False,
+        lr: float = 1e-4,
+        layer_decay: float = 1.0,
+        weight_decay: float = 5e-7,
+        betas: tuple[float, float] = (0.95, 0.999),
+        warmup_steps: int = 100,
+        min_lr: float = 1e-6,
+        mixup: float = 0.0,
+        freqm: int = 0,
+        timem: int = 0,
+        noise: bool = False,
+        class_names: list[str] | None = None,
+        predict_top_k: int = 5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = self._build_encoder()
+        self.head = ClassificationHead(self.encoder.embed_dim, num_classes)
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+        self.freq_masking = T.FrequencyMasking(freqm, iid_masks=True) if freqm else None
+        self.time_masking = T.TimeMasking(timem, iid_masks=True) if timem else None
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        if task == "multiclass":
+            self.val_metric = MulticlassAccuracy(num_classes, average="micro")
+            self.test_metric = MulticlassAccuracy(num_classes, average="micro")
+            self.confusion = MulticlassConfusionMatrix(num_classes)
+        else:
+            self.val_metric = MultilabelAveragePrecision(num_classes, average="macro")
+            self.test_metric = MultilabelAveragePrecision(num_classes, average="macro")
+            self.confusion = None
+        self.metric_name = "acc" if task == "multiclass" else "mAP"
+
+    def _build_encoder(self) -> ASTEncoder:
+        hp = self.hparams
+        strides = {"fstride": hp.fstride, "tstride": hp.tstride}
+        strides = {name: value for name, value in strides.items() if value is not None}
+        if hp.init_from is None:
+            config = EncoderConfig.from_size(
+                hp.size, fshape=hp.fshape, tshape=hp.tshape, fstride=hp.fshape, tstride=hp.tshape,
+                input_tdim=hp.input_tdim, drop_path=hp.drop_path,
+            )
+            return ASTEncoder(config.replace(**strides))
+        encoder = load_checkpoint(hp.init_from).encoder
+        return adapt_encoder(encoder, input_tdim=hp.input_tdim, drop_path=hp.drop_path, **strides)
+
+    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` of normalized log-mels ``[B, T, F]``."""
+        return self.head(self.encoder.pool(self.encoder(fbank), self.hparams.pooling))
+
+    def embed(self, fbank: torch.Tensor) -> torch.Tensor:
+        return self.encoder.pool(self.encoder(fbank), self.hparams.pooling)
+
+    # --- training -------------------------------------------------------------------
+
+    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.hparams.task == "multiclass":
+            return F.one_hot(labels, self.hparams.num_classes).float()
+        return labels.float()
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.hparams.task == "multiclass":
+            return F.cross_entropy(logits.float(), targets)
+        return F.binary_cross_entropy_with_logits(logits.float(), targets)
+
+    def _mask_fill(self) -> float:
+        """What a raw log-mel of 0 (AST's mask value) becomes after normalization."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        normalize = getattr(datamodule, "normalize", None)
+        return float(normalize(torch.zeros(()))) if normalize is not None else 0.0
+
+    def augment(self, fbank: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hp = self.hparams
+        if hp.mixup > 0:
+            fbank, targets = mixup(fbank, targets, hp.mixup)
+        if self.freq_masking is not None or self.time_masking is not None:
+            image = rearrange(fbank, "b t f -> b 1 f t")
+            fill = self._mask_fill()
+            for masking in (self.freq_masking, self.time_masking):
+                if masking is not None:
+                    image = masking(image, mask_value=fill)
+            fbank = rearrange(image, "b 1 f t -> b t f")
+        if hp.noise:
+            fbank = noise_and_roll(fbank)
+        return fbank, targets
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.hparams.freeze_encoder:
+            self.encoder.eval()
+        fbank, targets = self.augment(batch["fbank"], self._targets(batch["labels"]))
+        loss = self._loss(self(fbank), targets)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(fbank))
+        return loss
+
+    def _evaluate(self, batch: dict, loss_metric: MeanMetric, metric, stage: str) -> None:
+        logits = self(batch["fbank"])
+        labels = batch["labels"]
+        size = len(labels)
+        loss_metric.update(self._loss(logits, self._targets(labels)), size)
+        metric.update(logits.float(), labels if self.hparams.task == "multiclass" else labels.int())
+        self.log(f"{stage}/loss", loss_metric, batch_size=size)
+        self.log(f"{stage}/{self.metric_name}", metric, prog_bar=True, batch_size=size)
+        if stage == "val" and self.confusion is not None:
+            self.confusion.update(logits.argmax(dim=1), labels)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_loss, self.val_metric, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_loss, self.test_metric, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.confusion is None:
+            return
+        matrix = self.confusion.compute()
+        self.confusion.reset()
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            log_picture(self, "val/confusion", confusion_picture(matrix), caption="rows: true class, columns: predicted")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        embeddings = self.embed(batch["fbank"])
+        logits = self.head(embeddings)
+        scores = logits.sigmoid() if self.hparams.task == "multilabel" else logits.softmax(dim=-1)
+        return {"key": batch["key"], "scores": scores.float().cpu(), "embeddings": embeddings.float().cpu()}
+
+    # --- optimization ---------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        depth = self.encoder.config.depth
+        groups: dict[int, list[torch.nn.Parameter]] = {}
+        for name, parameter in self.named_parameters():
+            if parameter.requires_grad:
+                groups.setdefault(layer_id(name, depth), []).append(parameter)
+        param_groups = [
+            {"params": params, "lr": hp.lr * hp.layer_decay ** (depth + 1 - layer)}
+            for layer, params in sorted(groups.items())
+        ]
+        optimizer = torch.optim.Adam(param_groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = WarmupCosine(optimizer, hp.warmup_steps, total, hp.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["encoder_config"] = self.encoder.config.to_dict()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "normalize", None) is not None:
+            checkpoint["preprocessing"] = dict(datamodule.preprocessing.__dict__)
+
+
+def confusion_picture(matrix: torch.Tensor, cell: int = 12) -> np.ndarray:
+    """A confusion matrix (rows: true class) as an ``[H, W, 3]`` picture, each row
+    normalized by its count."""
+    rows = matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1)
+    picture = colorize(rows.cpu().numpy(), 0.0, 1.0)
+    return np.repeat(np.repeat(picture, cell, axis=0), cell, axis=1)

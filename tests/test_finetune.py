@@ -1,0 +1,127 @@
+"""Finetuning: augmentation, metrics, checkpoint kinds, layer-wise rates, prediction files."""
+
+import csv
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from finetune.callbacks import WritePredictions
+from finetune.module import Finetune, layer_id, mixup, noise_and_roll
+from ssast import save_encoder
+from ssast.checkpoints import Preprocessing
+from test_checkpoints import hf_config, ssast_state, tiny_encoder
+
+
+def test_mixup_mixes_inputs_and_labels_with_the_same_lambda():
+    torch.manual_seed(0)
+    fbank = torch.randn(6, 5, 4)
+    targets = torch.eye(6)  # every clip its own class: λ can be read off the targets
+    mixed, mixed_targets = mixup(fbank, targets, probability=1.0)
+    for row in range(6):
+        lam = mixed_targets[row, row]
+        assert 0.2 < lam < 0.8 or lam == 1.0  # Beta(10, 10) stays near 1/2 (or the partner is itself)
+        partner = (mixed_targets[row] - lam * targets[row]).argmax() if lam < 1 else row
+        assert torch.allclose(mixed[row], lam * fbank[row] + (1 - lam) * fbank[partner], atol=1e-6)
+        assert mixed_targets[row].sum().item() == pytest.approx(1.0)
+    unchanged, same_targets = mixup(fbank, targets, probability=0.0)
+    assert torch.equal(unchanged, fbank) and torch.equal(same_targets, targets)
+
+
+def test_noise_and_roll_shift_each_clip_in_time():
+    torch.manual_seed(0)
+    frames = 20
+    fbank = torch.arange(frames, dtype=torch.float).reshape(1, frames, 1).repeat(3, 1, 2)  # value = frame index
+    out = noise_and_roll(fbank)
+    shifts = set()
+    for row in range(3):
+        source = out[row, :, 0].floor()
+        shift = int(-source[0]) % frames
+        assert source.tolist() == ((torch.arange(frames) - shift) % frames).float().tolist()
+        noise = out[row] - out[row].floor()
+        assert noise.min() >= 0 and noise.max() < 0.1
+        shifts.add(shift if shift < 10 else shift - frames)
+    assert all(-10 <= shift < 10 for shift in shifts)
+
+
+def test_map_against_a_hand_computed_case():
+    model = Finetune(num_classes=2, task="multilabel", size="tiny", input_tdim=32)
+    logits = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.3, 0.2], [0.1, 0.9]])
+    labels = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 1]])
+    model.val_metric.update(logits, labels)
+    # Class 0 ranks clips 0,1,2,3: positives at ranks 1 and 3 -> AP = (1/1 + 2/3) / 2 = 5/6.
+    # Class 1 ranks clips 3,1,2,0: positives at ranks 1 and 2 -> AP = 1.
+    assert model.val_metric.compute().item() == pytest.approx((5 / 6 + 1) / 2)
+
+
+def test_specaugment_fills_with_the_normalized_zero_and_freezing_trains_the_head_only():
+    model = Finetune(num_classes=3, size="tiny", input_tdim=48, freqm=127, timem=47, freeze_encoder=True)
+    fbank, targets = model.augment(torch.randn(4, 48, 128), torch.eye(3)[[0, 1, 2, 0]])
+    assert fbank.eq(0.0).sum() > 0  # no trainer: masks fill with 0
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+
+
+def test_layer_ids_give_decaying_rates():
+    assert layer_id("encoder.pos_embed", 12) == 0 and layer_id("encoder.blocks.0.attn.qkv.weight", 12) == 1
+    assert layer_id("encoder.blocks.11.mlp.fc2.bias", 12) == 12 and layer_id("head.linear.weight", 12) == 13
+    model = Finetune(num_classes=3, size="tiny", input_tdim=48, lr=1.0, layer_decay=0.5)
+    model.trainer = SimpleNamespace(estimated_stepping_batches=100)
+    optimizer = model.configure_optimizers()["optimizer"]
+    rates = sorted({group["initial_lr"] for group in optimizer.param_groups})
+    assert rates == [0.5**13 * 1.0, *[0.5 ** (13 - layer) for layer in range(1, 14)]]
+
+
+def check_loads(path, **changes):
+    model = Finetune(num_classes=4, init_from=str(path), input_tdim=128, **changes)
+    logits = model(torch.randn(2, 128, 128))
+    assert logits.shape == (2, 4)
+    return model
+
+
+def test_every_checkpoint_kind_loads_into_the_finetune_module(tmp_path):
+    encoder = tiny_encoder()
+    save_encoder(encoder, tmp_path / "ours.safetensors", Preprocessing(-5, 4, 96))
+    model = check_loads(tmp_path / "ours.safetensors", fstride=10, tstride=10)
+    assert model.encoder.config.grid == (12, 12)
+
+    torch.save(ssast_state(encoder), tmp_path / "ssast.pth")
+    assert check_loads(tmp_path / "ssast.pth").encoder.config.grid == (8, 8)  # stride kept: 16
+
+    torch.save(ssast_state(tiny_encoder(fstride=10, tstride=10), finetuned=True), tmp_path / "finetuned.pth")
+    assert check_loads(tmp_path / "finetuned.pth").encoder.config.fstride == 10
+
+    transformers.ASTModel(hf_config()).save_pretrained(tmp_path / "hf")
+    assert check_loads(tmp_path / "hf", pooling="cls").encoder.config.embed_dim == 64
+
+    teacher = {f"backbone.{k}": v for k, v in tiny_encoder(num_lead_tokens=1).state_dict().items() if k != "mask_embed"}
+    torch.save({"teacher": teacher}, tmp_path / "asit.pt")
+    assert check_loads(tmp_path / "asit.pt").encoder.num_lead_tokens == 1
+
+
+def test_from_scratch_at_the_finetuning_stride():
+    model = Finetune(num_classes=3, size="tiny", fstride=10, tstride=10, input_tdim=128)
+    assert model.encoder.config.grid == (12, 12) and model.encoder.embed_dim == 192
+
+
+def write_predictions(tmp_path, embeddings: bool):
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path), world_size=1, global_rank=0)
+    module = SimpleNamespace(hparams=SimpleNamespace(class_names=["dog", "cat", "bird"]))
+    batches = [{"key": ["a", "b"], "scores": torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]]),
+                "embeddings": torch.ones(2, 4)},
+               {"key": ["c"], "scores": torch.tensor([[0.2, 0.2, 0.6]]), "embeddings": torch.zeros(1, 4)}]
+    WritePredictions("out/predictions.csv", embeddings=embeddings, top_k=2).write_on_epoch_end(
+        trainer, module, batches, None)
+
+
+def test_prediction_files(tmp_path):
+    write_predictions(tmp_path, embeddings=False)
+    rows = list(csv.reader((tmp_path / "out/predictions.csv").open()))
+    assert rows == [["key", "labels", "scores"], ["a", "cat;bird", "0.7000;0.2000"],
+                    ["b", "dog;bird", "0.5000;0.3000"], ["c", "bird;dog", "0.6000;0.2000"]]
+    write_predictions(tmp_path, embeddings=True)
+    vectors = np.load(tmp_path / "out/predictions.npy")
+    assert vectors.shape == (3, 4) and vectors[:2].sum() == 8
+    assert (tmp_path / "out/predictions.keys.txt").read_text().split() == ["a", "b", "c"]
