@@ -5,8 +5,9 @@
     ssast-finetune predict  --config configs/finetune/demo_events.yaml --ckpt_path ... --data.predict SHARDS
     ssast-finetune cv       --config configs/finetune/esc50.yaml       # every fold, then mean ± std
 
-``cv`` trains on all folds but one and tests on that one, for each ``fold*`` folder under
-``data.train``, and prints the test metric per fold and its mean and standard deviation.
+``cv`` trains on all folds but one and tests on that one, for each ``fold*`` folder (of
+``data.train`` when it is a folder of folds, else beside its first entry), and prints the
+test metric per fold and its mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ def build_cli(args: list[str], run: bool = True) -> FinetuneCLI:
 
 def cross_validate(args: list[str]) -> list[float]:
     """Fit and test once per fold folder of ``data.train``; returns the test metrics."""
-    probe = build_cli(["fit", *args], run=False)
-    root = Path(probe.datamodule.hparams.train)
+    probe = build_cli(args, run=False)
+    train = probe.datamodule.hparams.train
+    first = Path(train if isinstance(train, str) else train[0])
+    root = first if any(first.glob("fold*")) else first.parent
     folds = sorted(path for path in root.glob("fold*") if path.is_dir())
     if len(folds) < 2:
         raise SystemExit(f"cv needs data.train to be a folder of fold* folders; {root} has {len(folds)}")
@@ -52,7 +55,7 @@ def cross_validate(args: list[str]) -> list[float]:
         others = [str(fold) for fold in folds if fold != held_out]
         fold_args = [*args, "--data.train", json.dumps(others), "--data.val", str(held_out),
                      "--data.test", str(held_out), "--trainer.default_root_dir", str(output / held_out.name)]
-        cli = build_cli(["fit", *fold_args], run=False)
+        cli = build_cli(fold_args, run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         best = "best" if cli.trainer.checkpoint_callback and cli.trainer.checkpoint_callback.best_model_path else None
         (scores,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)

@@ -37,3 +37,27 @@ def test_reconstruction_picture(monkeypatch):
     assert picture.shape == (3 * 128 + 2 * 2, 64, 3) and picture.dtype.name == "uint8"
     top, middle = picture[:128].astype(int), picture[130:258].astype(int)
     assert (top != middle).any(axis=-1).sum() > 0  # masked patches are drawn differently
+
+
+FINETUNE_RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs/finetune").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", [p for p in FINETUNE_RECIPES if not p.stem.startswith("demo")],
+                         ids=lambda path: path.stem)
+def test_finetune_recipe_matches_the_published_settings(recipe):
+    """The SSAST settings of DESIGN.md section 8 (a --print_config would need the datasets)."""
+    config = yaml.safe_load(recipe.read_text())
+    model, data = config["model"], config["data"]
+    expected = {
+        "audioset_20k": dict(lr=5e-5, batch=12, freqm=48, timem=192, mixup=0.5, frames=1024, epochs=25, task="multilabel"),
+        "esc50": dict(lr=1e-4, batch=48, freqm=24, timem=96, mixup=0.0, frames=512, epochs=50, task="multiclass"),
+        "speechcommands_v2": dict(lr=2.5e-4, batch=128, freqm=48, timem=48, mixup=0.6, frames=128, epochs=30,
+                                  task="multiclass"),
+    }.get(recipe.stem)
+    if expected is None:
+        assert model["task"] == "multiclass" and data["target_length"] in (100, 1000)
+        return
+    assert model["lr"] == expected["lr"] and data["batch_size"] == expected["batch"]
+    assert (model["freqm"], model["timem"], model["mixup"]) == (expected["freqm"], expected["timem"], expected["mixup"])
+    assert data["target_length"] == expected["frames"] and config["trainer"]["max_epochs"] == expected["epochs"]
+    assert model["task"] == expected["task"]
