@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import random
+from pathlib import Path
 
+import numpy as np
 import soundfile
 import torch
 import torch.nn.functional as F
@@ -34,8 +36,30 @@ def decode_audio(data: bytes, target_rate: int | None = SAMPLE_RATE) -> tuple[to
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile and its codecs fail in many ways
-        reason = getattr(error, "error_string", None) or str(error)
-        raise AudioDecodeError(f"cannot decode audio: {reason}") from error
+        raise AudioDecodeError(f"cannot decode audio: {_reason(error)}") from error
+    return _checked_mono(samples, rate, target_rate)
+
+
+def read_audio_window(
+    path: str | Path, start: float, seconds: float, target_rate: int | None = SAMPLE_RATE
+) -> tuple[torch.Tensor, int]:
+    """``seconds`` of a file from ``start`` (seconds), read by seeking rather than
+    decoding the whole file; mono and resampled like :func:`decode_audio`."""
+    try:
+        with soundfile.SoundFile(str(path)) as handle:
+            rate = handle.samplerate
+            handle.seek(round(start * rate))
+            samples = handle.read(round(seconds * rate), dtype="float32", always_2d=True)
+    except Exception as error:
+        raise AudioDecodeError(f"cannot read {seconds:g} s at {start:g} s: {_reason(error)}") from error
+    return _checked_mono(samples, rate, target_rate)
+
+
+def _reason(error: Exception) -> str:
+    return getattr(error, "error_string", None) or str(error)
+
+
+def _checked_mono(samples: np.ndarray, rate: int, target_rate: int | None) -> tuple[torch.Tensor, int]:
     waveform = torch.from_numpy(samples).mean(dim=1)
     if waveform.numel() == 0:
         raise AudioDecodeError("audio is empty (0 samples)")

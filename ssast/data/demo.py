@@ -28,14 +28,13 @@ from tqdm.auto import tqdm
 
 from ssast.audio import SAMPLE_RATE
 from ssast.data.reader import list_shards
+from ssast.data.recipes import SPEECH_COMMANDS
 from ssast.data.stats import compute_stats, write_stats
 from ssast.data.synth import EVENT_CLASSES, KEYWORDS, Voice, synth_event, synth_utterance, synth_word
 from ssast.data.writer import EncodedClip, ShardSetWriter, encode_clip, parallel_map, write_classes
 from ssast.features import Fbank
 
 SPLITS = {"train": 24, "val": 6, "test": 6}  # clips per class at scale 1
-# The ten command words of Speech Commands; the synthesizer knows all 35 of v2.
-COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 UNLABELED_CLIPS = 600  # at scale 1
 NUM_SPEAKERS = 10
 SHARD_SIZE = 64
@@ -55,7 +54,7 @@ class Task:
 
 TASKS = {
     "events": Task("events", tuple(sorted(EVENT_CLASSES)), 2.0),
-    "keywords": Task("keywords", tuple(sorted(COMMANDS)), 1.0),
+    "keywords": Task("keywords", tuple(sorted(SPEECH_COMMANDS)), 1.0),  # the synthesizer knows all 35 of v2
     "speakers": Task("speakers", tuple(f"speaker{index:02d}" for index in range(NUM_SPEAKERS)), 3.0),
     "unlabeled": Task("unlabeled", (), 3.0),
 }

@@ -27,33 +27,17 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import soundfile
-import torch
-from tqdm.auto import tqdm
 
-from ssast.audio import SAMPLE_RATE, resample
 from ssast.data.reader import list_shards
 from ssast.data.stats import compute_stats, write_stats
-from ssast.data.writer import (
-    AUDIO_SUFFIXES,
-    EncodedClip,
-    ShardSetWriter,
-    SourceFile,
-    WriteSummary,
-    _encode_file,
-    encode_clip,
-    parallel_map,
-    sanitize_key,
-    write_classes,
-    write_shards,
-)
+from ssast.data.writer import AUDIO_SUFFIXES, SourceFile, WriteSummary, sanitize_key, write_classes, write_shards
 
 # The ten command words of the 12-class Speech Commands task (v1 "KS1" and v2 alike).
 SPEECH_COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -68,28 +52,11 @@ AUDIOSET_SPLITS = {  # CSV file -> split name; the first two are required
 }
 
 
-@dataclass(frozen=True)
-class AudioSegment:
-    """``seconds`` of audio from ``start`` (seconds) of a longer file, cut when it is
-    encoded, so no temporary files are needed. Otherwise like :class:`SourceFile`."""
-
-    path: Path
-    key: str
-    start: float
-    seconds: float
-    labels: tuple[str, ...] = ()
-    split: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-Item = SourceFile | AudioSegment
-
-
 @dataclass
 class RecipePlan:
     """What a recipe found in ``src``: the clips to write and what it could not find."""
 
-    items: list[Item]
+    items: list[SourceFile]
     classes: list[str]  # every class of the listing, so indices do not depend on what is on disk
     stats_splits: list[str]  # the splits whose clips the normalization stats are computed over
     missing: list[tuple[str, str]] = field(default_factory=list)  # (id, split) listed but not on disk
@@ -166,7 +133,7 @@ def list_esc50(src: str | Path, *, source: str = "esc50") -> RecipePlan:
     meta = _require(src / "meta" / "esc50.csv", "esc50 (the ESC-50-master folder)")
     audio = _require(src / "audio", "esc50 (the ESC-50-master folder)", folder=True)
     needed = ("filename", "fold", "target", "category", "esc10")
-    items: list[Item] = []
+    items: list[SourceFile] = []
     missing, classes = [], set()
     with meta.open(newline="") as handle:
         reader = csv.DictReader(handle)
@@ -245,7 +212,7 @@ def list_speechcommands(src: str | Path, *, variant: int = 35, source: str = "sp
     def label(word: str) -> str:
         return word if variant == 35 or word in SPEECH_COMMANDS else UNKNOWN
 
-    items: list[Item] = []
+    items: list[SourceFile] = []
     found = set()
     for word in words:
         for path in sorted(filter(_is_audio, (src / word).iterdir())):
@@ -276,7 +243,7 @@ def _silence_split(index: int) -> str:
     return {8: "val", 9: "test"}.get(index % 10, "train")
 
 
-def _silence_segments(folder: Path, source: str) -> list[AudioSegment]:
+def _silence_segments(folder: Path, source: str) -> list[SourceFile]:
     """Consecutive non-overlapping 1 s segments of every background-noise file, numbered
     across the files (in name order) so the split assignment is fixed."""
     segments = []
@@ -293,7 +260,7 @@ def _silence_segments(folder: Path, source: str) -> list[AudioSegment]:
                 "start": start, "end": start + SILENCE_SECONDS,
             }
             key = sanitize_key(f"{source}/{SILENCE}/{path.stem}/{offset:04d}")
-            segments.append(AudioSegment(path, key, start, SILENCE_SECONDS, (SILENCE,), split, metadata))
+            segments.append(SourceFile(path, key, (SILENCE,), split, metadata, start, SILENCE_SECONDS))
     return segments
 
 
@@ -311,7 +278,7 @@ def list_voxceleb1(src: str | Path, *, source: str = "voxceleb1") -> RecipePlan:
     split_file = _require(src / "iden_split.txt", what)
     wav = _require(src / "wav", what, folder=True)
     splits = {"1": "train", "2": "val", "3": "test"}
-    items: list[Item] = []
+    items: list[SourceFile] = []
     missing, classes = [], set()
     for line, text in enumerate(split_file.read_text().splitlines(), start=1):
         if not text.strip():
@@ -425,7 +392,7 @@ def list_audioset(src: str | Path, *, clips: str | Path | None = None, source: s
         raise ValueError(f"audioset: the CSVs in {src} list no segments")
 
     found = _find_clips(clips_folder, seen)
-    items: list[Item] = []
+    items: list[SourceFile] = []
     missing = []
     for split, ytid, start, end, mids in rows:
         if ytid not in found:
@@ -464,66 +431,6 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def _encode_segment(segment: AudioSegment) -> EncodedClip | tuple[AudioSegment, str]:
-    try:
-        with soundfile.SoundFile(str(segment.path)) as handle:
-            rate = handle.samplerate
-            handle.seek(round(segment.start * rate))
-            samples = handle.read(round(segment.seconds * rate), dtype="float32", always_2d=True)
-    except (OSError, RuntimeError) as error:  # libsndfile's errors are RuntimeErrors
-        return segment, str(error)
-    waveform = torch.from_numpy(samples).mean(dim=1)
-    if waveform.numel() == 0 or not torch.isfinite(waveform).all():
-        return segment, "segment is empty or holds NaN/Inf samples"
-    metadata = {"labels": list(segment.labels), **segment.metadata}
-    return encode_clip(segment.key, resample(waveform, rate, SAMPLE_RATE), metadata, segment.split)
-
-
-def _encode_item(item: Item) -> EncodedClip | tuple[Item, str]:
-    return _encode_segment(item) if isinstance(item, AudioSegment) else _encode_file(item)
-
-
-def write_items(
-    items: Sequence[Item],
-    out: str | Path,
-    *,
-    shard_size: int = 1000,
-    workers: int = 1,
-    shuffle: bool = True,
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> WriteSummary:
-    """:func:`write_shards` for files and :class:`AudioSegment`\\ s alike.
-
-    Files alone go straight to :func:`write_shards`; with segments this does the same
-    (shuffle, ``classes.txt``, encode in ``workers``, list failures in ``errors.txt``)
-    with the segments cut in memory.
-    """
-    if all(isinstance(item, SourceFile) for item in items):
-        return write_shards(
-            items, out, shard_size=shard_size, workers=workers, shuffle=shuffle, seed=seed,
-            overwrite=overwrite, progress=progress,
-        )
-    items = list(items)
-    if shuffle:
-        random.Random(seed).shuffle(items)
-    write_classes(out, (label for item in items for label in item.labels))
-    with ShardSetWriter(out, shard_size, overwrite) as writer:
-        encoded = parallel_map(_encode_item, items, workers)
-        results = tqdm(zip(items, encoded), total=len(items), unit="clip", desc="encoding", disable=not progress)
-        for item, result in results:
-            where = str(item.path) + (f"@{item.start:g}s" if isinstance(item, AudioSegment) else "")
-            if isinstance(result, EncodedClip):
-                try:
-                    writer.write(result)
-                except ValueError as error:
-                    writer.fail(where, str(error))
-            else:
-                writer.fail(where, result[1])
-    return writer.summary
-
-
 def build_recipe(
     name: str,
     src: str | Path,
@@ -560,12 +467,12 @@ def build_recipe(
                 raise FileExistsError(
                     f"{folder} already holds shards ({stale[0].name}, ...); pass overwrite to replace them"
                 )
-    written = write_items(
+    written = write_shards(
         plan.items, out, shard_size=shard_size, workers=workers, shuffle=shuffle, seed=seed,
         overwrite=overwrite, progress=progress,
     )
     # Every listed class, found on disk or not: class indices then do not depend on which
-    # clips were downloaded (write_items wrote those of the clips at hand).
+    # clips were downloaded (write_shards wrote those of the clips at hand).
     write_classes(out, plan.classes)
     missing_file = out / "missing.txt"
     missing_file.unlink(missing_ok=True)  # a list from an earlier run would mislead

@@ -26,7 +26,7 @@ import torch
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from ssast.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, encode_flac
+from ssast.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, encode_flac, read_audio_window
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"})
 
@@ -36,13 +36,21 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class SourceFile:
-    """An audio file to put into shards, with what the ``json`` member will say about it."""
+    """An audio file to put into shards, with what the ``json`` member will say about it.
+    With ``seconds`` set, only that window from ``start`` (seconds) is taken (e.g. one
+    second of a long noise recording), read by seeking, with no temporary files."""
 
     path: Path
     key: str
     labels: tuple[str, ...] = ()
     split: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    start: float = 0.0
+    seconds: float | None = None
+
+    def describe(self) -> str:
+        """The file, and the window when there is one (for errors.txt)."""
+        return str(self.path) if self.seconds is None else f"{self.path}@{self.start:g}s+{self.seconds:g}s"
 
 
 @dataclass(frozen=True)
@@ -150,7 +158,10 @@ def encode_clip(key: str, waveform: torch.Tensor, metadata: dict[str, Any], spli
 
 def _encode_file(file: SourceFile) -> EncodedClip | tuple[SourceFile, str]:
     try:
-        waveform, _ = decode_audio(file.path.read_bytes())
+        if file.seconds is None:
+            waveform, _ = decode_audio(file.path.read_bytes())
+        else:
+            waveform, _ = read_audio_window(file.path, file.start, file.seconds)
     except (AudioDecodeError, OSError) as error:
         return file, str(error)
     metadata = {"labels": list(file.labels), **file.metadata}
@@ -273,5 +284,5 @@ def write_shards(
                     writer.fail(result.metadata.get("path", result.key), str(error))
             else:
                 file, reason = result
-                writer.fail(str(file.path), reason)
+                writer.fail(file.describe(), reason)
     return writer.summary
