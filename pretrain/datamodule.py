@@ -96,7 +96,9 @@ class AudioDataModule(L.LightningDataModule):
         on first use, after generating the demo corpus if it is configured and missing."""
         if self._class_names is None and self.hparams.classes is not None:
             self.prepare_data()
-            path = _beside(self._first_train_source, "classes.txt") if self.hparams.classes == "auto" else self.hparams.classes
+            path = self.hparams.classes
+            if path == "auto":
+                path = _beside(self._first_train_source, "classes.txt")
             if path is None:
                 raise FileNotFoundError(f"classes='auto' but there is no classes.txt beside {self._first_train_source}")
             self._class_names = read_classes(path)
