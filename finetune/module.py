@@ -26,7 +26,7 @@ from einops import rearrange
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
 
-from pretrain.base import log_picture
+from pretrain.base import add_encoder_metadata, log_picture
 from pretrain.schedules import WarmupCosine
 from ssast.checkpoints import adapt_encoder, load_checkpoint
 from ssast.encoder import ASTEncoder, EncoderConfig, Pooling
@@ -260,10 +260,7 @@ class Finetune(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["encoder_config"] = self.encoder.config.to_dict()
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and getattr(datamodule, "normalize", None) is not None:
-            checkpoint["preprocessing"] = dict(datamodule.preprocessing.__dict__)
+        add_encoder_metadata(self, checkpoint)
 
 
 def confusion_picture(matrix: torch.Tensor, cell: int = 12) -> np.ndarray:

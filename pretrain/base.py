@@ -37,6 +37,15 @@ def log_picture(module: L.LightningModule, key: str, picture: np.ndarray, captio
             log.warning("could not log %s to %s: %s", key, type(logger).__name__, error)
 
 
+def add_encoder_metadata(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    """What ``ssast.load_encoder`` needs to read ``module.encoder`` out of a Lightning
+    checkpoint: its config, and the input preprocessing when the data knows it."""
+    checkpoint["encoder_config"] = module.encoder.config.to_dict()
+    datamodule = getattr(module.trainer, "datamodule", None)
+    if datamodule is not None and getattr(datamodule, "normalize", None) is not None:
+        checkpoint["preprocessing"] = dict(datamodule.preprocessing.__dict__)
+
+
 class PretrainModule(L.LightningModule):
     """Base of the pretraining methods.
 
@@ -136,8 +145,4 @@ class PretrainModule(L.LightningModule):
     # --- checkpoints ------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # What ssast.load_encoder needs to read the encoder out of a Lightning checkpoint.
-        checkpoint["encoder_config"] = self.encoder.config.to_dict()
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "preprocessing"):
-            checkpoint["preprocessing"] = dict(datamodule.preprocessing.__dict__)
+        add_encoder_metadata(self, checkpoint)

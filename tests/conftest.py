@@ -49,3 +49,13 @@ def audio_folder(tmp_path: Path) -> Path:
     (root / "cat" / "empty.flac").write_bytes(b"")
     (root / "README.txt").write_text("not audio")
     return root
+
+
+@pytest.fixture(scope="session")
+def small_demo_corpus(tmp_path_factory) -> Path:
+    """A fifth of the demo corpus, built once for the end-to-end CLI tests."""
+    from ssast.data.demo import build_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    build_demo(root, scale=0.2, seed=1, workers=2, progress=False)
+    return root

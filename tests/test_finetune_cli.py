@@ -12,18 +12,15 @@ import torch
 from finetune.cli import cross_validate, main
 from ssast import EncoderConfig, save_encoder
 from ssast.checkpoints import Preprocessing
-from ssast.data.demo import build_demo
 from ssast.encoder import ASTEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    build_demo(root, scale=0.2, seed=2, workers=2, progress=False)
-    return root
+@pytest.fixture
+def corpus(small_demo_corpus):
+    return small_demo_corpus
 
 
 @pytest.fixture(scope="module")

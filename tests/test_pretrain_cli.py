@@ -13,17 +13,14 @@ import torch
 
 import ssast
 from pretrain.cli import main
-from ssast.data.demo import build_demo
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    build_demo(root, scale=0.2, seed=1, workers=2, progress=False)
-    return root
+@pytest.fixture
+def corpus(small_demo_corpus):
+    return small_demo_corpus
 
 
 def cli_args(corpus: Path, run: Path, epochs: int, *extra: str) -> list[str]:
