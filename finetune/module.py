@@ -100,7 +100,6 @@ class Finetune(L.LightningModule):
         timem: SpecAugment: widest time mask in frames (0: off).
         noise: add AST's noise and random time roll.
         class_names: class names for predictions and the confusion matrix (linked).
-        predict_top_k: labels per clip in predictions.
     """
 
     def __init__(
@@ -128,7 +127,6 @@ class Finetune(L.LightningModule):
         timem: int = 0,
         noise: bool = False,
         class_names: list[str] | None = None,
-        predict_top_k: int = 5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -164,9 +162,10 @@ class Finetune(L.LightningModule):
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` of normalized log-mels ``[B, T, F]``."""
-        return self.head(self.encoder.pool(self.encoder(fbank), self.hparams.pooling))
+        return self.head(self.embed(fbank))
 
     def embed(self, fbank: torch.Tensor) -> torch.Tensor:
+        """Clip embeddings ``[B, D]``: the encoder's pooled tokens."""
         return self.encoder.pool(self.encoder(fbank), self.hparams.pooling)
 
     # --- training -------------------------------------------------------------------

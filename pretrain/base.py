@@ -129,6 +129,9 @@ class PretrainModule(L.LightningModule):
         self._last_batch_start = now
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        # Summed over ranks, so only on logging steps (every rank reaches the same ones).
+        if self.global_step % self.trainer.log_every_n_steps:
+            return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "skipped_samples"):
             skipped = torch.tensor(float(datamodule.skipped_samples), device=self.device)

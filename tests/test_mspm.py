@@ -115,21 +115,24 @@ def optimizer_with(lr=1.0):
     return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
 
 
-def test_warmup_plateau_schedule():
-    optimizer = optimizer_with()
-    schedule = WarmupPlateau(optimizer, warmup_steps=4, factor=0.5, patience=2)
+def rates_over(optimizer, schedule, steps: int) -> list[float]:
+    """The learning rate now and after each of ``steps`` optimizer steps."""
     rates = [optimizer.param_groups[0]["lr"]]
-    for _ in range(5):
+    for _ in range(steps):
         optimizer.step()
         schedule.step()
         rates.append(optimizer.param_groups[0]["lr"])
-    assert rates == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    return rates
+
+
+def test_warmup_plateau_schedule():
+    optimizer = optimizer_with()
+    schedule = WarmupPlateau(optimizer, warmup_steps=4, factor=0.5, patience=2)
+    assert rates_over(optimizer, schedule, 5) == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     for metric, expected in [(0.5, 1.0), (0.4, 1.0), (0.5, 1.0), (0.3, 0.5), (0.6, 0.5), (0.6, 0.5)]:
         schedule.report(metric)  # best 0.5; three reports without improvement halve the rate
         assert optimizer.param_groups[0]["lr"] == expected
-    optimizer.step()
-    schedule.step()
-    assert optimizer.param_groups[0]["lr"] == 0.5  # the next step keeps the reduction
+    assert rates_over(optimizer, schedule, 1)[-1] == 0.5  # the next step keeps the reduction
     resumed = WarmupPlateau(optimizer_with(), warmup_steps=4)
     resumed.load_state_dict(schedule.state_dict())
     assert resumed.scale == 0.5 and resumed.best == 0.6 and resumed.get_lr() == [0.5]
@@ -138,11 +141,7 @@ def test_warmup_plateau_schedule():
 def test_warmup_cosine_schedule():
     optimizer = optimizer_with()
     schedule = WarmupCosine(optimizer, warmup_steps=2, total_steps=10, min_lr=0.1)
-    rates = [optimizer.param_groups[0]["lr"]]
-    for _ in range(10):
-        optimizer.step()
-        schedule.step()
-        rates.append(optimizer.param_groups[0]["lr"])
+    rates = rates_over(optimizer, schedule, 10)
     assert rates[:2] == [0.5, 1.0]
     # After 6 steps the schedule is at step 7: 5 of the 8 cosine steps done.
     assert rates[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 5 / 8)))
