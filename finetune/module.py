@@ -28,6 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from pretrain.base import add_encoder_metadata, log_picture
 from pretrain.schedules import WarmupCosine
+from ssast.augment import roll_frames
 from ssast.checkpoints import adapt_encoder, load_checkpoint
 from ssast.encoder import ASTEncoder, EncoderConfig, Pooling
 from ssast.heads import ClassificationHead
@@ -52,12 +53,10 @@ def mixup(fbank: torch.Tensor, targets: torch.Tensor, probability: float) -> tup
 def noise_and_roll(fbank: torch.Tensor, max_shift: int = 10) -> torch.Tensor:
     """AST's ESC-50 augmentation: uniform noise of a random level up to 0.1, then each clip
     rolled in time by up to ``max_shift`` frames."""
-    batch, frames, _ = fbank.shape
+    batch = len(fbank)
     level = torch.rand(batch, 1, 1, device=fbank.device) / 10
     noisy = fbank + torch.rand_like(fbank) * level
-    shift = torch.randint(-max_shift, max_shift, (batch, 1), device=fbank.device)
-    source = (torch.arange(frames, device=fbank.device) - shift) % frames
-    return noisy.gather(1, source[..., None].expand_as(noisy))
+    return roll_frames(noisy, torch.randint(-max_shift, max_shift, (batch,), device=fbank.device))
 
 
 def layer_id(name: str, depth: int) -> int:

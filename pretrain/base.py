@@ -50,7 +50,7 @@ class PretrainModule(L.LightningModule):
     """Base of the pretraining methods.
 
     Args:
-        size: encoder size, ``tiny``, ``small`` or ``base``.
+        size: encoder size, ``tiny``, ``small`` or ``base`` (or ``mini`` for CPU demos).
         fshape: patch height in mel bins (16 for patch models, 128 for frame models).
         tshape: patch width in frames (16 for patch models, 2 for frame models).
         input_tdim: frames per clip (linked to the data's ``target_length`` by the CLI).

@@ -25,6 +25,7 @@ from torch import nn
 
 # size -> (embed_dim, depth, num_heads); all with 4x MLPs and 64-dim heads.
 SIZES: dict[str, tuple[int, int, int]] = {
+    "mini": (192, 4, 3),  # not in the papers: tiny's width at a third of its depth, for CPU demos
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
     "base": (768, 12, 12),
@@ -65,7 +66,8 @@ class EncoderConfig:
 
     @classmethod
     def from_size(cls, size: str, **changes: Any) -> EncoderConfig:
-        """``tiny``, ``small`` or ``base`` (DESIGN.md §5), with any field changed."""
+        """``tiny``, ``small`` or ``base`` (DESIGN.md §5), or ``mini`` (4 blocks of tiny, for
+        demos on a CPU), with any field changed."""
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}")
         embed_dim, depth, num_heads = SIZES[size]
