@@ -6,12 +6,13 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 from ssast.checkpoints import save_encoder
 
 
 class ExportEncoder(L.Callback):
-    """Writes the encoder, with its config and input preprocessing, for
+    """Writes the encoder that transfers (``exported_encoder``: ASiT's teacher), with its config and input preprocessing, for
     ``ssast.load_encoder`` and finetuning, at the end of training (and at every
     validation with ``every_validation``).
 
@@ -33,7 +34,7 @@ class ExportEncoder(L.Callback):
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             datamodule = getattr(trainer, "datamodule", None)
-            save_encoder(pl_module.encoder, self.target(trainer), getattr(datamodule, "preprocessing", None))
+            save_encoder(pl_module.exported_encoder, self.target(trainer), getattr(datamodule, "preprocessing", None))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.every_validation and not trainer.sanity_checking:
@@ -78,10 +79,35 @@ class MetricsSummary(L.Callback):
 class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that, without a ``dirpath``, saves in
     ``<trainer.default_root_dir>/checkpoints`` whatever the logger, so a later
-    ``test``/``predict`` or ``--ckpt_path`` finds the files at a path known in advance."""
+    ``test``/``predict`` or ``--ckpt_path`` finds the files at a path known in advance.
+
+    With ``save_last``, ``last.ckpt`` is rewritten at every checkpointing point. (Lightning
+    2.6 rewrites it only when a top-k checkpoint was saved at the same step, so a run whose
+    monitored metric stops improving would resume from its best epoch, not its last.)
+    """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         explicit = self.dirpath is not None
         super().setup(trainer, pl_module, stage)
         if not explicit:
             self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+        self._last_written_at: int | None = None
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_written_at = trainer.global_step
+
+    def _refresh_last(self, trainer: L.Trainer) -> None:
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run
+        if self.save_last and fitting and trainer.global_step > 0 and self._last_written_at != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
