@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python benchmarks/features.py
 	$(BIN)/python benchmarks/encoder.py
 	$(BIN)/python benchmarks/pretrain_step.py
+	$(BIN)/python benchmarks/pretrain_step.py --method distill
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs .pytest_cache

@@ -1,4 +1,5 @@
-"""Pretraining step speed: our batched MSPM step against the official SSAST step's structure.
+"""Pretraining step speed: our batched MSPM step against the official SSAST step's structure,
+and (``--method distill``) the ASiT step beside MSPM's.
 
 One optimizer step is timed: ``zero_grad`` + masking + forward + losses + backward +
 ``optimizer.step()`` (Adam, lr 1e-4, betas (0.95, 0.999), weight decay 5e-7, as SSAST).
@@ -18,6 +19,12 @@ slow spell of a shared machine hits all of them alike. ``step_s`` is the median 
   attention is explicit, ``softmax(q k^T / sqrt(d)) v``, as in the timm ViT the official
   code is built on. It uses the same encoder weights and heads as ``MSPM``, so only the
   implementation differs (``tflop_per_step`` of it and of ``passes=2`` should match).
+
+* ``distill`` (with ``--method distill``): one ASiT step, ``pretrain.distill.ASiT``: two
+  ``--view-frames`` views cut from each ``--frames`` clip, GMML corruption, teacher and
+  student passes, the three losses, per-tensor gradient clipping, AdamW, then the centers
+  and the EMA teacher updated; the MSPM variants run beside it on the same clips, and
+  ``ratio_distill_vs_passes{1,2}`` compare them.
 
 ``ratio_passes{1,2}_vs_official`` are ``step_s`` over ``official_style_step_s``, measured in
 the same run (lower is better). ``official_reference_s`` is a constant, not a measurement:
@@ -54,6 +61,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from pretrain.distill import ASiT, ema_update
 from pretrain.mspm import MSPM, patchify
 from ssast.encoder import SIZES
 from ssast.heads import PatchPredictionHead
@@ -69,8 +77,8 @@ def build_mspm(size: str, geometry: str, frames: int, mask_patches: int, passes:
     return MSPM(size=size, input_tdim=frames, mask_patches=mask_patches, passes=passes, **GEOMETRIES[geometry])
 
 
-# Method name -> builder of a module whose ``losses(fbank)["loss"]`` is the training loss.
-METHODS: dict[str, Callable[..., nn.Module]] = {"mspm": build_mspm}
+def build_asit(size: str, geometry: str, frames: int, view_frames: int, align: int) -> ASiT:
+    return ASiT(size=size, input_tdim=frames, view_frames=view_frames, align=align, **GEOMETRIES[geometry])
 
 
 def adam(model: nn.Module) -> torch.optim.Optimizer:
@@ -147,6 +155,20 @@ def method_step(model: nn.Module, optimizer: torch.optim.Optimizer, fbank: torch
     optimizer.step()
 
 
+def distill_step(model: ASiT, optimizer: torch.optim.Optimizer, fbank: torch.Tensor, autocast: bool) -> None:
+    """What one ASiT training step does: losses, clipping, AdamW, centers, EMA teacher."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(fbank.device.type, dtype=torch.bfloat16, enabled=autocast):
+        out = model.losses(fbank)
+    out["loss"].backward()
+    model.on_before_optimizer_step(optimizer)
+    optimizer.step()
+    model.global_loss.update_center(out["teacher_cls"])
+    model.local_loss.update_center(out["teacher_patch"])
+    ema_update(model.teacher, model.encoder, 0.996)
+    ema_update(model.teacher_head, model.student_head, 0.996)
+
+
 def prepare(build: Callable[[], Step], fbank: torch.Tensor, warmup: int) -> tuple[Step, int, float]:
     """Build a variant, count one step's FLOPs (also its first warm-up step) and warm it up;
     returns the step, its FLOPs and its peak memory in MiB."""
@@ -192,14 +214,18 @@ def peak_bf16_tflops(device_name: str) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", choices=sorted(METHODS), default="mspm")
+    parser.add_argument("--method", choices=("mspm", "distill"), default="mspm",
+                        help="distill: time ASiT's step beside MSPM's")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default="patch")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--frames", type=int, default=1024)
     parser.add_argument("--mask-patches", type=int, default=400)
     parser.add_argument("--passes", default="1,2", help="1, 2 or a comma list such as 1,2")
-    parser.add_argument("--skip-official", action="store_true", help="do not time the official-style step")
+    parser.add_argument("--view-frames", type=int, default=592, help="distill: frames of each of the two views")
+    parser.add_argument("--align", type=int, default=1, help="distill: GMML block alignment (1 or 16)")
+    parser.add_argument("--skip-official", action="store_true",
+                        help="do not time the official-style step (always skipped with --method distill)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="default bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--warmup", type=int, help="untimed steps after the FLOP count; default 3 on CUDA, 1 on CPU")
@@ -223,17 +249,23 @@ def main() -> None:
         def build() -> Step:
             torch.manual_seed(0)
             random.seed(0)
-            method = METHODS[args.method]
-            model = method(args.size, args.geometry, args.frames, args.mask_patches, num_passes).to(device)
+            model = build_mspm(args.size, args.geometry, args.frames, args.mask_patches, num_passes).to(device)
             optimizer = adam(model.train())
             variant = official_style_step if official else method_step
             return lambda x: variant(model, optimizer, x, autocast)
         return build
 
+    def build_distill() -> Step:
+        torch.manual_seed(0)
+        model = build_asit(args.size, args.geometry, args.frames, args.view_frames, args.align).to(device).train()
+        groups = model.param_groups()
+        optimizer = torch.optim.AdamW(groups, lr=5e-4, betas=(0.9, 0.999), weight_decay=0.04)
+        return lambda x: distill_step(model, optimizer, x, autocast)
+
     builders = {f"passes{p}": builder(official=False, num_passes=p) for p in passes}
-    if not args.skip_official:
-        if args.method != "mspm":
-            raise SystemExit("the official-style step is SSAST's MSPM; use --skip-official for other methods")
+    if args.method == "distill":
+        builders["distill"] = build_distill
+    elif not args.skip_official:
         builders["official_style"] = builder(official=True)
     prepared = {name: prepare(build, fbank, warmup) for name, build in builders.items()}
     medians = time_round_robin({name: step for name, (step, _, _) in prepared.items()}, fbank, steps)
@@ -255,6 +287,10 @@ def main() -> None:
     if peak_tflops is not None:
         report["peak_bf16_tflop_s"] = peak_tflops
     report["passes"] = {str(p): results[f"passes{p}"] for p in passes}
+    if "distill" in results:
+        report |= {"view_frames": args.view_frames, "align": args.align, "distill": results["distill"]}
+        for p in passes:
+            report[f"ratio_distill_vs_passes{p}"] = round(results["distill"]["step_s"] / results[f"passes{p}"]["step_s"], 3)
     if "official_style" in results:
         official = results["official_style"]
         report |= {"official_style": official, "official_style_step_s": official["step_s"]}

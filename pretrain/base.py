@@ -37,10 +37,12 @@ def log_picture(module: L.LightningModule, key: str, picture: np.ndarray, captio
             log.warning("could not log %s to %s: %s", key, type(logger).__name__, error)
 
 
-def add_encoder_metadata(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-    """What ``ssast.load_encoder`` needs to read ``module.encoder`` out of a Lightning
-    checkpoint: its config, and the input preprocessing when the data knows it."""
-    checkpoint["encoder_config"] = module.encoder.config.to_dict()
+def add_encoder_metadata(module: L.LightningModule, checkpoint: dict[str, Any], name: str = "encoder") -> None:
+    """What ``ssast.load_encoder`` needs to read the encoder ``module.<name>`` out of a
+    Lightning checkpoint: its name, its config, and the input preprocessing when the data
+    knows it."""
+    checkpoint["encoder_prefix"] = f"{name}."
+    checkpoint["encoder_config"] = getattr(module, name).config.to_dict()
     datamodule = getattr(module.trainer, "datamodule", None)
     if datamodule is not None and getattr(datamodule, "normalize", None) is not None:
         checkpoint["preprocessing"] = dict(datamodule.preprocessing.__dict__)
@@ -53,7 +55,8 @@ class PretrainModule(L.LightningModule):
         size: encoder size, ``tiny``, ``small`` or ``base`` (or ``mini`` for CPU demos).
         fshape: patch height in mel bins (16 for patch models, 128 for frame models).
         tshape: patch width in frames (16 for patch models, 2 for frame models).
-        input_tdim: frames per clip (linked to the data's ``target_length`` by the CLI).
+        input_tdim: frames per clip (linked to the data's ``target_length`` by the CLI); the
+            encoder's input, unless the method cuts views (:meth:`encoder_input_frames`).
         num_lead_tokens: 2 (``cls`` and ``dist``, as SSAST) or 1.
         drop_path: stochastic depth of the deepest block.
         optimizer: ``adam`` (SSAST) or ``adamw``.
@@ -68,6 +71,9 @@ class PretrainModule(L.LightningModule):
         plateau_patience: validation checks without improvement that are tolerated.
         image_every_n_steps: how often to log a picture (0: never).
     """
+
+    # The encoder that transfers: exported, and read from Lightning checkpoints.
+    exported = "encoder"
 
     def __init__(
         self,
@@ -92,18 +98,35 @@ class PretrainModule(L.LightningModule):
         self.save_hyperparameters()
         # Pretraining cuts non-overlapping patches: the stride is the patch shape.
         config = EncoderConfig.from_size(
-            size, fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape, input_tdim=input_tdim,
-            num_lead_tokens=num_lead_tokens, drop_path=drop_path,
+            size, fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape,
+            input_tdim=self.encoder_input_frames(input_tdim), num_lead_tokens=num_lead_tokens, drop_path=drop_path,
         )
         self.encoder = ASTEncoder(config)
         self._last_batch_start: float | None = None
 
+    def encoder_input_frames(self, clip_frames: int) -> int:
+        """Frames the encoder sees when the data gives clips of ``clip_frames``."""
+        return clip_frames
+
+    @property
+    def exported_encoder(self) -> ASTEncoder:
+        return getattr(self, self.exported)
+
     # --- optimization ---------------------------------------------------------------
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """What the optimizer trains, in groups (a method may exempt some from weight decay)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def peak_lr(self) -> float:
+        """The learning rate after warmup."""
+        return self.hparams.lr
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer_class = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
-        optimizer = optimizer_class(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        optimizer = optimizer_class(self.param_groups(), lr=self.peak_lr(), betas=tuple(hp.betas),
+                                    weight_decay=hp.weight_decay)
         if hp.schedule == "plateau":
             scheduler = WarmupPlateau(optimizer, hp.warmup_steps, hp.plateau_factor, hp.plateau_patience)
         else:
@@ -148,4 +171,4 @@ class PretrainModule(L.LightningModule):
     # --- checkpoints ------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        add_encoder_metadata(self, checkpoint)
+        add_encoder_metadata(self, checkpoint, self.exported)

@@ -61,3 +61,17 @@ class WarmupCosine(LRScheduler):
         progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
         cosine = 0.5 * (1 + math.cos(math.pi * progress))
         return [self.min_lr + (base_lr - self.min_lr) * cosine for base_lr in self.base_lrs]
+
+
+def cosine_ramp(start: float, end: float, step: int, total_steps: int) -> float:
+    """``start`` at step 0 to ``end`` at ``total_steps`` along a half cosine (DINO's
+    schedules of the teacher momentum and the weight decay)."""
+    progress = min(1.0, step / max(1, total_steps))
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def linear_warmup(start: float, end: float, step: int, warmup_steps: int) -> float:
+    """``start`` to ``end`` linearly over ``warmup_steps``, then ``end``."""
+    if step >= warmup_steps:
+        return end
+    return start + (end - start) * step / warmup_steps

@@ -12,8 +12,8 @@ looked like and the keys at fault; nothing is ever loaded partially.
 Formats:
 
 * ``ssast-encoder``: written by :func:`save_encoder` (``.pt`` or ``.safetensors``);
-* ``ssast-lightning``: a Lightning checkpoint of this project (``state_dict`` with an
-  ``encoder.`` prefix, and ``encoder_config`` beside it);
+* ``ssast-lightning``: a Lightning checkpoint of this project (``state_dict`` with the
+  ``encoder_prefix`` beside it, ``encoder.`` or ASiT's ``teacher.``, and ``encoder_config``);
 * ``ssast-official``: the official SSAST ``.pth`` files, pretrained (``module.v.*``,
   ``mask_embed``, ``cpredlayer``/``gpredlayer``, ``p_input_fdim/tdim``) or finetuned
   (``module.v.*``, ``module.mlp_head.*``), with or without DataParallel's ``module.``;
@@ -228,7 +228,8 @@ def _parse(path: Path, hints: _Hints) -> _Parsed:
         preprocessing = Preprocessing(**obj.get("preprocessing", {}))
         return _Parsed(OUR_FORMAT, EncoderConfig(**obj["config"]), obj["state_dict"], preprocessing)
     if "encoder_config" in obj and "state_dict" in obj:
-        state = {k[len("encoder.") :]: v for k, v in obj["state_dict"].items() if k.startswith("encoder.")}
+        prefix = obj.get("encoder_prefix", "encoder.")  # "teacher." for ASiT runs
+        state = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
         preprocessing = Preprocessing(**obj.get("preprocessing", {}))
         return _Parsed("ssast-lightning", EncoderConfig(**obj["encoder_config"]), state, preprocessing)
     for branch in ("teacher", "student"):  # the teacher, an EMA of the student, transfers better

@@ -1,4 +1,5 @@
-"""Which patches to mask for masked spectrogram patch modeling (SSAST's MSPM).
+"""Masks for masked spectrogram modeling: which patches SSAST's MSPM masks, and the GMML
+corruption ASiT's student sees (:func:`gmml_corrupt`).
 
 Every clip gets exactly ``num_masked`` masked patches, as a boolean ``[B, n_freq * n_time]``
 tensor in the encoder's frequency-major patch order (``index = f_row * n_time + t_col``).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -170,3 +172,89 @@ def _ranks(keys: torch.Tensor) -> torch.Tensor:
     order = keys.argsort(dim=1)
     positions = torch.arange(keys.shape[1], device=keys.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, positions)
+
+
+GmmlFill = Literal["zeros", "noise", "time", "freq"]
+
+
+def gmml_corrupt(
+    fbank: torch.Tensor,
+    *,
+    coverage: tuple[float, float] = (0.5, 0.7),
+    max_block: float = 0.3,
+    align: int = 1,
+    fill: GmmlFill = "zeros",
+    noise_mean: float = 0.0,
+    noise_std: float = 0.5,
+    replace_probability: float = 0.5,
+    replace_coverage: float = 0.3,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ASiT's group-masked-model-learning corruption of log-mels ``[B, T, F]``.
+
+    Each clip draws a coverage from ``U[coverage]`` and gets random rectangles, each at most
+    ``max_block`` of the frequency bins and of the frames, until that fraction of its bins
+    is covered. Block corners and sizes are multiples of ``align`` (16: the patch grid).
+    Covered bins become ``0`` (``zeros``), Gaussian noise of ``noise_mean`` / ``noise_std``
+    (``noise``; the defaults are those of a normalized log-mel), or 0 with every block
+    stretched to full height (``time`` stripes) or full width (``freq`` stripes). With
+    ``replace_probability``, a clip is instead corrupted by pasting, at the same positions,
+    ``replace_coverage`` of its area from the next clip of the batch.
+
+    Returns the corrupted batch and the boolean ``[B, T, F]`` mask of the corrupted bins.
+    Loops over blocks, never over clips: a clip that has reached its coverage takes no
+    more blocks, so each overshoots its target by less than one block.
+    """
+    if fbank.dim() != 3:
+        raise ValueError(f"expected log-mels [B, T, F], got shape {list(fbank.shape)}")
+    low, high = coverage
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(f"coverage must be (low, high) with 0 < low <= high <= 1, got {coverage!r}")
+    if not 0.0 < max_block <= 1.0 or align < 1:
+        raise ValueError(f"max_block must be in (0, 1] and align >= 1, got {max_block!r} and {align!r}")
+    if fill not in ("zeros", "noise", "time", "freq"):
+        raise ValueError(f"fill must be zeros, noise, time or freq, got {fill!r}")
+    batch, frames, bins = fbank.shape
+    device = fbank.device
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, device=device, generator=generator)
+
+    replaced = uniform(batch) < replace_probability if batch > 1 else torch.zeros(batch, dtype=torch.bool, device=device)
+    target = torch.where(replaced, torch.full_like(uniform(batch), replace_coverage), low + (high - low) * uniform(batch))
+    # Blocks live on a grid of align x align cells; the cells at the far edges may be partial.
+    cells_t, cells_f = -(-frames // align), -(-bins // align)
+    t_index = torch.arange(cells_t, device=device)
+    f_index = torch.arange(cells_f, device=device)
+    cell_area = ((frames - t_index * align).clamp(max=align)[:, None] * (bins - f_index * align).clamp(max=align)).float()
+    longest_t = max(1, int(frames * max_block) // align)
+    longest_f = max(1, int(bins * max_block) // align)
+    # Stripes span the whole height (time stripes) or width (freq stripes); pasted blocks do not.
+    full_height = (~replaced) & (fill == "time")
+    full_width = (~replaced) & (fill == "freq")
+    mask = torch.zeros(batch, cells_t, cells_f, dtype=torch.bool, device=device)
+    covered = torch.zeros(batch, device=device)
+    for drawn in range(1, 100_000):
+        active = covered < target * (frames * bins)
+        if drawn % 8 == 1 and not bool(active.any()):  # one host sync every 8 blocks
+            break
+        t0, f0 = (uniform(batch) * cells_t).long(), (uniform(batch) * cells_f).long()
+        width = 1 + (uniform(batch) * longest_t).long()
+        height = 1 + (uniform(batch) * longest_f).long()
+        in_t = (t_index >= t0[:, None]) & (t_index < (t0 + width)[:, None])
+        in_f = (f_index >= f0[:, None]) & (f_index < (f0 + height)[:, None])
+        in_f |= full_height[:, None]
+        in_t |= full_width[:, None]
+        block = in_t[:, :, None] & in_f[:, None, :] & active[:, None, None]
+        mask |= block
+        covered = (mask * cell_area).sum(dim=(1, 2))
+    else:
+        raise RuntimeError("gmml_corrupt did not reach its coverage; is the coverage near 1 with tiny blocks?")
+
+    mask = mask.repeat_interleave(align, dim=1).repeat_interleave(align, dim=2)[:, :frames, :bins]
+    if fill == "noise":
+        filler = noise_mean + noise_std * torch.randn(fbank.shape, device=device, generator=generator, dtype=fbank.dtype)
+    else:
+        filler = torch.zeros_like(fbank)
+    filler = torch.where(replaced[:, None, None], fbank.roll(1, dims=0), filler)
+    return torch.where(mask, filler, fbank), mask

@@ -18,11 +18,22 @@ def test_recipe_resolves(recipe, capsys):
         main(["fit", "--config", str(recipe), "--print_config"])
     assert exit_info.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["model"]["class_path"] == "pretrain.mspm.MSPM"
+    method = "pretrain.distill.ASiT" if recipe.stem.startswith("asit_") else "pretrain.mspm.MSPM"
+    assert config["model"]["class_path"] == method
     model, data = config["model"]["init_args"], config["data"]["init_args"]
     if recipe.stem.startswith("mspm_"):
         assert model["mask_patches"] == 400 and model["passes"] == 2 and model["betas"] == [0.95, 0.999]
         assert data["target_length"] == 1024 and config["trainer"]["precision"] == "bf16-mixed"
+    if recipe.stem in ("asit_tiny", "asit_base"):  # DESIGN.md section 7
+        assert (model["fshape"], model["tshape"], model["view_frames"], model["drop_path"]) == (16, 16, 592, 0.1)
+        assert model["coverage"] == [0.5, 0.7] and model["max_block"] == 0.3 and model["replace_coverage"] == 0.3
+        assert (model["cls_dim"], model["patch_dim"], model["student_temp"]) == (8192, 1024, 0.1)
+        assert (model["warmup_teacher_temp"], model["teacher_temp"], model["center_momentum"]) == (0.04, 0.07, 0.9)
+        assert (model["momentum"], model["recon_weight"], model["gradient_clip"]) == (0.996, 2.0, 3.0)
+        assert (model["lr"], model["weight_decay"], model["weight_decay_end"]) == (5e-4, 0.04, 0.4)
+        steps_per_epoch = data["batches_per_epoch"]
+        assert model["warmup_steps"] == 10 * steps_per_epoch and model["teacher_temp_warmup_steps"] == 30 * steps_per_epoch
+        assert config["trainer"]["max_epochs"] == 100 and data["target_length"] >= 592
 
 
 def test_reconstruction_picture(monkeypatch):

@@ -1,0 +1,230 @@
+"""ASiT: GMML corruption, EMA teacher, centering, schedules and the three losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.distill import ASiT, CenteredDistillation, ema_update, entropy
+from pretrain.schedules import cosine_ramp, linear_warmup
+from ssast.masking import gmml_corrupt
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def coverage_of(mask: torch.Tensor) -> torch.Tensor:
+    return mask.float().mean(dim=(1, 2))
+
+
+# --- GMML corruption ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("align", [1, 16])
+def test_coverage_stays_within_the_drawn_range(align):
+    fbank = torch.randn(64, 200, 128)
+    _, mask = gmml_corrupt(fbank, coverage=(0.5, 0.7), align=align, replace_probability=0.0, generator=seeded(align))
+    coverage = coverage_of(mask)
+    # The last block may overshoot the drawn target by at most one block (30% x 30%).
+    assert coverage.min() >= 0.5 and coverage.max() <= 0.7 + 0.3 * 0.3 + 0.01
+    assert coverage.std() > 0.03  # targets are drawn per clip, not one for the batch
+
+
+@pytest.mark.parametrize("align", [1, 16])
+def test_a_block_obeys_the_size_and_alignment_limits(align):
+    frames, bins = 300, 128
+    for seed in range(40):
+        # A target this small is reached by the first block: the mask is that block.
+        _, mask = gmml_corrupt(torch.randn(1, frames, bins), coverage=(1e-6, 1e-6), align=align,
+                               replace_probability=0.0, generator=seeded(seed))
+        rows, cols = mask[0].nonzero(as_tuple=True)
+        t0, t1, f0, f1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        assert mask[0, t0:t1, f0:f1].all() and mask.sum() == (t1 - t0) * (f1 - f0)  # one rectangle
+        assert t1 - t0 <= max(align, int(0.3 * frames)) and f1 - f0 <= max(align, int(0.3 * bins))
+        assert t0 % align == 0 and f0 % align == 0
+        assert (t1 - t0) % align == 0 or t1 == frames  # whole cells, except at the far edge
+        assert (f1 - f0) % align == 0 or f1 == bins
+
+
+def test_fills():
+    fbank = torch.randn(16, 100, 128) + 3.0
+    zeros, mask = gmml_corrupt(fbank, fill="zeros", replace_probability=0.0, generator=seeded())
+    assert torch.equal(zeros[mask], torch.zeros(int(mask.sum())))
+    assert torch.equal(zeros[~mask], fbank[~mask])
+
+    noise, mask = gmml_corrupt(fbank, fill="noise", replace_probability=0.0, generator=seeded())
+    assert noise[mask].mean().abs() < 0.02 and noise[mask].std() == pytest.approx(0.5, abs=0.02)
+
+    time_stripes, mask = gmml_corrupt(fbank, fill="time", replace_probability=0.0, generator=seeded())
+    frame_masked = mask.any(dim=2)
+    assert torch.equal(mask, frame_masked[..., None].expand_as(mask))  # whole frames
+    freq_stripes, mask = gmml_corrupt(fbank, fill="freq", replace_probability=0.0, generator=seeded())
+    bin_masked = mask.any(dim=1)
+    assert torch.equal(mask, bin_masked[:, None].expand_as(mask))  # whole bins
+
+
+def test_replacement_pastes_the_same_positions_from_another_clip():
+    fbank = torch.randn(32, 100, 128)
+    corrupted, mask = gmml_corrupt(fbank, replace_probability=1.0, generator=seeded())
+    partner = fbank.roll(1, dims=0)
+    assert torch.equal(corrupted[mask], partner[mask])
+    coverage = coverage_of(mask)
+    assert coverage.min() >= 0.3 and coverage.max() <= 0.3 + 0.09 + 0.01
+
+    mixed, mask = gmml_corrupt(fbank, replace_probability=0.5, generator=seeded(1))
+    pasted = (mixed[mask] != 0).view(-1)
+    assert 0.2 < pasted.float().mean() < 0.8  # about half the clips pasted, the rest zeroed
+
+
+def test_bad_settings_are_refused():
+    fbank = torch.randn(2, 50, 128)
+    with pytest.raises(ValueError, match="coverage"):
+        gmml_corrupt(fbank, coverage=(0.7, 0.5))
+    with pytest.raises(ValueError, match="fill"):
+        gmml_corrupt(fbank, fill="blur")
+    with pytest.raises(ValueError, match=r"\[B, T, F\]"):
+        gmml_corrupt(fbank[0])
+
+
+# --- teacher, centers, schedules ------------------------------------------------------
+
+
+def test_ema_update_is_the_formula():
+    teacher, student = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in teacher.parameters()]
+    ema_update(teacher, student, 0.9)
+    for old, new, s in zip(before, teacher.parameters(), student.parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * s.detach())
+
+
+def test_centering_and_sharpening():
+    loss = CenteredDistillation(4, student_temp=0.1, center_momentum=0.9)
+    teacher = torch.tensor([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0]])
+    torch.testing.assert_close(loss.teacher_probs(teacher, 0.04), F.softmax(teacher / 0.04, dim=-1))
+    loss.update_center(teacher)
+    torch.testing.assert_close(loss.center, 0.1 * teacher.mean(0))
+    loss.update_center(teacher[None])  # patch outputs [B, N, K]: the mean over every row
+    torch.testing.assert_close(loss.center, 0.9 * 0.1 * teacher.mean(0) + 0.1 * teacher.mean(0))
+    torch.testing.assert_close(loss.teacher_probs(teacher, 0.07), F.softmax((teacher - loss.center) / 0.07, dim=-1))
+
+
+def test_schedules():
+    assert linear_warmup(0.04, 0.07, 0, 30) == pytest.approx(0.04)
+    assert linear_warmup(0.04, 0.07, 15, 30) == pytest.approx(0.055)
+    assert linear_warmup(0.04, 0.07, 31, 30) == pytest.approx(0.07)
+    assert cosine_ramp(0.996, 1.0, 0, 100) == pytest.approx(0.996)
+    assert cosine_ramp(0.996, 1.0, 50, 100) == pytest.approx(0.998)
+    assert cosine_ramp(0.04, 0.4, 100, 100) == pytest.approx(0.4)
+    assert cosine_ramp(0.04, 0.4, 25, 100) == pytest.approx(0.4 + (0.04 - 0.4) * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+# --- the module -------------------------------------------------------------------------
+
+
+def small_asit(**changes) -> ASiT:
+    settings = dict(size="mini", input_tdim=64, view_frames=48, cls_dim=32, patch_dim=16, drop_path=0.0,
+                    align=16, image_every_n_steps=0)
+    return ASiT(**{**settings, **changes})
+
+
+def reference_losses(model: ASiT, views: torch.Tensor, corrupted: torch.Tensor, mask: torch.Tensor) -> dict:
+    """The three losses clip by clip, view by view and patch by patch."""
+    with torch.no_grad():
+        teacher_cls, teacher_patch, _ = model.heads(model.teacher, model.teacher_head, views)
+        student_cls, student_patch, tokens = model.heads(model.encoder, model.student_head, corrupted)
+        reconstruction = model.recon_head(tokens, model.encoder.grid)
+    clips = len(views) // 2
+    temp, student_temp = model.teacher_temperature(), 0.1
+
+    def cross_entropy(teacher, center, student):
+        p = torch.softmax((teacher - center) / temp, dim=-1)
+        return -(p * torch.log_softmax(student / student_temp, dim=-1)).sum()
+
+    global_terms, local_terms, recon_terms = [], [], []
+    for clip in range(clips):
+        a, b = clip, clip + clips
+        global_terms += [cross_entropy(teacher_cls[a], model.global_loss.center, student_cls[b]),
+                         cross_entropy(teacher_cls[b], model.global_loss.center, student_cls[a])]
+        for view in (a, b):
+            for patch in range(teacher_patch.shape[1]):
+                local_terms.append(cross_entropy(teacher_patch[view, patch], model.local_loss.center,
+                                                 student_patch[view, patch]))
+    for view in range(len(views)):
+        recon_terms.append((reconstruction[view] - views[view]).abs()[mask[view]])
+    return {
+        "global": torch.stack(global_terms).mean(), "local": torch.stack(local_terms).mean(),
+        "recon": torch.cat(recon_terms).mean(),
+    }
+
+
+def test_losses_match_a_reference():
+    torch.manual_seed(0)
+    model = small_asit().eval()
+    model.global_loss.center.normal_()  # centers away from zero, so centering is exercised
+    model.local_loss.center.normal_()
+    with torch.no_grad():  # a teacher unlike the student
+        for p in model.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        out = model.losses(torch.randn(3, 64, 128) * 0.5, seeded())
+    expected = reference_losses(model, out["views"], out["corrupted"], out["corrupted"] != out["views"])
+    for name in ("global", "local", "recon"):
+        torch.testing.assert_close(out[name], expected[name], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["loss"], expected["global"] + expected["local"] + 2 * expected["recon"],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_views_are_crops_of_the_clip():
+    model = small_asit(roll_probability=0.0)
+    clips = torch.arange(64.0)[None, :, None].expand(2, 64, 128)  # each frame holds its index
+    views = model.views(clips, seeded())
+    assert views.shape == (4, 48, 128)
+    assert torch.equal(views.diff(dim=1), torch.ones(4, 47, 128))  # consecutive frames
+
+
+def test_teacher_gets_no_gradient_and_is_not_optimized():
+    model = small_asit()
+    model.losses(torch.randn(2, 64, 128))["loss"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
+    assert all(p.grad is None for p in model.teacher_head.parameters())
+    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
+    assert not model.encoder.mask_embed.requires_grad  # unused by ASiT: DDP would wait for its gradient
+    optimized = {id(p) for group in model.param_groups() for p in group["params"]}
+    teacher_ids = {id(p) for p in [*model.teacher.parameters(), *model.teacher_head.parameters()]}
+    assert not optimized & teacher_ids
+    no_decay = model.param_groups()[1]
+    assert no_decay["weight_decay"] == 0.0 and all(p.ndim == 1 for p in no_decay["params"])
+
+
+def test_teacher_starts_as_the_student_without_drop_path():
+    model = small_asit(drop_path=0.1)
+    assert model.encoder.config.drop_path == 0.1 and model.teacher.config.drop_path == 0.0
+    for (name, s), t in zip(model.encoder.state_dict().items(), model.teacher.state_dict().values()):
+        assert torch.equal(s, t), name
+
+
+def test_gradient_clipping_is_per_tensor():
+    model = small_asit(gradient_clip=1.0)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.full_like(p, 10.0)
+    small = model.encoder.cls_token
+    small.grad = torch.full_like(small, 1e-3)
+    model.on_before_optimizer_step(None)
+    norms = [p.grad.norm() for p in model.parameters() if p.grad is not None and p is not small]
+    assert max(norms) == pytest.approx(1.0, rel=1e-4)
+    assert torch.allclose(small.grad, torch.full_like(small, 1e-3))  # under the limit: untouched
+
+
+def test_entropy_of_uniform():
+    assert entropy(torch.full((2, 8), 1 / 8)) == pytest.approx(math.log(8))
+
+
+def test_views_longer_than_the_clips_are_refused():
+    with pytest.raises(ValueError, match="shorter than a view"):
+        small_asit(input_tdim=32, view_frames=48)
+    with pytest.raises(ValueError, match="multiple of the patch width"):
+        small_asit(view_frames=40)
