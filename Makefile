@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine with only Python >= 3.10 and pip:
-#   make demo   set up .venv and pretrain a tiny SSAST on the synthetic demo corpus
-#               (generated into demo_data/ first when missing)
+#   make demo   set up .venv, then on the synthetic demo corpus (generated into demo_data/
+#               first when missing) pretrain a small encoder, finetune it and the same
+#               tasks from scratch, and report both (runs/demo/report.md)
 #   make test   set up .venv (with the test tools) and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,6 +9,7 @@ BIN := $(VENV)/bin
 # torchaudio must match torch exactly; pin both so pip never mixes builds.
 TORCH_PINS ?= "torch==2.11.*" "torchaudio==2.11.*"
 DEMO_DIR ?= demo_data
+DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -23,8 +25,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/ssast-pretrain fit --config configs/pretrain/demo.yaml --data.init_args.demo_corpus $(DEMO_DIR) \
-		--data.init_args.train $(DEMO_DIR)/unlabeled --data.init_args.val $(DEMO_DIR)/events/val $(DEMO_ARGS)
+	$(BIN)/ssast-demo --corpus $(DEMO_DIR) --out $(DEMO_OUT) $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -39,6 +39,17 @@ def build_cli(args: list[str], run: bool = True) -> FinetuneCLI:
     )
 
 
+def fit_then_test(args: list[str], callbacks: tuple = ()) -> dict[str, float]:
+    """Fit from ``args``, then test the best checkpoint (the last weights when there is
+    none); returns the test metrics. ``callbacks`` join the recipe's."""
+    cli = build_cli(args, run=False)
+    cli.trainer.callbacks.extend(callbacks)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    best = "best" if cli.trainer.checkpoint_callback and cli.trainer.checkpoint_callback.best_model_path else None
+    (scores,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
+    return scores
+
+
 def cross_validate(args: list[str]) -> list[float]:
     """Fit and test once per fold folder of ``data.train``; returns the test metrics."""
     probe = build_cli(args, run=False)
@@ -55,12 +66,8 @@ def cross_validate(args: list[str]) -> list[float]:
         others = [str(fold) for fold in folds if fold != held_out]
         fold_args = [*args, "--data.train", json.dumps(others), "--data.val", str(held_out),
                      "--data.test", str(held_out), "--trainer.default_root_dir", str(output / held_out.name)]
-        cli = build_cli(fold_args, run=False)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        best = "best" if cli.trainer.checkpoint_callback and cli.trainer.checkpoint_callback.best_model_path else None
-        (scores,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
-        results.append(scores[metric])
-        print(f"{held_out.name}: {metric} = {scores[metric]:.4f}")
+        results.append(fit_then_test(fold_args)[metric])
+        print(f"{held_out.name}: {metric} = {results[-1]:.4f}")
     spread = statistics.stdev(results) if len(results) > 1 else 0.0
     print(f"{len(results)}-fold {metric}: {statistics.mean(results):.4f} ± {spread:.4f}  "
           f"({', '.join(f'{value:.4f}' for value in results)})")

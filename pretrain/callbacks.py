@@ -111,3 +111,24 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._refresh_last(trainer)
+
+
+class MetricHistory(L.Callback):
+    """Keeps the value of each named metric after every validation (sanity checks aside),
+    for reports drawn once the run is over.
+
+    Args:
+        names: logged metrics to keep (as in ``trainer.callback_metrics``).
+    """
+
+    def __init__(self, names: tuple[str, ...] = ("val/loss",)) -> None:
+        self.names = names
+        self.history: dict[str, list[float]] = {name: [] for name in names}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for name in self.names:
+            value = trainer.callback_metrics.get(name)
+            if value is not None:
+                self.history[name].append(float(value))

@@ -27,3 +27,45 @@ def spectrogram_strip(*spectrograms: torch.Tensor, gap: int = 2) -> np.ndarray:
         rows.append(colorize(spectrogram.detach().float().cpu().numpy().T[::-1], low, high))
         rows.append(np.full((gap, first.shape[0], 3), 255, dtype=np.uint8))
     return np.concatenate(rows[:-1])
+
+
+def line_chart(
+    panels: dict[str, dict[str, list[float]]],
+    colours: dict[str, tuple[int, int, int]],
+    y_label: str = "",
+    size: tuple[int, int] = (320, 240),
+) -> np.ndarray:
+    """Small line charts side by side, one per panel (``{title: {series: values}}``), each
+    series in its colour, x = 1..len(values), y from 0 to the largest value; a legend under
+    them. An ``[H, W, 3]`` uint8 picture."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    margin_left, margin_bottom, margin_top = 40, 24, 22
+    legend = 22
+    image = Image.new("RGB", (width * len(panels), height + legend), "white")
+    draw = ImageDraw.Draw(image)
+    for index, (title, series) in enumerate(panels.items()):
+        left = index * width + margin_left
+        right, top, bottom = (index + 1) * width - 10, margin_top, height - margin_bottom
+        top_value = max((max(values) for values in series.values() if values), default=1.0) or 1.0
+        draw.rectangle((left, top, right, bottom), outline=(120, 120, 120))
+        draw.text((left, 4), title, fill="black")
+        for fraction in (0.0, 0.5, 1.0):
+            y = bottom - fraction * (bottom - top)
+            draw.text((index * width + 4, y - 6), f"{fraction * top_value:.2f}", fill=(80, 80, 80))
+        longest = max((len(values) for values in series.values()), default=1)
+        draw.text((left, bottom + 6), f"1 ... {longest} {y_label}", fill=(80, 80, 80))
+        for name, values in series.items():
+            step = (right - left) / max(1, longest - 1)
+            points = [(left + i * step, bottom - value / top_value * (bottom - top)) for i, value in enumerate(values)]
+            if len(points) > 1:
+                draw.line(points, fill=colours[name], width=2)
+            for x, y in points:
+                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colours[name])
+    x = margin_left
+    for name, colour in colours.items():
+        draw.rectangle((x, height + 6, x + 12, height + 16), fill=colour)
+        draw.text((x + 16, height + 5), name, fill="black")
+        x += 24 + 7 * len(name)
+    return np.asarray(image)
