@@ -226,13 +226,14 @@ class ASiT(PretrainModule):
         recon_loss = ((reconstruction - views.float()).abs() * mask).sum() / mask.sum().clamp_min(1)
 
         hp = self.hparams
-        student_probs = self.global_loss.student_log_probs(student_cls).exp()
-        teacher_entropy = entropy(teacher_cls_probs)
-        cross_entropy = -(teacher_cls_probs * student_probs.clamp_min(1e-12).log()).sum(-1).mean()
+        with torch.no_grad():  # the collapse monitor, same view for teacher and student
+            student_log_probs = self.global_loss.student_log_probs(student_cls)
+            teacher_entropy = entropy(teacher_cls_probs)
+            cross_entropy = -(teacher_cls_probs * student_log_probs).sum(-1).mean()
         return {
             "loss": global_loss + local_loss + hp.recon_weight * recon_loss,
             "global": global_loss, "local": local_loss, "recon": recon_loss,
-            "teacher_entropy": teacher_entropy, "student_entropy": entropy(student_probs),
+            "teacher_entropy": teacher_entropy, "student_entropy": entropy(student_log_probs.exp()),
             "kl": cross_entropy - teacher_entropy,
             "teacher_cls": teacher_cls, "teacher_patch": teacher_patch,
             "views": views, "corrupted": corrupted, "reconstruction": reconstruction.detach(),

@@ -221,7 +221,7 @@ def gmml_corrupt(
         return torch.rand(*shape, device=device, generator=generator)
 
     replaced = uniform(batch) < replace_probability if batch > 1 else torch.zeros(batch, dtype=torch.bool, device=device)
-    target = torch.where(replaced, torch.full_like(uniform(batch), replace_coverage), low + (high - low) * uniform(batch))
+    target = torch.where(replaced, replace_coverage, low + (high - low) * uniform(batch))
     # Blocks live on a grid of align x align cells; the cells at the far edges may be partial.
     cells_t, cells_f = -(-frames // align), -(-bins // align)
     t_index = torch.arange(cells_t, device=device)
