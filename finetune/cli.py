@@ -17,14 +17,12 @@ import statistics
 import sys
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
-
 from finetune.module import Finetune
-from pretrain.cli import LogConfig, default_wandb_to_offline
+from pretrain.cli import ConciseParser, LogConfig, RunCLI, default_wandb_to_offline, run_program
 from pretrain.datamodule import AudioDataModule
 
 
-class FinetuneCLI(LightningCLI):
+class FinetuneCLI(RunCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.target_length", "model.input_tdim")
         parser.link_arguments("model.task", "data.multi_label", compute_fn=lambda task: task == "multilabel")
@@ -35,7 +33,7 @@ class FinetuneCLI(LightningCLI):
 def build_cli(args: list[str], run: bool = True) -> FinetuneCLI:
     return FinetuneCLI(
         Finetune, AudioDataModule, save_config_callback=LogConfig, save_config_kwargs={"overwrite": True},
-        args=args, run=run,
+        parser_class=ConciseParser, parser_kwargs={"prog": "ssast-finetune"}, args=args, run=run,
     )
 
 
@@ -50,13 +48,18 @@ def fit_then_test(args: list[str], callbacks: tuple = ()) -> dict[str, float]:
     return scores
 
 
+def _fold_folders(folder: Path) -> list[Path]:
+    # Folders only: the shards inside a fold folder are named fold*-NNNNNN.tar too.
+    return sorted(path for path in folder.glob("fold*") if path.is_dir())
+
+
 def cross_validate(args: list[str]) -> list[float]:
     """Fit and test once per fold folder of ``data.train``; returns the test metrics."""
     probe = build_cli(args, run=False)
     train = probe.datamodule.hparams.train
     first = Path(train if isinstance(train, str) else train[0])
-    root = first if any(first.glob("fold*")) else first.parent
-    folds = sorted(path for path in root.glob("fold*") if path.is_dir())
+    root = first if _fold_folders(first) else first.parent
+    folds = _fold_folders(root)
     if len(folds) < 2:
         raise SystemExit(f"cv needs data.train to be a folder of fold* folders; {root} has {len(folds)}")
     metric = f"test/{probe.model.metric_name}"
@@ -78,9 +81,9 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else list(args)
     default_wandb_to_offline()
     if args and args[0] == "cv":
-        cross_validate(args[1:])
+        run_program("ssast-finetune cv", lambda: cross_validate(args[1:]))
         return
-    build_cli(args)
+    run_program("ssast-finetune", lambda: build_cli(args))
 
 
 if __name__ == "__main__":

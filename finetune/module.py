@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,9 +26,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
 
 from pretrain.base import add_encoder_metadata, log_picture
+from pretrain.datamodule import log_data_counts
+from pretrain.recovery import SkipNonFiniteSteps
 from pretrain.schedules import WarmupCosine
 from ssast.augment import roll_frames
-from ssast.checkpoints import adapt_encoder, load_checkpoint
+from ssast.checkpoints import Checkpoint, CheckpointError, adapt_encoder, load_checkpoint
 from ssast.encoder import ASTEncoder, EncoderConfig, Pooling
 from ssast.heads import ClassificationHead
 from ssast.visualize import colorize
@@ -69,17 +70,20 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-class Finetune(L.LightningModule):
-    """An encoder and a classification head, trained on labeled shards.
+class Finetune(SkipNonFiniteSteps):
+    """An encoder and a classification head, trained on labeled shards. A batch whose loss is
+    NaN or infinite skips its optimizer step (:class:`~pretrain.recovery.SkipNonFiniteSteps`).
 
     Args:
         num_classes: number of classes (linked from the data by the CLI).
         task: ``multiclass`` (cross-entropy, accuracy) or ``multilabel`` (BCE, mAP).
         init_from: checkpoint to start from (ours, official SSAST, Hugging Face AST, ASiT);
             ``None`` trains from scratch (the baseline).
-        size: encoder size when training from scratch.
-        fshape: patch height when training from scratch.
-        tshape: patch width when training from scratch.
+        size: encoder size from scratch (``None``: ``base``); with ``init_from``, ``None``
+            or the checkpoint's size, which is checked.
+        fshape: patch height from scratch (``None``: 16); with ``init_from``, ``None`` or
+            the checkpoint's, which is checked.
+        tshape: patch width, like ``fshape``.
         fstride: frequency stride (SSAST finetunes patch models at 10, frame models at
             128); ``None`` keeps the checkpoint's (the patch height from scratch).
         tstride: time stride (SSAST: 10 for patch models, 1 for frame models); ``None``
@@ -99,6 +103,8 @@ class Finetune(L.LightningModule):
         timem: SpecAugment: widest time mask in frames (0: off).
         noise: add AST's noise and random time roll.
         class_names: class names for predictions and the confusion matrix (linked).
+        max_nonfinite_steps: consecutive optimizer steps skipped for a NaN or infinite loss
+            that stop the run (1: the first one does).
     """
 
     def __init__(
@@ -106,9 +112,9 @@ class Finetune(L.LightningModule):
         num_classes: int = 2,
         task: Task = "multiclass",
         init_from: str | None = None,
-        size: str = "base",
-        fshape: int = 16,
-        tshape: int = 16,
+        size: str | None = None,
+        fshape: int | None = None,
+        tshape: int | None = None,
         fstride: int | None = None,
         tstride: int | None = None,
         input_tdim: int = 1024,
@@ -126,9 +132,11 @@ class Finetune(L.LightningModule):
         timem: int = 0,
         noise: bool = False,
         class_names: list[str] | None = None,
+        max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.encoder = self._build_encoder()
         self.head = ClassificationHead(self.encoder.embed_dim, num_classes)
         if freeze_encoder:
@@ -151,13 +159,32 @@ class Finetune(L.LightningModule):
         strides = {"fstride": hp.fstride, "tstride": hp.tstride}
         strides = {name: value for name, value in strides.items() if value is not None}
         if hp.init_from is None:
+            fshape, tshape = hp.fshape or 16, hp.tshape or 16
             config = EncoderConfig.from_size(
-                hp.size, fshape=hp.fshape, tshape=hp.tshape, fstride=hp.fshape, tstride=hp.tshape,
+                hp.size or "base", fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape,
                 input_tdim=hp.input_tdim, drop_path=hp.drop_path,
             )
             return ASTEncoder(config.replace(**strides))
-        encoder = load_checkpoint(hp.init_from).encoder
-        return adapt_encoder(encoder, input_tdim=hp.input_tdim, drop_path=hp.drop_path, **strides)
+        checkpoint = load_checkpoint(hp.init_from)
+        self._check_recipe_fits(checkpoint)
+        return adapt_encoder(checkpoint.encoder, input_tdim=hp.input_tdim, drop_path=hp.drop_path, **strides)
+
+    def _check_recipe_fits(self, checkpoint: Checkpoint) -> None:
+        """A recipe that names a size or token shape must get it: finetuning frame tokens
+        from a patch checkpoint would otherwise go unnoticed."""
+        hp, config = self.hparams, checkpoint.encoder.config
+        wanted = {"fshape": hp.fshape, "tshape": hp.tshape}
+        if hp.size is not None:
+            sized = EncoderConfig.from_size(hp.size)
+            wanted.update(embed_dim=sized.embed_dim, depth=sized.depth)
+        differ = {name: value for name, value in wanted.items() if value is not None and getattr(config, name) != value}
+        if differ:
+            asked = ", ".join(f"{name}={value}" for name, value in differ.items())
+            has = ", ".join(f"{name}={getattr(config, name)}" for name in differ)
+            raise CheckpointError(
+                checkpoint.path, checkpoint.format, f"holds an encoder with {has} but the recipe asks for {asked}; "
+                "set model.size, model.fshape and model.tshape to null to take the checkpoint's, or start from a "
+                "checkpoint that matches")
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` of normalized log-mels ``[B, T, F]``."""
@@ -207,6 +234,11 @@ class Finetune(L.LightningModule):
         loss = self._loss(self(fbank), targets)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(fbank))
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        # Summed over ranks, so only on logging steps (every rank reaches the same ones).
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            log_data_counts(self)
 
     def _evaluate(self, batch: dict, loss_metric: MeanMetric, metric, stage: str) -> None:
         logits = self(batch["fbank"])
@@ -258,6 +290,7 @@ class Finetune(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         add_encoder_metadata(self, checkpoint)
 
 

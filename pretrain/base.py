@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from ssast.encoder import ASTEncoder, EncoderConfig
+from pretrain.datamodule import log_data_counts
+from pretrain.recovery import SkipNonFiniteSteps
 from pretrain.schedules import WarmupCosine, WarmupPlateau
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,9 @@ def add_encoder_metadata(module: L.LightningModule, checkpoint: dict[str, Any], 
         checkpoint["preprocessing"] = dict(datamodule.preprocessing.__dict__)
 
 
-class PretrainModule(L.LightningModule):
-    """Base of the pretraining methods.
+class PretrainModule(SkipNonFiniteSteps):
+    """Base of the pretraining methods. A batch whose loss is NaN or infinite skips its
+    optimizer step (:class:`~pretrain.recovery.SkipNonFiniteSteps`).
 
     Args:
         size: encoder size, ``tiny``, ``small`` or ``base`` (or ``mini`` for CPU demos).
@@ -70,6 +73,8 @@ class PretrainModule(L.LightningModule):
         plateau_factor: learning-rate factor of a plateau.
         plateau_patience: validation checks without improvement that are tolerated.
         image_every_n_steps: how often to log a picture (0: never).
+        max_nonfinite_steps: consecutive optimizer steps skipped for a NaN or infinite loss
+            that stop the run (1: the first one does).
     """
 
     # The encoder that transfers: exported, and read from Lightning checkpoints.
@@ -93,9 +98,11 @@ class PretrainModule(L.LightningModule):
         plateau_factor: float = 0.5,
         plateau_patience: int = 2,
         image_every_n_steps: int = 500,
+        max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.max_nonfinite_steps = max_nonfinite_steps
         # Pretraining cuts non-overlapping patches: the stride is the patch shape.
         config = EncoderConfig.from_size(
             size, fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape,
@@ -153,12 +160,8 @@ class PretrainModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
         # Summed over ranks, so only on logging steps (every rank reaches the same ones).
-        if self.global_step % self.trainer.log_every_n_steps:
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "skipped_samples"):
-            skipped = torch.tensor(float(datamodule.skipped_samples), device=self.device)
-            self.log("data/skipped_samples", skipped, reduce_fx="sum", sync_dist=True, batch_size=1)
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            log_data_counts(self)
 
     def should_draw(self) -> bool:
         """Whether this training step logs a picture (on the first rank only)."""
@@ -171,4 +174,5 @@ class PretrainModule(L.LightningModule):
     # --- checkpoints ------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         add_encoder_metadata(self, checkpoint, self.exported)

@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from ssast.checkpoints import save_encoder
+from ssast.files import written_atomically
 
 
 class ExportEncoder(L.Callback):
@@ -34,7 +35,9 @@ class ExportEncoder(L.Callback):
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             datamodule = getattr(trainer, "datamodule", None)
-            save_encoder(pl_module.exported_encoder, self.target(trainer), getattr(datamodule, "preprocessing", None))
+            target = self.target(trainer)
+            with written_atomically(target, suffix=target.suffix) as temp:  # a kill mid-export keeps the last one
+                save_encoder(pl_module.exported_encoder, temp, getattr(datamodule, "preprocessing", None))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.every_validation and not trainer.sanity_checking:
@@ -84,14 +87,24 @@ class RunCheckpoint(ModelCheckpoint):
     With ``save_last``, ``last.ckpt`` is rewritten at every checkpointing point. (Lightning
     2.6 rewrites it only when a top-k checkpoint was saved at the same step, so a run whose
     monitored metric stops improving would resume from its best epoch, not its last.)
+
+    ``ckpt_path="last"`` finds ``last.ckpt`` there too. (Lightning looks for it before
+    ``setup``, in the logger's folder: with W&B it found nothing, and the "resumed" run
+    silently started from scratch.)
     """
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        explicit = self.dirpath is not None
-        super().setup(trainer, pl_module, stage)
-        if not explicit:
+    def _use_run_folder(self, trainer: L.Trainer) -> None:
+        if self.dirpath is None:
             self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._use_run_folder(trainer)
+        super().setup(trainer, pl_module, stage)
         self._last_written_at: int | None = None
+
+    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
+        self._use_run_folder(trainer)
+        return super()._find_last_checkpoints(trainer)
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)

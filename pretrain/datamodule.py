@@ -4,6 +4,10 @@ Loader workers decode and crop clips from WebDataset shards (``ssast.data.reader
 Kaldi fbank and the normalization run on the training device in
 ``on_after_batch_transfer``. On a CPU-only run the workers compute the fbank instead, in
 parallel, and only the normalization is left to the main process.
+
+What the readers skipped, fixed and retried is counted by reason for training and for
+evaluation, logged as ``data/...`` by :func:`log_data_counts` and printed when a stage
+ends.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
 from ssast.checkpoints import Preprocessing
-from ssast.data.reader import EpochLoader, ShardStream, SkipCounter, list_shards, read_classes
+from ssast.data.reader import (
+    FIX_REASONS, SHARD_EVENTS, SKIP_REASONS, EpochLoader, EvalLoader, ShardStream, SkipCounter, list_shards, read_classes,
+)
 from ssast.data.stats import read_stats
 from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames
 
@@ -57,6 +62,12 @@ class AudioDataModule(L.LightningDataModule):
             trainer runs on CPU.
         demo_corpus: a folder for the built-in demo corpus, generated there before the
             run when it is missing.
+        max_skip_ratio: stop with ``TooManySkipped`` when more than this share of the
+            samples read could not be used (``None``: never stop).
+        skip_ratio_after: samples read before ``max_skip_ratio`` is checked.
+        shard_retries: how often a shard that fails to open or read is tried again before
+            it is skipped.
+        retry_delay: seconds before the first retry; each next one waits twice as long.
     """
 
     def __init__(
@@ -76,6 +87,10 @@ class AudioDataModule(L.LightningDataModule):
         seed: int = 0,
         fbank_in_workers: bool | None = None,
         demo_corpus: str | None = None,
+        max_skip_ratio: float | None = 0.1,
+        skip_ratio_after: int = 1000,
+        shard_retries: int = 3,
+        retry_delay: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -108,9 +123,19 @@ class AudioDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names or ())
 
-    @property
-    def skipped_samples(self) -> int:
-        return self.train_skips.samples + self.eval_skips.samples
+    def data_counts(self) -> dict[str, int]:
+        """Training and evaluation counts together, by their log names (see
+        :func:`log_data_counts`)."""
+        train, evaluation = self.train_skips.counts(), self.eval_skips.counts()
+        total = {name: train[name] + evaluation[name] for name in train}
+        skipped = {f"data/skipped/{reason}": total[reason] for reason in SKIP_REASONS}
+        return {
+            "data/read": total["read"],
+            "data/skipped_samples": sum(skipped.values()),
+            **skipped,
+            **{f"data/fixed/{reason}": total[reason] for reason in FIX_REASONS},
+            **{f"data/{event}": total[event] for event in SHARD_EVENTS},
+        }
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -152,7 +177,8 @@ class AudioDataModule(L.LightningDataModule):
             classes=self.class_names if labeled else None, multi_label=hp.multi_label,
             shuffle_buffer=hp.shuffle_buffer, seed=hp.seed,
             rank=rank, world_size=world_size, skips=self.train_skips if training else self.eval_skips,
-            fbank=Fbank() if self._workers_compute_fbank else None,
+            fbank=Fbank() if self._workers_compute_fbank else None, max_skip_ratio=hp.max_skip_ratio,
+            skip_ratio_after=hp.skip_ratio_after, shard_retries=hp.shard_retries, retry_delay=hp.retry_delay,
         )
 
     def _loader_options(self) -> dict:
@@ -163,20 +189,29 @@ class AudioDataModule(L.LightningDataModule):
         stream = self._stream(self.hparams.train, training=True)
         return EpochLoader(stream, self.hparams.batches_per_epoch, **self._loader_options())
 
-    def _eval_loader(self, source: str | list[str] | None, labeled: bool = True) -> DataLoader | list:
+    def _eval_loader(self, source: str | list[str] | None, labeled: bool = True) -> EvalLoader | list:
         if source is None:
             return []
         stream = self._stream(source, training=False, labeled=labeled)
-        return DataLoader(stream, batch_size=None, **self._loader_options())
+        return EvalLoader(stream, batch_size=None, **self._loader_options())
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> EvalLoader | list:
         return self._eval_loader(self.hparams.val)
 
-    def test_dataloader(self) -> DataLoader | list:
+    def test_dataloader(self) -> EvalLoader | list:
         return self._eval_loader(self.hparams.test)
 
-    def predict_dataloader(self) -> DataLoader | list:
+    def predict_dataloader(self) -> EvalLoader | list:
         return self._eval_loader(self.hparams.predict, labeled=False)
+
+    def teardown(self, stage: str) -> None:
+        """A paragraph per kind of data on what its readers skipped, fixed and retried, so
+        that the end of a run says what it left out (counts of this process)."""
+        rank = f"[rank {self.trainer.global_rank}] " if self.trainer and self.trainer.world_size > 1 else ""
+        if stage == "fit":
+            print(f"{rank}training data: {self.train_skips.summary()}")
+        if self.eval_skips.read or self.eval_skips.shards:
+            print(f"{rank}evaluation data: {self.eval_skips.summary()}")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if "fbank" not in batch:
@@ -184,3 +219,18 @@ class AudioDataModule(L.LightningDataModule):
             batch["fbank"] = self.fbank(batch.pop("audio"), batch["lengths"])
         batch["fbank"] = self.normalize(fit_frames(batch["fbank"], self.hparams.target_length))
         return batch
+
+
+def log_data_counts(module: L.LightningModule) -> None:
+    """Log the data counts of the module's :class:`AudioDataModule`, training and
+    evaluation together, summed over ranks in one collective: ``data/read``,
+    ``data/skipped_samples``, ``data/skipped/<reason>``, ``data/fixed/<reason>``,
+    ``data/shard_retries`` and ``data/failed_shards``. Call it on the same steps on every
+    rank; without an AudioDataModule it does nothing."""
+    datamodule = getattr(module.trainer, "datamodule", None)
+    if not isinstance(datamodule, AudioDataModule):
+        return
+    counts = datamodule.data_counts()
+    values = torch.tensor(list(counts.values()), device=module.device)
+    values = module.trainer.strategy.reduce(values, reduce_op="sum")
+    module.log_dict(dict(zip(counts, values.float())), batch_size=1)

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MeanMetric
 
 from ssast.augment import random_crop_frames, random_roll
@@ -57,12 +57,20 @@ class CenteredDistillation(nn.Module):
         return -(teacher_probs * self.student_log_probs(student_logits)).sum(dim=-1).mean()
 
     @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
+    def teacher_mean(self, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The teacher's mean output over every leading position and every rank."""
         mean = teacher_logits.float().reshape(-1, teacher_logits.shape[-1]).mean(dim=0)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(mean)
             mean /= dist.get_world_size()
-        self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
+        return mean
+
+    @torch.no_grad()
+    def move_center(self, teacher_mean: torch.Tensor) -> None:
+        self.center.mul_(self.center_momentum).add_(teacher_mean, alpha=1 - self.center_momentum)
+
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        self.move_center(self.teacher_mean(teacher_logits))
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -163,7 +171,16 @@ class ASiT(PretrainModule):
         self.recon_head = SpectrogramReconstructionHead(config.embed_dim, config.fshape, config.tshape)
         self.global_loss = CenteredDistillation(cls_dim, student_temp, center_momentum)
         self.local_loss = CenteredDistillation(patch_dim, student_temp, center_momentum)
+        # The centers are averaged across ranks by the losses themselves. DDP would also
+        # broadcast them from rank 0 before every forward: a collective that hangs evaluation
+        # whenever ranks hold different numbers of batches.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, ["global_loss.center", "local_loss.center"]
+        )
         self.val_losses = nn.ModuleDict({name: MeanMetric() for name in ("loss", "global", "local", "recon")})
+        # The teacher's mean outputs of the batches since the last optimizer step: the centers
+        # move once that step is taken (a NaN batch skipped must not poison them for good).
+        self._pending_centers: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def encoder_input_frames(self, clip_frames: int) -> int:
         if clip_frames < self.view_frames:
@@ -241,8 +258,9 @@ class ASiT(PretrainModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.losses(batch["fbank"])
-        self.global_loss.update_center(out["teacher_cls"])
-        self.local_loss.update_center(out["teacher_patch"])
+        self._pending_centers.append(
+            (self.global_loss.teacher_mean(out["teacher_cls"]), self.local_loss.teacher_mean(out["teacher_patch"]))
+        )
         size = len(batch["fbank"])
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
         names = ("global", "local", "recon", "teacher_entropy", "student_entropy", "kl")
@@ -296,9 +314,14 @@ class ASiT(PretrainModule):
             scales = [torch.clamp(clip / (norm + 1e-6), max=1.0) for norm in norms]
             torch._foreach_mul_(grads, scales)
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        momentum = self.teacher_momentum()  # of the step being taken
-        super().optimizer_step(*args, **kwargs)
+    def after_optimizer_step(self, skipped: bool) -> None:
+        pending, self._pending_centers = self._pending_centers, []
+        if skipped:
+            return
+        for global_mean, local_mean in pending:
+            self.global_loss.move_center(global_mean)
+            self.local_loss.move_center(local_mean)
+        momentum = self.teacher_momentum()  # of the step just taken: global_step counts it only afterwards
         ema_update(self.teacher, self.encoder, momentum)
         ema_update(self.teacher_head, self.student_head, momentum)
 

@@ -10,19 +10,96 @@ from __future__ import annotations
 
 import io
 import random
+from math import gcd
 from pathlib import Path
 
-import numpy as np
 import soundfile
 import torch
 import torch.nn.functional as F
 import torchaudio.functional
 
 SAMPLE_RATE = 16_000
+# Lossy codecs decode a frame with the help of the frames before it (MP3's bit reservoir,
+# Vorbis's overlapping blocks): after a seek, their first samples come out wrong, so a
+# window of them is read from this many samples earlier (by libsndfile format).
+SEEK_PREROLL = {"MP3": 4 * 1152, "OGG": 8192}
 
 
 class AudioDecodeError(ValueError):
-    """A clip that cannot be used: undecodable, empty or not finite."""
+    """A clip that cannot be used. ``reason`` says which way, in the words the shard
+    reader counts skips by: ``undecodable``, ``empty`` or ``not_finite``."""
+
+    def __init__(self, message: str, reason: str = "undecodable") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class AudioFile:
+    """Encoded audio (bytes in memory or a path) opened for reading windows of it.
+
+    Rate, channels and length come from the header; :meth:`read` seeks to the window it
+    is asked for and decodes only that, so an hour-long clip costs what its window costs
+    rather than an hour of float samples. Windows are mono (channels averaged) and at
+    ``target_rate`` (``None``: the file's own rate).
+    """
+
+    def __init__(self, source: bytes | str | Path, target_rate: int | None = SAMPLE_RATE) -> None:
+        if isinstance(source, bytes) and not source:
+            raise AudioDecodeError("empty file (0 bytes)", "empty")
+        try:
+            self._handle = soundfile.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+        except Exception as error:  # libsndfile and its codecs fail in many ways
+            raise AudioDecodeError(f"cannot decode audio: {_reason(error)}") from error
+        self.rate: int = self._handle.samplerate
+        self.channels: int = self._handle.channels
+        self.frames: int = self._handle.frames
+        self.target_rate: int = target_rate or self.rate
+
+    def __enter__(self) -> AudioFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._handle.close()
+
+    @property
+    def num_samples(self) -> int:
+        """The length at the target rate, as resampling the whole file gives it."""
+        return -(-self.frames * self.target_rate // self.rate)
+
+    def read(self, start: int = 0, num_samples: int | None = None) -> torch.Tensor:
+        """``num_samples`` (to the end: ``None``) from ``start``, both at the target rate;
+        fewer when the file ends first. A resampled window equals the same span of the
+        whole file resampled: it is read with a margin on each side, for the filter to
+        see the same neighbours, starting on a sample the two rates share."""
+        if self.rate == self.target_rate:
+            return self._read_mono(start, num_samples)
+        step = gcd(self.rate, self.target_rate)
+        source_step, target_step = self.rate // step, self.target_rate // step
+        margin = 32 * -(-self.rate // self.target_rate)
+        begin = max(0, start * source_step // target_step - margin)
+        begin -= begin % source_step
+        count = None
+        if num_samples is not None:
+            count = -(-(start + num_samples) * source_step // target_step) + margin - begin
+        waveform = resample(self._read_mono(begin, count), self.rate, self.target_rate)
+        offset = start - begin // source_step * target_step
+        return waveform[offset : None if num_samples is None else offset + num_samples]
+
+    def _read_mono(self, first: int, count: int | None) -> torch.Tensor:
+        """``count`` frames (all: ``None``) from ``first`` at the file's rate, averaged to
+        mono and checked."""
+        preroll = min(first, SEEK_PREROLL.get(self._handle.format, 0))
+        try:
+            self._handle.seek(first - preroll)
+            samples = self._handle.read(-1 if count is None else preroll + count, dtype="float32", always_2d=True)
+        except Exception as error:
+            raise AudioDecodeError(f"cannot decode audio: {_reason(error)}") from error
+        waveform = torch.from_numpy(samples[preroll:]).mean(dim=1)
+        if waveform.numel() == 0:
+            raise AudioDecodeError("audio is empty (0 samples)", "empty")
+        if not torch.isfinite(waveform).all():
+            raise AudioDecodeError("audio holds NaN or Inf samples", "not_finite")
+        return waveform
 
 
 def decode_audio(data: bytes, target_rate: int | None = SAMPLE_RATE) -> tuple[torch.Tensor, int]:
@@ -31,13 +108,8 @@ def decode_audio(data: bytes, target_rate: int | None = SAMPLE_RATE) -> tuple[to
     Returns ``(waveform [N] float32, sample_rate)``; with ``target_rate`` set the clip is
     resampled to it, with ``None`` the file's own rate is kept.
     """
-    if not data:
-        raise AudioDecodeError("empty file (0 bytes)")
-    try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as error:  # libsndfile and its codecs fail in many ways
-        raise AudioDecodeError(f"cannot decode audio: {_reason(error)}") from error
-    return _checked_mono(samples, rate, target_rate)
+    with AudioFile(data, target_rate) as audio:
+        return audio.read(), audio.target_rate
 
 
 def read_audio_window(
@@ -46,29 +118,15 @@ def read_audio_window(
     """``seconds`` of a file from ``start`` (seconds), read by seeking rather than
     decoding the whole file; mono and resampled like :func:`decode_audio`."""
     try:
-        with soundfile.SoundFile(str(path)) as handle:
-            rate = handle.samplerate
-            handle.seek(round(start * rate))
-            samples = handle.read(round(seconds * rate), dtype="float32", always_2d=True)
-    except Exception as error:
-        raise AudioDecodeError(f"cannot read {seconds:g} s at {start:g} s: {_reason(error)}") from error
-    return _checked_mono(samples, rate, target_rate)
+        with AudioFile(path, target_rate) as audio:
+            rate = audio.target_rate
+            return audio.read(round(start * rate), round(seconds * rate)), rate
+    except AudioDecodeError as error:
+        raise AudioDecodeError(f"cannot read {seconds:g} s at {start:g} s: {error}", error.reason) from error
 
 
 def _reason(error: Exception) -> str:
     return getattr(error, "error_string", None) or str(error)
-
-
-def _checked_mono(samples: np.ndarray, rate: int, target_rate: int | None) -> tuple[torch.Tensor, int]:
-    waveform = torch.from_numpy(samples).mean(dim=1)
-    if waveform.numel() == 0:
-        raise AudioDecodeError("audio is empty (0 samples)")
-    if not torch.isfinite(waveform).all():
-        raise AudioDecodeError("audio holds NaN or Inf samples")
-    if target_rate is not None and rate != target_rate:
-        waveform = resample(waveform, rate, target_rate)
-        rate = target_rate
-    return waveform, rate
 
 
 def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
@@ -99,7 +157,12 @@ def pad_or_crop(waveform: torch.Tensor, num_samples: int, start: int = 0) -> tup
     return clip, valid
 
 
+def random_start(length: int, num_samples: int, rng: random.Random) -> int:
+    """Where a random window of ``num_samples`` starts in a clip of ``length`` (0 when the
+    clip is shorter), every start equally likely."""
+    return rng.randint(0, max(0, length - num_samples))
+
+
 def random_crop(waveform: torch.Tensor, num_samples: int, rng: random.Random) -> tuple[torch.Tensor, int]:
     """A random window of ``num_samples`` (the whole clip, padded, when it is shorter)."""
-    start = rng.randint(0, max(0, waveform.shape[-1] - num_samples))
-    return pad_or_crop(waveform, num_samples, start)
+    return pad_or_crop(waveform, num_samples, random_start(waveform.shape[-1], num_samples, rng))

@@ -28,6 +28,7 @@ import argparse
 import json
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,14 +179,25 @@ class _Hints:
     num_heads: int | None
 
 
+def refusal_reason(error: pickle.UnpicklingError) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return f"loading it would import {found.group(1)}" if found else str(error).strip().splitlines()[0]
+
+
 def _torch_load(path: Path) -> Any:
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    # torch.save writes zip files (since 1.6), older versions a pickle (protocol 2: 0x80 0x02).
+    if not (zipfile.is_zipfile(path) or head.startswith(b"\x80")):
+        raise CheckpointError(path, "unknown", "not a checkpoint: neither a torch.save file nor safetensors")
     # ASiT saves its argparse.Namespace of options; it only holds values, so it is allowed.
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise CheckpointError(path, "pickle", f"refused to load: not a plain weights file ({reason})") from None
+        raise CheckpointError(path, "pickle", f"refused: {refusal_reason(error)}; only files of weights and plain "
+                                              "values are loaded (re-save a trusted file's state_dict)") from None
     except (RuntimeError, EOFError) as error:
         raise CheckpointError(path, "unknown", f"not a readable torch file ({error})") from None
 

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import functools
+import http.server
+import io
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +25,20 @@ def tone(seconds: float, rate: int = SAMPLE_RATE, freq: float = 440.0, channels:
     return mono if channels == 1 else np.stack([mono * (c + 1) / channels for c in range(channels)], axis=1)
 
 
+def encoded(samples: np.ndarray, rate: int, format: str = "WAV", subtype: str | None = None) -> bytes:
+    """Samples ``[N]`` or ``[N, C]`` as the bytes of an audio file."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format=format, subtype=subtype)
+    return buffer.getvalue()
+
+
 def write_shard(path: Path, samples: Sequence[dict]) -> None:
-    """A tar of ready-made samples: dicts with __key__ and members (bytes or json-able)."""
+    """A tar of ready-made samples: dicts with __key__ and members (bytes, or json-able for
+    the json member)."""
     with wds.TarWriter(str(path)) as sink:
         for sample in samples:
-            sink.write({k: (json.dumps(v).encode() if k == "json" else v) for k, v in sample.items()})
+            sink.write({k: (json.dumps(v).encode() if k == "json" and not isinstance(v, bytes) else v)
+                        for k, v in sample.items()})
 
 
 def flac_sample(key: str, seconds: float, labels: Sequence[str] = (), freq: float = 440.0) -> dict:
@@ -59,3 +73,21 @@ def small_demo_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     build_demo(root, scale=0.2, seed=1, workers=2, progress=False)
     return root
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def http_server(folder: Path, handler: type[http.server.BaseHTTPRequestHandler] = QuietHandler) -> Iterator[str]:
+    """Serve ``folder`` on localhost from a thread; yields the base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

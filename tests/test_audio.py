@@ -1,26 +1,18 @@
-import io
 import random
 
 import numpy as np
 import pytest
-import soundfile
 import torch
 
-from conftest import tone
-from ssast.audio import AudioDecodeError, decode_audio, encode_flac, pad_or_crop, random_crop
+from conftest import encoded, tone
+from ssast.audio import AudioDecodeError, AudioFile, decode_audio, encode_flac, pad_or_crop, random_crop
 
 
-def encoded(samples: np.ndarray, rate: int, format: str = "WAV", subtype: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, rate, format=format, subtype=subtype)
-    return buffer.getvalue()
+FORMATS = [(8000, 1, "WAV", None), (44100, 2, "WAV", None), (16000, 1, "FLAC", None), (22050, 1, "OGG", "VORBIS"),
+           (48000, 2, "FLAC", None), (16000, 1, "MP3", "MPEG_LAYER_III")]
 
 
-@pytest.mark.parametrize(
-    "rate,channels,format,subtype",
-    [(8000, 1, "WAV", None), (44100, 2, "WAV", None), (16000, 1, "FLAC", None), (22050, 1, "OGG", "VORBIS"),
-     (48000, 2, "FLAC", None), (16000, 1, "MP3", "MPEG_LAYER_III")],
-)
+@pytest.mark.parametrize("rate,channels,format,subtype", FORMATS)
 def test_decode_gives_16k_mono(rate, channels, format, subtype):
     waveform, out_rate = decode_audio(encoded(tone(1.0, rate, channels=channels), rate, format, subtype))
     assert out_rate == 16000
@@ -29,6 +21,19 @@ def test_decode_gives_16k_mono(rate, channels, format, subtype):
     assert abs(waveform.numel() - 16000) < 1200
     spectrum = torch.fft.rfft(waveform[2000:14000]).abs()
     assert abs(spectrum.argmax().item() / 12000 * 16000 - 440) < 3  # the tone survived resampling
+
+
+@pytest.mark.parametrize("rate,channels,format,subtype", FORMATS)
+def test_a_window_read_by_seeking_is_that_span_of_the_whole_clip(rate, channels, format, subtype):
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, (3 * rate, channels)).astype(np.float32)
+    data = encoded(noise, rate, format, subtype)
+    whole, _ = decode_audio(data)
+    with AudioFile(data) as audio:
+        assert audio.num_samples == whole.numel()
+        assert (audio.rate, audio.channels) == (rate, channels)
+        for start in (0, 1234, 20000, whole.numel() - 3000):  # the last one runs past the end
+            window = audio.read(start, 8000)
+            assert torch.allclose(window, whole[start : start + 8000], atol=1e-6), start
 
 
 def test_stereo_is_averaged():

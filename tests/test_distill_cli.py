@@ -3,7 +3,6 @@ averaged across two real processes."""
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest

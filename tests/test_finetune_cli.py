@@ -27,7 +27,8 @@ def corpus(small_demo_corpus):
 def encoder_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("encoder") / "encoder.safetensors"
     torch.manual_seed(0)
-    save_encoder(ASTEncoder(EncoderConfig.from_size("tiny", input_tdim=256)), path, Preprocessing(-5.3, 3.5, 256))
+    config = EncoderConfig.from_size("mini", fshape=128, tshape=2, fstride=128, tstride=2, input_tdim=256)
+    save_encoder(ASTEncoder(config), path, Preprocessing(-5.3, 3.5, 256))  # what the demo recipes expect
     return path
 
 

@@ -1,17 +1,14 @@
 """The reader's distributed rules: exactly-once evaluation, equal training steps, skips."""
 
-import io
-import json
 import logging
 from collections import Counter
 
 import numpy as np
 import pytest
-import soundfile
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import flac_sample, write_shard
+from conftest import encoded, flac_sample, http_server, write_shard
 from ssast.audio import encode_flac
 from ssast.data.reader import EpochLoader, ShardStream, SkipCounter, list_shards
 
@@ -118,9 +115,7 @@ def test_labels_as_indices_and_multi_hot(tmp_path):
 
 
 def wav_bytes(samples):
-    buffer = io.BytesIO()
-    soundfile.write(buffer, np.asarray(samples, np.float32), 16000, format="WAV", subtype="FLOAT")
-    return buffer.getvalue()
+    return encoded(np.asarray(samples, np.float32), 16000, "WAV", "FLOAT")
 
 
 def test_bad_samples_are_skipped_counted_and_logged_across_workers(tmp_path, caplog):
@@ -137,11 +132,14 @@ def test_bad_samples_are_skipped_counted_and_logged_across_workers(tmp_path, cap
     urls = [str(tmp_path / "0.tar"), str(tmp_path / "1.tar"), str(tmp_path / "missing.tar")]
     skips = SkipCounter()
     stream = ShardStream(urls, clip_samples=1600, batch_size=3, training=False, classes=["a"], skips=skips,
-                         rank=0, world_size=1)
+                         rank=0, world_size=1, retry_delay=0)
     with caplog.at_level(logging.WARNING, logger="ssast.data.reader"):
         keys = [key for batch in DataLoader(stream, batch_size=None, num_workers=2) for key in batch["key"]]
     assert sorted(keys) == [f"good/{index}" for index in range(4)]
     assert skips.samples == 5 and skips.shards == 1
+    counts = skips.counts()
+    assert {reason: counts[reason] for reason in ("undecodable", "empty", "not_finite", "no_audio", "unknown_label")} \
+        == {"undecodable": 1, "empty": 1, "not_finite": 1, "no_audio": 1, "unknown_label": 1}
     # Worker processes log through their own handlers; the counts above crossed processes.
     keys = [key for batch in DataLoader(stream, batch_size=None, num_workers=0) for key in batch["key"]]
     assert skips.samples == 10
@@ -155,22 +153,7 @@ def test_epoch_loader_rejects_empty_epochs(uneven_shards):
 
 
 def test_shards_over_http(uneven_shards, tmp_path):
-    import functools
-    import http.server
-    import threading
-
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    handler = functools.partial(QuietHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        pattern = f"http://127.0.0.1:{server.server_port}/part-{{000000..000004}}.tar"
-        urls = list_shards(pattern)
+    with http_server(tmp_path) as base:
+        urls = list_shards(f"{base}/part-{{000000..000004}}.tar")
         assert len(urls) == 5
         assert sorted(eval_keys(urls, 0, 1, workers=2)) == sorted(eval_keys(uneven_shards, 0, 1, workers=0))
-    finally:
-        server.shutdown()

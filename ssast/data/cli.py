@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from ssast.data.reader import list_shards
+from ssast.data.reader import NoReadableShards, TooManySkipped, list_shards
 from ssast.data.recipes import RECIPES, build_recipe
 from ssast.data.stats import compute_stats, write_stats
 from ssast.data.writer import read_manifest, scan_folder, write_shards
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(build_demo(args.out, scale=args.scale, seed=args.seed, workers=args.workers, overwrite=args.overwrite))
         return 0
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, NoReadableShards, TooManySkipped) as error:
         log.error("%s", error)
         return 2
 

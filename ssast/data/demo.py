@@ -31,7 +31,9 @@ from ssast.data.reader import list_shards
 from ssast.data.recipes import SPEECH_COMMANDS
 from ssast.data.stats import compute_stats, write_stats
 from ssast.data.synth import EVENT_CLASSES, KEYWORDS, Voice, synth_event, synth_utterance, synth_word
-from ssast.data.writer import EncodedClip, ShardSetWriter, encode_clip, parallel_map, write_classes
+from ssast.data.writer import (
+    SHARD_INDEX, EncodedClip, ShardSetWriter, encode_clip, parallel_map, write_classes, write_text_atomic,
+)
 from ssast.features import Fbank
 
 SPLITS = {"train": 24, "val": 6, "test": 6}  # clips per class at scale 1
@@ -182,7 +184,10 @@ def build_demo(
         raise ValueError(f"scale must be positive, got {scale}")
     out = Path(out)
     existing = [out / name for name in [*TASKS, "demo.json"] if (out / name).exists()]
-    if existing and not overwrite:
+    # demo.json is written last: without it, task folders that our shard writer made are
+    # the leftovers of an interrupted build, to be built again.
+    interrupted = not (out / "demo.json").exists() and all(any(path.rglob(SHARD_INDEX)) for path in existing)
+    if existing and not (overwrite or interrupted):
         raise FileExistsError(f"{out} already holds a demo corpus ({existing[0].name}); pass overwrite to replace it")
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -214,5 +219,5 @@ def build_demo(
             f"  {task.name:<9} {kind:<11} {task.clip_seconds:.0f} s clips: {splits}; "
             f"log-mel mean {stats['mean']:.2f} std {stats['std']:.2f}"
         )
-    (out / "demo.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(out / "demo.json", json.dumps(manifest, indent=2) + "\n")
     return summary

@@ -10,8 +10,15 @@ that keep sharded training correct under DDP:
   fewer shards than readers, each sample to exactly one reader, so every sample is seen
   exactly once;
 * training shuffles the still-encoded samples before decoding them;
-* a sample that cannot be used is skipped, logged and counted in a :class:`SkipCounter`
-  shared by all loader workers, never fatal.
+* a sample that cannot be used is skipped, logged and counted by reason in a
+  :class:`SkipCounter` shared by all loader workers; audio that is merely off the data
+  contract (another rate, several channels) is fixed and counted. Past ``max_skip_ratio``
+  the stream stops with :class:`TooManySkipped` rather than train on garbage;
+* a shard that cannot be opened or read is retried, then skipped with a warning naming it
+  and counted; when every shard fails the stream stops with :class:`NoReadableShards`
+  instead of waiting forever;
+* only the window a batch row needs is decoded (:class:`ssast.audio.AudioFile`), so an
+  hour-long clip costs what a short one does.
 
 Batches are dicts: ``audio`` ``[B, N]`` float32 waveforms (zero-padded), ``lengths``
 ``[B]`` valid samples, ``key`` list of sample keys, and with ``classes`` given ``labels``:
@@ -27,7 +34,9 @@ import json
 import logging
 import multiprocessing
 import random
-from collections.abc import Iterator, Sequence
+import tarfile
+import time
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -35,8 +44,10 @@ from typing import Any
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys
 
-from ssast.audio import AudioDecodeError, decode_audio, pad_or_crop, random_crop
+from ssast.audio import SAMPLE_RATE, AudioDecodeError, AudioFile, pad_or_crop, random_start
+from ssast.data.writer import interrupted_output
 from ssast.features import Fbank
 
 log = logging.getLogger(__name__)
@@ -44,36 +55,101 @@ log = logging.getLogger(__name__)
 AUDIO_MEMBERS = ("flac", "wav", "ogg", "mp3")
 
 
+# What a SkipCounter counts, by name: samples skipped, samples fixed, shard events.
+SKIP_REASONS = ("undecodable", "empty", "not_finite", "no_audio", "bad_json", "unknown_label", "label_count")
+FIX_REASONS = ("resampled", "downmixed")
+SHARD_EVENTS = ("shard_retries", "failed_shards")
+COUNTS = ("read", *SKIP_REASONS, *FIX_REASONS, *SHARD_EVENTS)
+
+
 class SampleError(ValueError):
-    """A sample whose audio is fine but whose members or labels cannot be used."""
+    """A sample whose audio is fine but whose members or labels cannot be used; ``reason``
+    is one of :data:`SKIP_REASONS`."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class TooManySkipped(RuntimeError):
+    """More samples were skipped than ``max_skip_ratio`` allows: the data is broken."""
+
+
+class NoReadableShards(RuntimeError):
+    """Every shard failed to open or read, even after retries."""
 
 
 class SkipCounter:
-    """Counts skipped samples and unreadable shards across DataLoader worker processes."""
+    """What the readers of a stream met, counted by name (:data:`COUNTS`) in one array
+    shared by all DataLoader worker processes: samples ``read``, samples skipped
+    (:data:`SKIP_REASONS`), samples fixed (:data:`FIX_REASONS`) and shard events
+    (:data:`SHARD_EVENTS`). Counts add up over the epochs and passes of a run."""
 
     def __init__(self) -> None:
-        self._samples = multiprocessing.Value("q", 0)
-        self._shards = multiprocessing.Value("q", 0)
+        self._counts = multiprocessing.Array("q", len(COUNTS))
+
+    def add(self, name: str, amount: int = 1) -> None:
+        index = COUNTS.index(name)
+        with self._counts.get_lock():
+            self._counts[index] += amount
+
+    def counts(self) -> dict[str, int]:
+        with self._counts.get_lock():
+            return dict(zip(COUNTS, self._counts[:]))
+
+    @property
+    def read(self) -> int:
+        return self.counts()["read"]
 
     @property
     def samples(self) -> int:
-        return self._samples.value
+        """Samples skipped, for any reason."""
+        return _skipped(self.counts())
 
     @property
     def shards(self) -> int:
-        return self._shards.value
+        """Shards given up on after their retries."""
+        return self.counts()["failed_shards"]
 
-    def skip_sample(self, key: str, url: str, reason: str) -> None:
-        with self._samples.get_lock():
-            self._samples.value += 1
-        log.warning("skipped sample %s in %s: %s", key, url, reason)
+    def skip_sample(self, key: str, url: str, reason: str, detail: str) -> None:
+        self.add(reason)
+        log.warning("skipped sample %s in %s (%s): %s", key, url, reason, detail)
 
-    def skip_shard(self, error: Exception) -> bool:
-        """A webdataset error handler: count, log and carry on with the next shard."""
-        with self._shards.get_lock():
-            self._shards.value += 1
-        log.warning("skipped the rest of a shard: %s", error)
-        return True
+    def summary(self) -> str:
+        """One line: skipped and fixed samples by reason, and shard trouble."""
+        counts = self.counts()
+
+        def listing(names: Sequence[str]) -> str:
+            return ", ".join(f"{counts[name]} {name}" for name in names if counts[name])
+
+        skipped = _skipped(counts)
+        text = f"skipped {skipped} of {counts['read']} samples"
+        if skipped:
+            text += f" ({listing(SKIP_REASONS)})"
+        if any(counts[name] for name in FIX_REASONS):
+            text += f"; fixed {listing(FIX_REASONS)}"
+        if any(counts[name] for name in SHARD_EVENTS):
+            text += f"; shards: {listing(SHARD_EVENTS)}"
+        return text
+
+    def check_ratio(self, max_ratio: float | None, after: int) -> None:
+        """Raise :class:`TooManySkipped` when more than ``max_ratio`` of the samples read
+        were skipped, once ``after`` samples were read (one early bad file among the
+        first few must not stop a run)."""
+        counts = self.counts()
+        read, skipped = counts["read"], _skipped(counts)
+        if max_ratio is None or read < after or skipped <= max_ratio * read:
+            return
+        raise TooManySkipped(
+            f"{self.summary()}: {skipped / read:.1%} of the samples could not be used, more than "
+            f"max_skip_ratio={max_ratio:g} allows (checked once {after} samples were read). The "
+            "warnings above name each sample. Fix the data, or raise the limit: max_skip_ratio of "
+            "ShardStream or AudioDataModule (--data.init_args.max_skip_ratio 0.5; null turns the check off)."
+        )
+
+
+def _skipped(counts: dict[str, int]) -> int:
+    return sum(counts[reason] for reason in SKIP_REASONS)
 
 
 def list_shards(source: str | Path | Sequence[str], split: str | None = None) -> list[str]:
@@ -81,13 +157,18 @@ def list_shards(source: str | Path | Sequence[str], split: str | None = None) ->
     of either (e.g. the training folds of a cross-validation).
 
     Patterns are anything webdataset opens: brace expansions, local paths, ``http(s)://``
-    URLs and ``pipe:`` commands, separated by ``::`` to join several sets.
+    URLs and ``pipe:`` commands, separated by ``::`` to join several sets. A folder lists
+    its complete shards only: ``ssast-data`` writes each under a temporary name until it
+    is complete; a folder whose writing was interrupted is read with a warning.
     """
     if not isinstance(source, (str, Path)):
         urls = [url for item in source for url in list_shards(item, split)]
     elif Path(source).is_dir():
         folder = Path(source) / split if split else Path(source)
         urls = sorted(str(path) for path in folder.glob("*.tar"))
+        if interrupted_output(folder):
+            log.warning("%s is being written or its writing was interrupted: reading its %d complete shards",
+                        folder, len(urls))
     else:
         urls = wds.shardlists.expand_urls(str(source))
     if not urls:
@@ -118,6 +199,12 @@ class ShardStream(IterableDataset):
     zero-padded and ``lengths`` says where their audio ends. ``rank`` and ``world_size``
     default to ``torch.distributed``'s. With ``fbank`` the workers turn the audio into
     raw log-mel features.
+
+    Bad data (see the module docstring): ``max_skip_ratio`` is the share of skipped
+    samples that stops the stream (:class:`TooManySkipped`; ``None``: never), checked once
+    ``skip_ratio_after`` samples were read; a shard that fails is retried
+    ``shard_retries`` times, ``retry_delay`` seconds after the first failure and twice as
+    long after each next one, then skipped.
     """
 
     def __init__(
@@ -135,6 +222,10 @@ class ShardStream(IterableDataset):
         world_size: int | None = None,
         skips: SkipCounter | None = None,
         fbank: Fbank | None = None,
+        max_skip_ratio: float | None = 0.1,
+        skip_ratio_after: int = 1000,
+        shard_retries: int = 3,
+        retry_delay: float = 1.0,
     ) -> None:
         super().__init__()
         if rank is None or world_size is None:
@@ -151,6 +242,10 @@ class ShardStream(IterableDataset):
         self.world_size = world_size
         self.skips = skips if skips is not None else SkipCounter()
         self.fbank = fbank
+        self.max_skip_ratio = max_skip_ratio
+        self.skip_ratio_after = skip_ratio_after
+        self.shard_retries = shard_retries
+        self.retry_delay = retry_delay
         self.epoch = 0
         self._iterations = 0  # advances the seed when persistent workers reuse this copy
 
@@ -163,62 +258,154 @@ class ShardStream(IterableDataset):
         self._iterations += 1
         rng = random.Random(hash((self.seed, self.rank, worker, self.epoch, self._iterations)))
         if self.training:
-            shards = _endless_random_shards(self.urls, rng)
+            samples = self._random_shard_samples(rng)
+            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng)(samples)
         else:
             reader, readers = self.rank * num_workers + worker, self.world_size * num_workers
             by_shard = len(self.urls) >= readers
-            shards = ({"url": url} for url in (self.urls[reader::readers] if by_shard else self.urls))
-        samples = wds.tarfile_to_samples(handler=self.skips.skip_shard)(shards)
-        if self.training:
-            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng)(samples)
-        elif not by_shard:  # too few shards to go round: every reader reads all, keeps its share
-            samples = islice(samples, reader, None, readers)
+            samples = self._shard_samples(self.urls[reader::readers] if by_shard else self.urls)
+            if not by_shard:  # too few shards to go round: every reader reads all, keeps its share
+                samples = islice(samples, reader, None, readers)
         clips = (clip for sample in samples if (clip := self._prepare(sample, rng)) is not None)
         for batch in wds.batched(self.batch_size, collation_fn=_collate, partial=not self.training)(clips):
             if self.fbank is not None:
                 batch["fbank"] = self.fbank(batch.pop("audio"), batch["lengths"])
             yield batch
 
+    def _random_shard_samples(self, rng: random.Random) -> Iterator[dict[str, Any]]:
+        """Samples of shards drawn at random with replacement, forever. A shard that fails
+        is left out of the draws for the rest of this pass (the next epoch tries it
+        again); when none is left, the stream stops rather than spin."""
+        usable = list(self.urls)
+        read = 0
+        while usable:
+            url = rng.choice(usable)
+            for sample in (shard := _ShardSamples(self, url)):
+                read += 1
+                yield sample
+            if shard.failed:
+                usable = [other for other in usable if other != url]
+        raise NoReadableShards(
+            f"every one of the {len(set(self.urls))} training shards failed, each after {self.shard_retries} "
+            f"retries ({read} samples were read from them in this pass first); the warnings above name each "
+            f"shard and its error. Check the paths, commands or network, e.g. {self.urls[0]!r}."
+        )
+
+    def _shard_samples(self, urls: Iterable[str]) -> Iterator[dict[str, Any]]:
+        for url in urls:
+            yield from _ShardSamples(self, url)
+
     def _prepare(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
         key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
+        self.skips.add("read")
         try:
             member = next((name for name in AUDIO_MEMBERS if name in sample), None)
             if member is None:
-                raise SampleError(f"no audio member (looked for {', '.join(AUDIO_MEMBERS)})")
-            waveform, _ = decode_audio(sample[member])
-            if self.training:
-                audio, length = random_crop(waveform, self.clip_samples, rng)
-            else:
-                audio, length = pad_or_crop(waveform, self.clip_samples)
-            clip = {"key": key, "audio": audio, "length": length}
-            if self.class_index is not None:
-                clip["labels"] = self._encode_labels(sample)
-            return clip
+                raise SampleError(f"no audio member (looked for {', '.join(AUDIO_MEMBERS)})", "no_audio")
+            labels = self._encode_labels(sample) if self.class_index is not None else None
+            with AudioFile(sample[member]) as audio:
+                start = random_start(audio.num_samples, self.clip_samples, rng) if self.training else 0
+                waveform, length = pad_or_crop(audio.read(start, self.clip_samples), self.clip_samples)
         except (AudioDecodeError, SampleError) as error:
-            self.skips.skip_sample(key, url, str(error))
+            self.skips.skip_sample(key, url, error.reason, str(error))
+            self.skips.check_ratio(self.max_skip_ratio, self.skip_ratio_after)
             return None
+        if audio.rate != SAMPLE_RATE:
+            self.skips.add("resampled")
+        if audio.channels > 1:
+            self.skips.add("downmixed")
+        clip = {"key": key, "audio": waveform, "length": length}
+        if labels is not None:
+            clip["labels"] = labels
+        return clip
 
     def _encode_labels(self, sample: dict[str, Any]) -> torch.Tensor:
         try:
             labels = json.loads(sample["json"])["labels"]
         except (KeyError, TypeError, ValueError) as error:
-            raise SampleError(f"no readable labels in the json member ({error!r})") from error
+            raise SampleError(f"no readable labels in the json member ({error!r})", "bad_json") from error
         unknown = [label for label in labels if label not in self.class_index]
         if unknown:
-            raise SampleError(f"labels {unknown} are not in classes.txt")
+            raise SampleError(f"labels {unknown} are not in classes.txt", "unknown_label")
         indices = [self.class_index[label] for label in labels]
         if self.multi_label:
             target = torch.zeros(len(self.class_index))
             target[indices] = 1.0
             return target
         if len(indices) != 1:
-            raise SampleError(f"expected exactly one label, got {labels}")
+            raise SampleError(f"expected exactly one label, got {labels}", "label_count")
         return torch.tensor(indices[0])
 
 
-def _endless_random_shards(urls: Sequence[str], rng: random.Random) -> Iterator[dict[str, str]]:
-    while True:
-        yield {"url": rng.choice(urls)}
+class _ShardSamples:
+    """The samples of one shard, read with retries: opening or reading it is retried
+    ``stream.shard_retries`` times with a doubling delay, and a retry picks up after the
+    samples already given, so none is given twice (nor the end of a shard lost to a
+    dropped connection). A shard that still fails is skipped with a warning naming it,
+    counted, and marked ``failed``. Reading is strict (:func:`_shard_members`): a shard
+    cut short fails rather than end early."""
+
+    def __init__(self, stream: ShardStream, url: str) -> None:
+        self.stream, self.url = stream, url
+        self.failed = False
+
+    def __iter__(self) -> Generator[dict[str, Any], None, None]:
+        stream, given = self.stream, 0
+        for attempt in range(stream.shard_retries + 1):
+            try:
+                for index, sample in enumerate(group_by_keys(_shard_members(self.url))):
+                    if index >= given:
+                        given += 1
+                        yield sample
+                return
+            except Exception as error:  # opening and reading fail in many ways: OSError, tarfile, pipes
+                reason = f"{type(error).__name__}: {error}"
+            if attempt < stream.shard_retries:
+                delay = stream.retry_delay * 2**attempt
+                stream.skips.add("shard_retries")
+                log.warning("shard %s failed (%s); retry %d of %d in %g s",
+                            self.url, reason, attempt + 1, stream.shard_retries, delay)
+                time.sleep(delay)
+        stream.skips.add("failed_shards")
+        log.warning("skipped shard %s after %d attempts (%d samples read from it): %s",
+                    self.url, stream.shard_retries + 1, given, reason)
+        self.failed = True
+
+
+class _CompleteTarInfo(tarfile.TarInfo):
+    """Tar headers read strictly. Python's tarfile ends an archive quietly where a header
+    is missing, cut short or garbled, so a truncated or corrupt shard would lose its tail
+    without a word; here only the end-of-archive marker (a zero block) ends it."""
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.EOFHeaderError:
+            raise
+        except tarfile.HeaderError as error:
+            raise tarfile.ReadError(f"the tar is cut short or corrupt ({error})") from error
+
+
+def _shard_members(url: str) -> Iterator[dict[str, Any]]:
+    """The files of one shard, as ``webdataset.tariterators.group_by_keys`` takes them.
+
+    Opened like webdataset opens shards (``webdataset.gopen``: paths, URLs, ``pipe:``), but
+    a shard counts as read only once its end-of-archive marker was read and, for a
+    command, the command exited with success: webdataset checks a command's exit status
+    only while data flows, and would miss a command that fails at a tar block boundary.
+    """
+    source = wds.gopen(url)
+    try:
+        with tarfile.open(fileobj=source, mode="r|*", tarinfo=_CompleteTarInfo) as archive:
+            for member in archive:
+                if member.isreg() and not member.name.startswith("__"):  # webdataset's metadata files
+                    yield {"fname": member.name, "data": archive.extractfile(member).read(), "__url__": url}
+                archive.members = []  # a stream keeps every header it has read otherwise
+    except tarfile.TarError:
+        source.close()  # a failed command explains a broken tar best: its exit status raises here
+        raise
+    source.close()  # and here, after a tar that looked whole
 
 
 def _collate(clips: list[dict[str, Any]]) -> dict[str, Any]:
@@ -263,3 +450,24 @@ class EpochLoader:
         self.stream.set_epoch(self.epoch)
         self.epoch += 1
         return islice(iter(self.loader), self.batches_per_epoch)
+
+
+class EvalLoader(DataLoader):
+    """A DataLoader over an evaluation :class:`ShardStream` (``batch_size=None``: the
+    stream batches) that stops with :class:`NoReadableShards` when a pass gave nothing
+    because its shards failed, rather than report metrics over no data. Each process
+    (DDP rank) judges its own share of the shards."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        skips: SkipCounter = self.dataset.skips
+        failed_before, batches = skips.shards, 0
+        for batch in super().__iter__():
+            batches += 1
+            yield batch
+        failed = skips.shards - failed_before
+        if not batches and failed:
+            raise NoReadableShards(
+                f"read nothing: {failed} shard(s) failed, each after {self.dataset.shard_retries} retries, and no "
+                f"other shard gave a sample; the warnings above name each shard and its error. Check the paths, "
+                f"commands or network, e.g. {self.dataset.urls[0]!r}."
+            )

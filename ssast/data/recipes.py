@@ -37,7 +37,9 @@ import soundfile
 
 from ssast.data.reader import list_shards
 from ssast.data.stats import compute_stats, write_stats
-from ssast.data.writer import AUDIO_SUFFIXES, SourceFile, WriteSummary, sanitize_key, write_classes, write_shards
+from ssast.data.writer import (
+    AUDIO_SUFFIXES, SourceFile, WriteSummary, sanitize_key, write_classes, write_shards, write_text_atomic,
+)
 
 # The ten command words of the 12-class Speech Commands task (v1 "KS1" and v2 alike).
 SPEECH_COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -458,15 +460,6 @@ def build_recipe(
     recipe = RECIPES[name]
     plan = recipe.list_clips(src, source=source or name, **options)
     out = Path(out)
-    if not overwrite:
-        # Refuse before anything is written: write_shards would only notice at a split's
-        # first clip, after replacing classes.txt.
-        for folder in sorted({out / item.split if item.split else out for item in plan.items}):
-            stale = sorted(folder.glob("*.tar"))
-            if stale:
-                raise FileExistsError(
-                    f"{folder} already holds shards ({stale[0].name}, ...); pass overwrite to replace them"
-                )
     written = write_shards(
         plan.items, out, shard_size=shard_size, workers=workers, shuffle=shuffle, seed=seed,
         overwrite=overwrite, progress=progress,
@@ -477,7 +470,7 @@ def build_recipe(
     missing_file = out / "missing.txt"
     missing_file.unlink(missing_ok=True)  # a list from an earlier run would mislead
     if plan.missing:
-        missing_file.write_text("".join(f"{ident}\t{split}\n" for ident, split in plan.missing))
+        write_text_atomic(missing_file, "".join(f"{ident}\t{split}\n" for ident, split in plan.missing))
 
     summary = RecipeSummary(name, written, len(plan.classes), len(plan.missing), notes=plan.notes)
     splits = [split for split in plan.stats_splits if written.clips[split]]

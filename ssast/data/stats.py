@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ssast.data.reader import ShardStream
+from ssast.data.reader import EvalLoader, ShardStream
+from ssast.data.writer import write_text_atomic
 from ssast.features import Fbank
 
 
@@ -30,7 +30,7 @@ def compute_stats(
     stream = ShardStream(
         urls, clip_samples=fbank.num_samples(target_length), batch_size=batch_size, training=False, rank=0, world_size=1
     )
-    loader = DataLoader(stream, batch_size=None, num_workers=workers)
+    loader = EvalLoader(stream, batch_size=None, num_workers=workers)
     total = torch.zeros((), dtype=torch.float64)
     total_squares = torch.zeros((), dtype=torch.float64)
     clips = frames = 0
@@ -64,7 +64,7 @@ def compute_stats(
 
 
 def write_stats(path: str | Path, stats: dict[str, float | int]) -> None:
-    Path(path).write_text(json.dumps(stats, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(stats, indent=2) + "\n")
 
 
 def read_stats(path: str | Path) -> tuple[float, float]:

@@ -5,16 +5,25 @@ Layout of an output folder (DESIGN.md §3)::
     OUT/classes.txt            one label per line, when any file has labels
     OUT/errors.txt             one line per file that failed: path <TAB> reason (only if any did)
     OUT/<split>/<split>-000000.tar ...   or   OUT/shard-000000.tar ... without splits
+    OUT/<split>/shards.json    the index of the folder's shards, written last
 
 Files are decoded, mixed to mono, resampled and encoded in worker processes; a file that
 fails is listed in ``errors.txt`` and the rest still get written.
+
+A crash or a kill must never leave half a shard that looks whole: each shard is written
+under a temporary name (``NAME.tar.partial``) and renamed once complete, and a folder's
+``shards.json`` says ``"complete": false`` from the first shard on until the last one is
+in place. Writing into a folder whose writing was interrupted clears its leftovers and
+starts again; a complete folder is only replaced with ``overwrite``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import multiprocessing
+import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,6 +36,12 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from ssast.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, encode_flac, read_audio_window
+from ssast.files import written_atomically
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"  # the suffix of a file still being written
+SHARD_INDEX = "shards.json"
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"})
 
@@ -168,8 +183,68 @@ def _encode_file(file: SourceFile) -> EncodedClip | tuple[SourceFile, str]:
     return encode_clip(file.key, waveform, metadata, file.split)
 
 
+def split_folder(out: str | Path, split: str | None) -> Path:
+    """Where the shards of ``split`` go in an output folder (``out`` itself without splits)."""
+    return Path(out) / split if split else Path(out)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """A small text file (an index, a list, stats) that a reader, or a rerun after a crash,
+    finds old or new, never half-written (:func:`ssast.files.written_atomically`)."""
+    with written_atomically(path) as partial:
+        partial.write_text(text)
+
+
+def interrupted_output(folder: str | Path) -> bool:
+    """Whether the writing of the shards in ``folder`` started and did not finish: its
+    ``shards.json`` is not marked complete, or a shard still has its temporary name."""
+    folder = Path(folder)
+    index = folder / SHARD_INDEX
+    if index.is_file():
+        try:
+            if not json.loads(index.read_text()).get("complete"):
+                return True
+        except ValueError:
+            return True
+    return any(folder.glob(f"*.tar{PARTIAL}"))
+
+
+def check_output(folder: str | Path, overwrite: bool) -> None:
+    """Refuse to write into ``folder`` when it holds shards that were written completely
+    (or by something else), unless ``overwrite``. Leftovers of an interrupted writing are
+    no reason to refuse: they are cleared when writing starts."""
+    folder = Path(folder)
+    if overwrite or interrupted_output(folder):
+        return
+    existing = sorted(folder.glob("*.tar"))
+    if existing:
+        raise FileExistsError(f"{folder} already holds shards ({existing[0].name}, ...); pass overwrite to replace them")
+
+
+class _AtomicShardWriter(wds.ShardWriter):
+    """A ``webdataset.ShardWriter`` whose shards appear under their names only once
+    complete: each is written as ``NAME.partial``, flushed to disk and renamed.
+    ``written`` maps the names of the complete shards to their sample counts."""
+
+    def __init__(self, pattern: str, **kwargs: Any) -> None:
+        self.written: dict[str, int] = {}
+        super().__init__(pattern + PARTIAL, post=self._publish, **kwargs)
+
+    def _publish(self, partial: str) -> None:
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        final = partial.removesuffix(PARTIAL)
+        os.replace(partial, final)
+        self.written[Path(final).name] = self.count
+
+
 class ShardSetWriter:
-    """``webdataset.ShardWriter``s for the splits of one output folder, opened on demand."""
+    """Shard writers for the splits of one output folder, opened on demand (see the module
+    docstring for how an interrupted writing is told from a complete one).
+
+    Used as a context manager, an exception leaves the folders marked incomplete, so that
+    the next run starts them again; :meth:`close` marks them complete.
+    """
 
     def __init__(self, out: str | Path, shard_size: int = 1000, overwrite: bool = False) -> None:
         if shard_size < 1:
@@ -178,27 +253,28 @@ class ShardSetWriter:
         self.shard_size = shard_size
         self.overwrite = overwrite
         self.summary = WriteSummary(self.out)
-        self._writers: dict[str | None, wds.ShardWriter] = {}
+        self._writers: dict[str | None, _AtomicShardWriter] = {}
         self._keys: set[str] = set()
 
     def __enter__(self) -> ShardSetWriter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self.close(complete=exc_type is None)
 
-    def _writer(self, split: str | None) -> wds.ShardWriter:
+    def _writer(self, split: str | None) -> _AtomicShardWriter:
         if split not in self._writers:
-            folder = self.out / split if split else self.out
-            stale = sorted(folder.glob("*.tar"))
-            if stale and not self.overwrite:
-                raise FileExistsError(f"{folder} already holds shards ({stale[0].name}, ...); pass overwrite to replace them")
-            for path in stale:
+            folder = split_folder(self.out, split)
+            check_output(folder, self.overwrite)
+            if interrupted_output(folder):
+                log.warning("%s holds the leftovers of an interrupted writing: clearing them and starting again", folder)
+            for path in [*folder.glob("*.tar"), *folder.glob(f"*.tar{PARTIAL}")]:
                 path.unlink()
             folder.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(folder / SHARD_INDEX, json.dumps({"complete": False}) + "\n")
             pattern = str(folder / f"{split or 'shard'}-%06d.tar")
             # A fixed mtime makes the tar bytes a function of the content alone.
-            self._writers[split] = wds.ShardWriter(pattern, maxcount=self.shard_size, verbose=0, mtime=0.0)
+            self._writers[split] = _AtomicShardWriter(pattern, maxcount=self.shard_size, verbose=0, mtime=0.0)
         return self._writers[split]
 
     def write(self, clip: EncodedClip) -> None:
@@ -213,17 +289,24 @@ class ShardSetWriter:
     def fail(self, path: str, reason: str) -> None:
         self.summary.errors.append((path, reason))
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
+        """Finish the last shards; with ``complete``, write each folder's index and
+        ``errors.txt`` (without, the folders stay marked as interrupted)."""
         for split, writer in self._writers.items():
             self.summary.shards[split] = writer.shard  # opened on the first write, so none is empty
             writer.close()
+            if complete:
+                index = {"complete": True, "samples": sum(writer.written.values()), "shards": writer.written}
+                write_text_atomic(split_folder(self.out, split) / SHARD_INDEX, json.dumps(index, indent=1) + "\n")
         self._writers.clear()
+        if not complete:
+            return
         errors = self.out / "errors.txt"
         errors.unlink(missing_ok=True)  # a list from an earlier run would mislead
         if self.summary.errors:
             self.out.mkdir(parents=True, exist_ok=True)
             lines = (f"{path}\t{' '.join(reason.split())}\n" for path, reason in self.summary.errors)
-            errors.write_text("".join(lines))
+            write_text_atomic(errors, "".join(lines))
 
 
 def write_classes(out: str | Path, labels: Iterable[str]) -> list[str]:
@@ -231,7 +314,7 @@ def write_classes(out: str | Path, labels: Iterable[str]) -> list[str]:
     classes = sorted(set(labels))
     if classes:
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
+        write_text_atomic(Path(out) / "classes.txt", "".join(f"{name}\n" for name in classes))
     return classes
 
 
@@ -268,9 +351,13 @@ def write_shards(
 
     The order is shuffled (with ``seed``) so that every shard holds a mix of classes.
     ``classes.txt`` covers the labels of every listed file, written or not, so class
-    indices do not depend on which files happened to fail.
+    indices do not depend on which files happened to fail. A split folder that holds
+    complete shards is refused, before anything is written, unless ``overwrite``; one
+    whose writing was interrupted is written again from the start.
     """
     files = list(files)
+    for split in sorted({file.split for file in files}, key=str):
+        check_output(split_folder(out, split), overwrite)
     if shuffle:
         random.Random(seed).shuffle(files)
     write_classes(out, (label for file in files for label in file.labels))

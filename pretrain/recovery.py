@@ -1,0 +1,296 @@
+"""What lets a long run survive faults, shared by pretraining and finetuning.
+
+* Checkpoints are never half-written (:class:`AtomicCheckpointIO`, through
+  :func:`ssast.files.written_atomically`): a node killed while saving leaves the previous
+  checkpoint intact.
+* A fit resumed from a checkpoint continues its W&B run instead of starting a new one
+  (:class:`WandbRunId`, :func:`resume_wandb_run`), and ``--ckpt_path last`` finds the newest
+  ``last.ckpt`` (:func:`last_checkpoint`). ``pretrain.cli.RunCLI`` installs all of this in
+  both programs.
+* A batch whose loss is NaN or infinite skips its optimizer step, and too many in a row stop
+  the run with the checkpoint to go back to (:class:`SkipNonFiniteSteps`, the base of every
+  training module).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fsspec.utils
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+
+from ssast.checkpoints import refusal_reason
+from ssast.files import written_atomically
+
+log = logging.getLogger(__name__)
+
+
+# --- checkpoints that are never half-written -------------------------------------------
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with local checkpoints written through
+    :func:`ssast.files.written_atomically`.
+
+    Lightning 2.6 saves through an fsspec transaction that writes the file in the system's
+    temporary folder, then ``shutil.move``\\ s it over the checkpoint without an fsync: when
+    that folder is on another file system than the run (a node's local ``/tmp`` and a shared
+    run folder, the usual cluster layout), the move is a copy into the checkpoint itself, and
+    a kill during it leaves a truncated file in place of the last good one; a kill before it
+    leaves the whole checkpoint in ``/tmp``. Remote paths (``s3://`` ...) keep Lightning's
+    write, where an object appears only once it is complete.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or fsspec.utils.get_protocol(str(path)) != "file":
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with written_atomically(path) as temp:
+            torch.save(checkpoint, temp)
+
+
+# --- resuming a run --------------------------------------------------------------------
+
+
+class WandbRunId(L.Callback):
+    """Keeps the id of the trainer's W&B run in every checkpoint (``wandb_run_id``), so that
+    a fit resumed from it continues that run (:func:`resume_wandb_run`) rather than starting
+    a new one beside it."""
+
+    key = "wandb_run_id"
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger.version:
+                checkpoint[self.key] = logger.version
+                return
+
+
+def resume_wandb_run(trainer: L.Trainer, checkpoint_path: str | Path) -> str | None:
+    """Points the trainer's W&B loggers at the run that wrote ``checkpoint_path`` (``id`` and
+    ``resume="allow"``, as ``wandb.init`` takes them); returns that run's id, or ``None`` when
+    the checkpoint records none (or the trainer logs elsewhere).
+
+    Must be called before the fit starts: Lightning creates the W&B run in its setup, before
+    it reads the checkpoint. An id given in the recipe is kept.
+    """
+    loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+    if not loggers:
+        return None
+    saved = None
+    if fsspec.utils.get_protocol(str(checkpoint_path)) == "file":
+        try:  # memory-mapped: the id without reading the weights
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", mmap=True, weights_only=True)
+            saved = checkpoint.get(WandbRunId.key)
+        except pickle.UnpicklingError as error:
+            log.warning("could not read the W&B run id from %s: %s", checkpoint_path, error)
+    if saved is None:
+        log.warning("%s records no W&B run: the resumed fit logs to a new one", checkpoint_path)
+        return None
+    for logger in loggers:
+        if logger._experiment is not None:  # a run that exists cannot change its id
+            raise RuntimeError(f"cannot resume W&B run {saved}: the logger already started run {logger.version} "
+                               "(resume_wandb_run must come before the fit)")
+        if logger._id is None:  # WandbLogger passes these to wandb.init when it creates the run
+            logger._id = logger._wandb_init["id"] = saved
+            logger._wandb_init["resume"] = "allow"
+    return saved
+
+
+def last_checkpoint(trainer: L.Trainer) -> str | None:
+    """What ``ckpt_path="last"`` means: the newest ``last*.ckpt`` the trainer's checkpoint
+    callbacks find in their folders, or ``None`` when there is none yet."""
+    found = [Path(path) for callback in trainer.checkpoint_callbacks if isinstance(callback, ModelCheckpoint)
+             for path in callback._find_last_checkpoints(trainer)]
+    return str(max(found, key=lambda path: path.stat().st_mtime)) if found else None
+
+
+def newest_checkpoint(trainer: L.Trainer) -> str | None:
+    """The most recently written checkpoint file the trainer's checkpoint callbacks know of."""
+    paths = {path for callback in trainer.checkpoint_callbacks if isinstance(callback, ModelCheckpoint)
+             for path in (callback.last_model_path, callback.best_model_path, *callback.best_k_models) if path}
+    existing = [path for path in paths if os.path.exists(path)]
+    return max(existing, key=os.path.getmtime) if existing else None
+
+
+def install_recovery(trainer: L.Trainer) -> None:
+    """Atomic checkpoint writes (unless the recipe chose another CheckpointIO) and the W&B
+    run id in every checkpoint."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    if not any(isinstance(callback, WandbRunId) for callback in trainer.callbacks):
+        trainer.callbacks.append(WandbRunId())
+
+
+# --- non-finite losses -----------------------------------------------------------------
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive optimizer steps had a NaN or infinite loss."""
+
+
+class SkipNonFiniteSteps(L.LightningModule):
+    """Skips the optimizer step of a batch whose loss is NaN or infinite, and stops the run
+    when ``max_nonfinite_steps`` consecutive steps were skipped.
+
+    One bad batch (a clip that slipped through the data checks, an overflow) must not end a
+    week-long run, nor write NaN into the weights, the optimizer's moments or an EMA teacher;
+    but a run whose every step fails (broken weights, data gone bad) is going nowhere, and is
+    stopped with the checkpoint to go back to. Skipped steps are logged as
+    ``train/nonfinite_steps`` (a running count, kept in checkpoints) and warned about. A
+    skipped step still counts as a step (``global_step``, the schedules), as AMP's are.
+
+    The decision is reduced over ranks (one scalar all-reduce and host sync per step): under
+    DDP one rank's NaN gradients reach every rank through the gradient all-reduce, and ranks
+    that disagreed about stepping would drift apart. Losses are checked at every backward,
+    so a NaN in any micro-batch of an accumulated step counts.
+
+    Subclasses set ``max_nonfinite_steps``; state that moves with the parameters outside the
+    optimizer (an EMA teacher, running centers) moves in :meth:`after_optimizer_step`.
+    """
+
+    _max_nonfinite_steps: int = 20
+    nonfinite_steps: int = 0  # skipped over the whole run
+    consecutive_nonfinite: int = 0
+    _nonfinite_loss: torch.Tensor | None = None  # this rank saw a non-finite loss since the last step
+
+    @property
+    def max_nonfinite_steps(self) -> int:
+        return self._max_nonfinite_steps
+
+    @max_nonfinite_steps.setter
+    def max_nonfinite_steps(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"max_nonfinite_steps must be at least 1, got {value}")
+        self._max_nonfinite_steps = value
+
+    def after_optimizer_step(self, skipped: bool) -> None:
+        """Called after each optimizer step, taken or ``skipped``: what moves with the
+        parameters outside the optimizer moves here, only when the step was taken."""
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach()).all()  # stays on the device: one host sync per step, below
+        self._nonfinite_loss = bad if self._nonfinite_loss is None else self._nonfinite_loss | bad
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Callable[[], Any] | None = None
+    ) -> None:
+        if optimizer_closure is None:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+        # The closure (training_step, zero_grad, backward) must run whether or not the step is
+        # taken; the optimizer then gets its result instead of running it a second time, and the
+        # precision plugin still calls on_before_optimizer_step and clips before the update.
+        loss = optimizer_closure()
+        skipped = self._skip_step()
+        if not skipped:
+            optimizer.step(closure=lambda: loss)
+        self.after_optimizer_step(skipped)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
+
+    def _skip_step(self) -> bool:
+        """Whether any rank saw a non-finite loss since the last step (the same answer on
+        every rank); counts, warns, and raises at the limit."""
+        flag = self._nonfinite_loss
+        self._nonfinite_loss = None
+        local = flag.float() if flag is not None else torch.zeros((), device=self.device)
+        ranks = int(self.trainer.strategy.reduce(local, reduce_op="sum").item())
+        if ranks == 0:
+            self.consecutive_nonfinite = 0
+            return False
+        self.nonfinite_steps += 1
+        self.consecutive_nonfinite += 1
+        if self.consecutive_nonfinite >= self.max_nonfinite_steps:
+            raise NonFiniteLossError(self._stop_message())
+        if self.trainer.is_global_zero:
+            where = f" on {ranks} of {self.trainer.world_size} ranks" if self.trainer.world_size > 1 else ""
+            log.warning(
+                "step %d: the loss is NaN or infinite%s; the optimizer step is skipped (%d skipped so far, %d in a "
+                "row; %d in a row stop the run)", self.global_step, where, self.nonfinite_steps,
+                self.consecutive_nonfinite, self.max_nonfinite_steps,
+            )
+        return True
+
+    def _stop_message(self) -> str:
+        first = self.global_step - self.consecutive_nonfinite + 1
+        checkpoint = newest_checkpoint(self.trainer)
+        if all(bool(torch.isfinite(p).all()) for p in self.parameters()):
+            advice = (f"Skipped steps leave the weights as they were before step {first}, and they are finite, so the "
+                      "inputs or the loss computation give the NaN: check the data and the learning rate. ")
+            advice += (f"The last good checkpoint is {checkpoint}; resume from it with --ckpt_path." if checkpoint
+                       else "No checkpoint has been written yet, so there is none to resume from.")
+        else:
+            advice = f"The weights themselves hold NaN or Inf: an update before step {first} broke them. "
+            advice += (f"The last checkpoint, {checkpoint}, may hold them too; resume from an earlier good one with "
+                       "--ckpt_path and a lower learning rate." if checkpoint
+                       else "No checkpoint has been written yet, so there is none to resume from.")
+        return (f"The loss was NaN or infinite for {self.consecutive_nonfinite} consecutive optimizer steps "
+                f"({first} to {self.global_step}; {self.nonfinite_steps} skipped in all), the limit set by "
+                f"max_nonfinite_steps, so the run stops instead of skipping steps that would not get better. {advice}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_steps"] = {"total": self.nonfinite_steps, "consecutive": self.consecutive_nonfinite}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        counts = checkpoint.get("nonfinite_steps", {})
+        self.nonfinite_steps = counts.get("total", 0)
+        self.consecutive_nonfinite = counts.get("consecutive", 0)
+
+
+# --- checkpoints to resume from, checked before any work starts -------------------------
+
+
+class ResumeError(ValueError):
+    """A ``--ckpt_path`` this run cannot continue from, said before any work starts."""
+
+
+def read_resumable(checkpoint_path: str | Path) -> dict[str, Any] | None:
+    """The checkpoint at ``checkpoint_path``, opened with ``weights_only=True`` (memory-mapped),
+    or :class:`ResumeError` when it is missing, would run code, is not a torch file or not a
+    Lightning checkpoint. ``None`` for remote paths, which are left to Lightning."""
+    if fsspec.utils.get_protocol(str(checkpoint_path)) != "file":
+        return None
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise ResumeError(f"--ckpt_path {path}: no such file")
+    if not zipfile.is_zipfile(path):  # what torch.save has written since torch 1.6
+        raise ResumeError(f"--ckpt_path {path}: not a checkpoint (not a torch.save file)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ResumeError(f"--ckpt_path {path}: refused, {refusal_reason(error)}; only checkpoints of weights and "
+                          "plain values are resumed (a run of this project writes them)") from None
+    except Exception as error:  # a damaged zip fails in many ways
+        raise ResumeError(f"--ckpt_path {path}: not a readable checkpoint ({str(error).splitlines()[0]})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ResumeError(f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict); to start from an "
+                          "encoder's weights use --model.init_from (finetuning) instead")
+    return checkpoint
+
+
+def check_resumable(model: L.LightningModule, checkpoint_path: str | Path) -> None:
+    """Raises :class:`ResumeError` unless ``checkpoint_path`` is a Lightning checkpoint
+    (:func:`read_resumable`) whose weights fit ``model``, every parameter present and of the
+    same shape. Lightning would otherwise find out only after building the data loaders,
+    with a page of ``load_state_dict`` errors."""
+    checkpoint = read_resumable(checkpoint_path)
+    if checkpoint is None:
+        return
+    saved, expected = checkpoint["state_dict"], model.state_dict()
+    missing = [name for name in expected if name not in saved]
+    wrong = [f"{name} {tuple(saved[name].shape)} vs {tuple(tensor.shape)}" for name, tensor in expected.items()
+             if name in saved and saved[name].shape != tensor.shape]
+    if missing or wrong:
+        problem = f"shapes differ: {wrong[0]}" if wrong else f"{len(missing)} parameters missing, e.g. {missing[0]}"
+        raise ResumeError(f"--ckpt_path {checkpoint_path} was written by another model ({problem} in the file vs "
+                          "this run); resume with the configuration that wrote it (config.yaml in its run folder)")
