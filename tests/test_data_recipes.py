@@ -43,9 +43,8 @@ def assert_stats(out: Path, target_length: int) -> None:
 # --------------------------------------------------------------------------- ESC-50
 
 
-@pytest.fixture
-def esc50(tmp_path: Path) -> Path:
-    root = tmp_path / "ESC-50-master"
+def make_esc50(parent: Path) -> Path:
+    root = parent / "ESC-50-master"
     (root / "meta").mkdir(parents=True)
     lines = ["filename,fold,target,category,esc10,src_file,take"]
     for fold in range(1, 6):
@@ -56,6 +55,11 @@ def esc50(tmp_path: Path) -> Path:
     lines.append("5-99999-B-0.wav,5,0,dog,True,99999,B")  # listed, never downloaded
     (root / "meta/esc50.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture
+def esc50(tmp_path: Path) -> Path:
+    return make_esc50(tmp_path)
 
 
 def test_esc50_one_folder_per_fold(esc50, tmp_path, capsys):
@@ -93,11 +97,10 @@ OTHER_WORDS = ("bed", "marvin")
 SPEAKERS = ("0a7c2a8d", "988e2f9a", "c1d39ce8")
 
 
-@pytest.fixture
-def speechcommands(tmp_path: Path) -> Path:
+def make_speechcommands(parent: Path) -> Path:
     """Every word with three speakers: the first in the validation list, the second in
     the test list, the third in train; two noise files of 6 s and 5.5 s."""
-    root = tmp_path / "speech_commands_v0.02"
+    root = parent / "speech_commands_v0.02"
     for word in (*SPEECH_COMMANDS, *OTHER_WORDS):
         for index, speaker in enumerate(SPEAKERS):
             write_clip(root / word / f"{speaker}_nohash_0.wav", 0.2, rate=16000, freq=200 + 40 * index)
@@ -115,6 +118,11 @@ def speechcommands(tmp_path: Path) -> Path:
     (root / "_background_noise_/README.md").write_text("noise")
     (root / "LICENSE").write_text("CC-BY-4.0")
     return root
+
+
+@pytest.fixture
+def speechcommands(tmp_path: Path) -> Path:
+    return make_speechcommands(tmp_path)
 
 
 def test_speechcommands_all_words(speechcommands, tmp_path):
@@ -175,10 +183,9 @@ def test_speechcommands_errors_are_clear(speechcommands, tmp_path):
 # --------------------------------------------------------------------------- VoxCeleb1
 
 
-@pytest.fixture
-def voxceleb1(tmp_path: Path) -> Path:
+def make_voxceleb1(parent: Path) -> Path:
     """Three speakers, two videos each, two utterances per video; split ids 1/2/3."""
-    root = tmp_path / "voxceleb1"
+    root = parent / "voxceleb1"
     lines = []
     for s, speaker in enumerate(("id10001", "id10002", "id10003")):
         for v, video in enumerate(("1zcIwhmdeo4", "7gWzIy6yIIk")):
@@ -190,6 +197,11 @@ def voxceleb1(tmp_path: Path) -> Path:
     lines.append("3 id10003/zzzzzzzzzzz/00001.wav")  # not on disk
     (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture
+def voxceleb1(tmp_path: Path) -> Path:
+    return make_voxceleb1(tmp_path)
 
 
 def test_voxceleb1_identification_splits(voxceleb1, tmp_path):
@@ -233,9 +245,8 @@ HEADER = (
 )
 
 
-@pytest.fixture
-def audioset(tmp_path: Path) -> Path:
-    root = tmp_path / "audioset"
+def make_audioset(parent: Path) -> Path:
+    root = parent / "audioset"
     root.mkdir()
     (root / "ontology.json").write_text(json.dumps(ONTOLOGY))
     (root / "balanced_train_segments.csv").write_text(HEADER + (
@@ -257,6 +268,11 @@ def audioset(tmp_path: Path) -> Path:
     write_clip(clips / "_unbal_0003_1500_11500.wav", 0.3, rate=16000)
     write_clip(clips / "unrelated0001.wav", 0.3)
     return root
+
+
+@pytest.fixture
+def audioset(tmp_path: Path) -> Path:
+    return make_audioset(tmp_path)
 
 
 def test_audioset_names_splits_and_missing_clips(audioset, tmp_path, capsys):
