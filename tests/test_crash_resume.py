@@ -43,7 +43,7 @@ def test_both_clis_write_checkpoints_atomically_and_record_the_wandb_run(tmp_pat
                            run=False, args=["--config", str(REPO / "configs/pretrain/demo.yaml"), *trainer,
                                             "--data.init_args.demo_corpus", "null"])
     finetune = build_cli(["--config", str(REPO / "configs/finetune/demo_events.yaml"), *trainer,
-                          "--data.demo_corpus", "null", "--data.train", str(tmp_path),
+                          "--model.init_from", "null", "--data.demo_corpus", "null", "--data.train", str(tmp_path),
                           "--data.classes", str(tmp_path / "classes.txt")], run=False)
     for cli in (pretrain, finetune):
         assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
