@@ -9,7 +9,7 @@ steps; then the timed steps go round-robin, one step of each variant per round, 
 slow spell of a shared machine hits all of them alike. ``step_s`` is the median of
 ``--steps`` timed steps. The variants:
 
-* ``passes`` (``1``, ``2`` or ``1,2``): ``pretrain.mspm.MSPM.losses`` (batched masks, no
+* ``passes`` (``1``, ``2`` or ``1,2``): ``pretrain.mspm.MSPM.step`` (batched masks, no
   Python loop over clips); ``2`` runs one encoder pass per objective, ``1`` shares one;
 * ``official_style``: :func:`official_style_step`, our re-implementation of the official
   SSAST code's algorithmic structure (its code cannot be run here: nothing may be
@@ -61,10 +61,12 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from pretrain.distill import ASiT, ema_update
+from pretrain.base import PretrainModule, optimization_step
+from pretrain.distill import ASiT
 from pretrain.mspm import MSPM, patchify
 from ssast.encoder import SIZES
 from ssast.heads import PatchPredictionHead
+from ssast.masking import GmmlOptions
 
 MEL_BINS = 128
 OFFICIAL_REFERENCE_S = 1.95
@@ -78,7 +80,10 @@ def build_mspm(size: str, geometry: str, frames: int, mask_patches: int, passes:
 
 
 def build_asit(size: str, geometry: str, frames: int, view_frames: int, align: int) -> ASiT:
-    return ASiT(size=size, input_tdim=frames, view_frames=view_frames, align=align, **GEOMETRIES[geometry])
+    """ASiT as its paper recipe sets it (configs/pretrain/asit_base.yaml), at this size."""
+    return ASiT(size=size, input_tdim=frames, view_frames=view_frames, gmml=GmmlOptions(align=align),
+                num_lead_tokens=1, drop_path=0.1, optimizer="adamw", decay_norms_and_biases=False,
+                weight_decay=0.04, weight_decay_end=0.4, gradient_clip_per_tensor=3.0, **GEOMETRIES[geometry])
 
 
 def adam(model: nn.Module) -> torch.optim.Optimizer:
@@ -147,26 +152,11 @@ def official_style_step(model: MSPM, optimizer: torch.optim.Optimizer, fbank: to
     optimizer.step()
 
 
-def method_step(model: nn.Module, optimizer: torch.optim.Optimizer, fbank: torch.Tensor, autocast: bool) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(fbank.device.type, dtype=torch.bfloat16, enabled=autocast):
-        loss = model.losses(fbank)["loss"]
-    loss.backward()
-    optimizer.step()
-
-
-def distill_step(model: ASiT, optimizer: torch.optim.Optimizer, fbank: torch.Tensor, autocast: bool) -> None:
-    """What one ASiT training step does: losses, clipping, AdamW, centers, EMA teacher."""
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(fbank.device.type, dtype=torch.bfloat16, enabled=autocast):
-        out = model.losses(fbank)
-    out["loss"].backward()
-    model.on_before_optimizer_step(optimizer)
-    optimizer.step()
-    model.global_loss.update_center(out["teacher_cls"])
-    model.local_loss.update_center(out["teacher_patch"])
-    ema_update(model.teacher, model.encoder, 0.996)
-    ema_update(model.teacher_head, model.student_head, 0.996)
+def method_step(model: PretrainModule, optimizer: torch.optim.Optimizer, fbank: torch.Tensor, autocast: bool) -> None:
+    """The method's own training step (:func:`pretrain.base.optimization_step`): its
+    ``step``, backward, its gradient hooks (ASiT: per-tensor clipping, the weight-decay
+    schedule), the optimizer, then its updates (ASiT: centers and EMA teacher)."""
+    optimization_step(model, optimizer, fbank, autocast)
 
 
 def prepare(build: Callable[[], Step], fbank: torch.Tensor, warmup: int) -> tuple[Step, int, float]:
@@ -258,9 +248,8 @@ def main() -> None:
     def build_distill() -> Step:
         torch.manual_seed(0)
         model = build_asit(args.size, args.geometry, args.frames, args.view_frames, args.align).to(device).train()
-        groups = model.param_groups()
-        optimizer = torch.optim.AdamW(groups, lr=5e-4, betas=(0.9, 0.999), weight_decay=0.04)
-        return lambda x: distill_step(model, optimizer, x, autocast)
+        optimizer = torch.optim.AdamW(model.param_groups(), lr=5e-4, betas=(0.9, 0.999), weight_decay=0.04)
+        return lambda x: method_step(model, optimizer, x, autocast)
 
     builders = {f"passes{p}": builder(official=False, num_passes=p) for p in passes}
     if args.method == "distill":

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from finetune.module import Finetune
-from pretrain.cli import ConciseParser, LogConfig, RunCLI, default_wandb_to_offline, run_program
-from pretrain.datamodule import AudioDataModule
+from ssast.train.cli import ConciseParser, LogConfig, RunCLI, default_wandb_to_offline, run_program
+from ssast.train.datamodule import AudioDataModule
 
 
 class FinetuneCLI(RunCLI):

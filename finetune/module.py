@@ -25,14 +25,12 @@ from einops import rearrange
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
 
-from pretrain.base import add_encoder_metadata, log_picture
-from pretrain.datamodule import log_data_counts
-from pretrain.recovery import SkipNonFiniteSteps
-from pretrain.schedules import WarmupCosine
 from ssast.augment import roll_frames
 from ssast.checkpoints import Checkpoint, CheckpointError, adapt_encoder, load_checkpoint
 from ssast.encoder import ASTEncoder, EncoderConfig, Pooling
 from ssast.heads import ClassificationHead
+from ssast.train.module import EncoderModule
+from ssast.train.schedules import WarmupCosine
 from ssast.visualize import colorize
 
 Task = Literal["multiclass", "multilabel"]
@@ -70,9 +68,44 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-class Finetune(SkipNonFiniteSteps):
+def build_encoder(hp: Any) -> ASTEncoder:
+    """The encoder a :class:`Finetune` recipe asks for: from ``init_from`` (checked against the
+    recipe's size and token shape, adapted to its strides and length) or from scratch."""
+    strides = {"fstride": hp.fstride, "tstride": hp.tstride}
+    strides = {name: value for name, value in strides.items() if value is not None}
+    if hp.init_from is None:
+        fshape, tshape = hp.fshape or 16, hp.tshape or 16
+        config = EncoderConfig.from_size(
+            hp.size or "base", fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape,
+            input_tdim=hp.input_tdim, drop_path=hp.drop_path,
+        )
+        return ASTEncoder(config.replace(**strides))
+    checkpoint = load_checkpoint(hp.init_from)
+    check_recipe_fits(checkpoint, hp)
+    return adapt_encoder(checkpoint.encoder, input_tdim=hp.input_tdim, drop_path=hp.drop_path, **strides)
+
+
+def check_recipe_fits(checkpoint: Checkpoint, hp: Any) -> None:
+    """A recipe that names a size or token shape must get it: finetuning frame tokens
+    from a patch checkpoint would otherwise go unnoticed."""
+    config = checkpoint.encoder.config
+    wanted = {"fshape": hp.fshape, "tshape": hp.tshape}
+    if hp.size is not None:
+        sized = EncoderConfig.from_size(hp.size)
+        wanted.update(embed_dim=sized.embed_dim, depth=sized.depth)
+    differ = {name: value for name, value in wanted.items() if value is not None and getattr(config, name) != value}
+    if differ:
+        asked = ", ".join(f"{name}={value}" for name, value in differ.items())
+        has = ", ".join(f"{name}={getattr(config, name)}" for name in differ)
+        raise CheckpointError(
+            checkpoint.path, checkpoint.format, f"holds an encoder with {has} but the recipe asks for {asked}; "
+            "set model.size, model.fshape and model.tshape to null to take the checkpoint's, or start from a "
+            "checkpoint that matches")
+
+
+class Finetune(EncoderModule):
     """An encoder and a classification head, trained on labeled shards. A batch whose loss is
-    NaN or infinite skips its optimizer step (:class:`~pretrain.recovery.SkipNonFiniteSteps`).
+    NaN or infinite skips its optimizer step (:class:`~ssast.train.module.EncoderModule`).
 
     Args:
         num_classes: number of classes (linked from the data by the CLI).
@@ -134,10 +167,9 @@ class Finetune(SkipNonFiniteSteps):
         class_names: list[str] | None = None,
         max_nonfinite_steps: int = 20,
     ) -> None:
-        super().__init__()
+        super().__init__(max_nonfinite_steps)
         self.save_hyperparameters()
-        self.max_nonfinite_steps = max_nonfinite_steps
-        self.encoder = self._build_encoder()
+        self.encoder = build_encoder(self.hparams)
         self.head = ClassificationHead(self.encoder.embed_dim, num_classes)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -153,38 +185,6 @@ class Finetune(SkipNonFiniteSteps):
             self.test_metric = MultilabelAveragePrecision(num_classes, average="macro")
             self.confusion = None
         self.metric_name = "acc" if task == "multiclass" else "mAP"
-
-    def _build_encoder(self) -> ASTEncoder:
-        hp = self.hparams
-        strides = {"fstride": hp.fstride, "tstride": hp.tstride}
-        strides = {name: value for name, value in strides.items() if value is not None}
-        if hp.init_from is None:
-            fshape, tshape = hp.fshape or 16, hp.tshape or 16
-            config = EncoderConfig.from_size(
-                hp.size or "base", fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape,
-                input_tdim=hp.input_tdim, drop_path=hp.drop_path,
-            )
-            return ASTEncoder(config.replace(**strides))
-        checkpoint = load_checkpoint(hp.init_from)
-        self._check_recipe_fits(checkpoint)
-        return adapt_encoder(checkpoint.encoder, input_tdim=hp.input_tdim, drop_path=hp.drop_path, **strides)
-
-    def _check_recipe_fits(self, checkpoint: Checkpoint) -> None:
-        """A recipe that names a size or token shape must get it: finetuning frame tokens
-        from a patch checkpoint would otherwise go unnoticed."""
-        hp, config = self.hparams, checkpoint.encoder.config
-        wanted = {"fshape": hp.fshape, "tshape": hp.tshape}
-        if hp.size is not None:
-            sized = EncoderConfig.from_size(hp.size)
-            wanted.update(embed_dim=sized.embed_dim, depth=sized.depth)
-        differ = {name: value for name, value in wanted.items() if value is not None and getattr(config, name) != value}
-        if differ:
-            asked = ", ".join(f"{name}={value}" for name, value in differ.items())
-            has = ", ".join(f"{name}={getattr(config, name)}" for name in differ)
-            raise CheckpointError(
-                checkpoint.path, checkpoint.format, f"holds an encoder with {has} but the recipe asks for {asked}; "
-                "set model.size, model.fshape and model.tshape to null to take the checkpoint's, or start from a "
-                "checkpoint that matches")
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` of normalized log-mels ``[B, T, F]``."""
@@ -208,8 +208,8 @@ class Finetune(SkipNonFiniteSteps):
 
     def _mask_fill(self) -> float:
         """What a raw log-mel of 0 (AST's mask value) becomes after normalization."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        normalize = getattr(datamodule, "normalize", None)
+        datamodule = self.attached_datamodule()
+        normalize = datamodule.normalize if datamodule is not None else None
         return float(normalize(torch.zeros(()))) if normalize is not None else 0.0
 
     def augment(self, fbank: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,11 +235,6 @@ class Finetune(SkipNonFiniteSteps):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(fbank))
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
-        # Summed over ranks, so only on logging steps (every rank reaches the same ones).
-        if self.global_step % self.trainer.log_every_n_steps == 0:
-            log_data_counts(self)
-
     def _evaluate(self, batch: dict, loss_metric: MeanMetric, metric, stage: str) -> None:
         logits = self(batch["fbank"])
         labels = batch["labels"]
@@ -263,7 +258,7 @@ class Finetune(SkipNonFiniteSteps):
         matrix = self.confusion.compute()
         self.confusion.reset()
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            log_picture(self, "val/confusion", confusion_picture(matrix), caption="rows: true class, columns: predicted")
+            self.log_picture("val/confusion", confusion_picture(matrix), caption="rows: true class, columns: predicted")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
         embeddings = self.embed(batch["fbank"])
@@ -288,10 +283,6 @@ class Finetune(SkipNonFiniteSteps):
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = WarmupCosine(optimizer, hp.warmup_steps, total, hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        add_encoder_metadata(self, checkpoint)
 
 
 def confusion_picture(matrix: torch.Tensor, cell: int = 12) -> np.ndarray:

@@ -1,84 +1,83 @@
-"""What every pretraining method shares: the encoder, the optimizer and its schedule,
-throughput and data-health logging, checkpoint metadata and dashboard pictures.
+"""What every pretraining method shares: the encoder, the optimizer and its schedules,
+logging, validation and checkpoints.
 
-A method subclasses :class:`PretrainModule`, builds its heads and implements
-``training_step`` / ``validation_step``; its configuration names only its own knobs and
-passes the rest through ``**kwargs``.
+A method is one file with one subclass of :class:`PretrainModule`. It builds its heads in
+its constructor and writes its step as one function you can read top to bottom,
+
+* :meth:`PretrainModule.step`: a normalized log-mel batch in, its losses and the figures to
+  watch out (``"loss"`` is what is minimized), and, when the method moves state outside the
+  optimizer (an EMA teacher, running centers),
+* :meth:`PretrainModule.apply_updates`: called after every optimizer step that was taken.
+
+The Lightning hooks below and ``benchmarks/pretrain_step.py`` call the same two functions
+(:func:`optimization_step` is the whole step without Lightning), so the benchmark times
+the step that trains. Pictures for the dashboard come from :meth:`PretrainModule.picture`,
+drawn by the :class:`~ssast.train.callbacks.LogPictures` callback.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import time
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from torch import nn
+from torchmetrics import MeanMetric
 
 from ssast.encoder import ASTEncoder, EncoderConfig
-from pretrain.datamodule import log_data_counts
-from pretrain.recovery import SkipNonFiniteSteps
-from pretrain.schedules import WarmupCosine, WarmupPlateau
-
-log = logging.getLogger(__name__)
+from ssast.train.module import EncoderModule
+from ssast.train.schedules import WarmupCosine, WarmupPlateau, cosine_ramp
 
 
-def log_picture(module: L.LightningModule, key: str, picture: np.ndarray, caption: str | None = None) -> None:
-    """A ``[H, W, 3]`` uint8 picture to the module's W&B or TensorBoard loggers (other loggers
-    skip it). A picture that cannot be logged is reported, never fatal."""
-    for logger in module.loggers:
-        try:
-            if isinstance(logger, WandbLogger):
-                captions = [caption] if caption else None
-                logger.log_image(key=key, images=[picture], caption=captions, step=module.global_step)
-            elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(key, picture, module.global_step, dataformats="HWC")
-        except Exception as error:  # a dashboard picture must never end a long run
-            log.warning("could not log %s to %s: %s", key, type(logger).__name__, error)
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``teacher = momentum * teacher + (1 - momentum) * student``, parameter by parameter."""
+    teacher_params = list(teacher.parameters())
+    student_params = [p.detach() for p in student.parameters()]
+    torch._foreach_mul_(teacher_params, momentum)
+    torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
 
 
-def add_encoder_metadata(module: L.LightningModule, checkpoint: dict[str, Any], name: str = "encoder") -> None:
-    """What ``ssast.load_encoder`` needs to read the encoder ``module.<name>`` out of a
-    Lightning checkpoint: its name, its config, and the input preprocessing when the data
-    knows it."""
-    checkpoint["encoder_prefix"] = f"{name}."
-    checkpoint["encoder_config"] = getattr(module, name).config.to_dict()
-    datamodule = getattr(module.trainer, "datamodule", None)
-    if datamodule is not None and getattr(datamodule, "normalize", None) is not None:
-        checkpoint["preprocessing"] = dict(datamodule.preprocessing.__dict__)
-
-
-class PretrainModule(SkipNonFiniteSteps):
-    """Base of the pretraining methods. A batch whose loss is NaN or infinite skips its
-    optimizer step (:class:`~pretrain.recovery.SkipNonFiniteSteps`).
+class PretrainModule(EncoderModule):
+    """Base of the pretraining methods (see the module docstring).
 
     Args:
         size: encoder size, ``tiny``, ``small`` or ``base`` (or ``mini`` for CPU demos).
         fshape: patch height in mel bins (16 for patch models, 128 for frame models).
         tshape: patch width in frames (16 for patch models, 2 for frame models).
-        input_tdim: frames per clip (linked to the data's ``target_length`` by the CLI); the
-            encoder's input, unless the method cuts views (:meth:`encoder_input_frames`).
+        input_tdim: frames per clip (linked to the data's ``target_length`` by the CLI).
         num_lead_tokens: 2 (``cls`` and ``dist``, as SSAST) or 1.
         drop_path: stochastic depth of the deepest block.
-        optimizer: ``adam`` (SSAST) or ``adamw``.
-        lr: peak learning rate.
+        optimizer: ``adam`` (L2 penalty in the gradient, as SSAST) or ``adamw`` (decoupled
+            weight decay).
+        lr: peak learning rate (per ``lr_batch_size`` clips when that is set).
+        lr_batch_size: ``None``: ``lr`` as given; else ``lr`` is for a global batch of this many
+            clips and scales linearly with the real one (DINO/ASiT: 256).
         betas: Adam's betas.
-        weight_decay: weight decay.
+        weight_decay: weight decay (at the start, when ``weight_decay_end`` is set).
+        weight_decay_end: ``None``: constant; else the weight decay follows a cosine from
+            ``weight_decay`` to this at the end of training (DINO/ASiT).
+        decay_norms_and_biases: whether biases and normalization weights take weight decay
+            (SSAST: yes; DINO/ASiT: no).
+        gradient_clip_per_tensor: every gradient tensor is scaled to at most this norm (0:
+            off; DINO/ASiT's clipping; for a global norm use ``trainer.gradient_clip_val``).
         warmup_steps: linear warmup, in optimizer steps.
-        schedule: ``plateau`` (SSAST: halve when the validation metric stalls) or
-            ``cosine`` (to ``min_lr`` at the end of training).
+        schedule: ``plateau`` (SSAST: halve when the validation figure named by
+            :attr:`plateau_figure` stalls) or ``cosine`` (to ``min_lr`` at the end).
         min_lr: the cosine schedule's final learning rate.
         plateau_factor: learning-rate factor of a plateau.
         plateau_patience: validation checks without improvement that are tolerated.
-        image_every_n_steps: how often to log a picture (0: never).
         max_nonfinite_steps: consecutive optimizer steps skipped for a NaN or infinite loss
             that stop the run (1: the first one does).
     """
 
-    # The encoder that transfers: exported, and read from Lightning checkpoints.
-    exported = "encoder"
+    # Step outputs shown in the progress bar, and averaged over each validation.
+    progress_bar: tuple[str, ...] = ("loss",)
+    validated: tuple[str, ...] = ("loss",)
+    # The validation figure the plateau schedule watches, and whether higher is better.
+    plateau_figure: tuple[str, Literal["min", "max"]] = ("loss", "min")
 
     def __init__(
         self,
@@ -90,44 +89,128 @@ class PretrainModule(SkipNonFiniteSteps):
         drop_path: float = 0.0,
         optimizer: Literal["adam", "adamw"] = "adam",
         lr: float = 1e-4,
+        lr_batch_size: int | None = None,
         betas: tuple[float, float] = (0.95, 0.999),
         weight_decay: float = 5e-7,
+        weight_decay_end: float | None = None,
+        decay_norms_and_biases: bool = True,
+        gradient_clip_per_tensor: float = 0.0,
         warmup_steps: int = 1000,
         schedule: Literal["plateau", "cosine"] = "plateau",
         min_lr: float = 1e-6,
         plateau_factor: float = 0.5,
         plateau_patience: int = 2,
-        image_every_n_steps: int = 500,
         max_nonfinite_steps: int = 20,
     ) -> None:
-        super().__init__()
+        super().__init__(max_nonfinite_steps)
         self.save_hyperparameters()
-        self.max_nonfinite_steps = max_nonfinite_steps
+        for name, value in self.hparams.items():  # checkpoints hold plain values only (weights_only loads)
+            if dataclasses.is_dataclass(value):
+                self.hparams[name] = dataclasses.asdict(value)
         # Pretraining cuts non-overlapping patches: the stride is the patch shape.
         config = EncoderConfig.from_size(
-            size, fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape,
-            input_tdim=self.encoder_input_frames(input_tdim), num_lead_tokens=num_lead_tokens, drop_path=drop_path,
+            size, fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape, input_tdim=input_tdim,
+            num_lead_tokens=num_lead_tokens, drop_path=drop_path,
         )
         self.encoder = ASTEncoder(config)
+        self.val_figures = nn.ModuleDict({name: MeanMetric() for name in self.validated})
+        # What step() left for apply_updates() since the last optimizer step (e.g. teacher means).
+        self.pending_updates: list[Any] = []
         self._last_batch_start: float | None = None
 
-    def encoder_input_frames(self, clip_frames: int) -> int:
-        """Frames the encoder sees when the data gives clips of ``clip_frames``."""
-        return clip_frames
+    # --- the method -----------------------------------------------------------------------
+
+    def step(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor | float]:
+        """The method on a batch of normalized log-mels ``[B, T, F]``: ``"loss"`` (what is
+        minimized) and other figures to watch, all scalars (tensors, or floats for schedules). Randomness (masks, views) comes
+        from ``generator`` when one is given (validation: the same every time)."""
+        raise NotImplementedError
+
+    def apply_updates(self, pending: list[Any]) -> None:
+        """What moves outside the optimizer after an optimizer step that was taken; ``pending``
+        is what :meth:`step` appended to ``self.pending_updates`` since the last step."""
+
+    def picture(self, fbank: torch.Tensor) -> tuple[np.ndarray, str] | None:
+        """A ``[H, W, 3]`` picture of what the method does to one clip ``[1, T, F]`` (input,
+        mask, reconstruction ...) and its caption, or ``None``."""
+        return None
 
     @property
-    def exported_encoder(self) -> ASTEncoder:
-        return getattr(self, self.exported)
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (1 outside a trainer)."""
+        try:
+            return max(1, int(self.trainer.estimated_stepping_batches))
+        except RuntimeError:  # not attached to a trainer
+            return 1
 
-    # --- optimization ---------------------------------------------------------------
+    # --- Lightning hooks ------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.step(batch["fbank"])
+        size = len(batch["fbank"])
+        for name, value in out.items():
+            self.log(f"train/{name}", value, prog_bar=name in self.progress_bar, batch_size=size)
+        return out["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # Randomness seeded by the batch index: every validation sees the same masks and views.
+        out = self.step(batch["fbank"], torch.Generator(self.device).manual_seed(batch_idx))
+        size = len(batch["fbank"])
+        for name, metric in self.val_figures.items():
+            metric.update(out[name], size)
+            self.log(f"val/{name}", metric, prog_bar=name in self.progress_bar, batch_size=size)
+
+    def on_validation_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if isinstance(scheduler, WarmupPlateau) and not self.trainer.sanity_checking:
+            name, mode = self.plateau_figure
+            value = float(self.val_figures[name].compute())
+            scheduler.report(value if mode == "max" else -value)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_batch_start is not None:
+            clips = len(batch["fbank"]) * self.trainer.world_size
+            self.log("train/clips_per_s", clips / (now - self._last_batch_start), batch_size=len(batch["fbank"]))
+        self._last_batch_start = now
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        hp = self.hparams
+        if hp.weight_decay_end is not None:  # the first group is the one that decays
+            decay = cosine_ramp(hp.weight_decay, hp.weight_decay_end, self.global_step, self.total_steps)
+            optimizer.param_groups[0]["weight_decay"] = decay
+            self.log("train/weight_decay", decay, batch_size=1)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if hp.gradient_clip_per_tensor > 0 and grads:
+            norms = torch._foreach_norm(grads)
+            scales = [torch.clamp(hp.gradient_clip_per_tensor / (norm + 1e-6), max=1.0) for norm in norms]
+            torch._foreach_mul_(grads, scales)
+
+    def after_optimizer_step(self, skipped: bool) -> None:
+        pending, self.pending_updates = self.pending_updates, []
+        if not skipped:  # a skipped (non-finite) batch must leave no trace, here either
+            self.apply_updates(pending)
+
+    # --- optimization ---------------------------------------------------------------------
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """What the optimizer trains, in groups (a method may exempt some from weight decay)."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        trained = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        if self.hparams.decay_norms_and_biases:
+            return [{"params": [p for _, p in trained]}]
+        decays = {name: p.ndim > 1 and not name.endswith(".bias") for name, p in trained}
+        return [
+            {"params": [p for name, p in trained if decays[name]]},
+            {"params": [p for name, p in trained if not decays[name]], "weight_decay": 0.0},
+        ]
 
     def peak_lr(self) -> float:
-        """The learning rate after warmup."""
-        return self.hparams.lr
+        hp = self.hparams
+        if hp.lr_batch_size is None:
+            return hp.lr
+        datamodule = self.attached_datamodule()
+        per_device = datamodule.hparams.batch_size if datamodule is not None else hp.lr_batch_size
+        global_batch = per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        return hp.lr * global_batch / hp.lr_batch_size
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -137,42 +220,20 @@ class PretrainModule(SkipNonFiniteSteps):
         if hp.schedule == "plateau":
             scheduler = WarmupPlateau(optimizer, hp.warmup_steps, hp.plateau_factor, hp.plateau_patience)
         else:
-            scheduler = WarmupCosine(optimizer, hp.warmup_steps, int(self.trainer.estimated_stepping_batches), hp.min_lr)
+            scheduler = WarmupCosine(optimizer, hp.warmup_steps, self.total_steps, hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def plateau_metric(self) -> float:
-        """The validation figure the plateau schedule watches (higher is better)."""
-        raise NotImplementedError
 
-    def on_validation_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()
-        if isinstance(scheduler, WarmupPlateau) and not self.trainer.sanity_checking:
-            scheduler.report(self.plateau_metric())
-
-    # --- logging ----------------------------------------------------------------------
-
-    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        now = time.perf_counter()
-        if self._last_batch_start is not None:
-            clips = len(batch["fbank"]) * self.trainer.world_size
-            self.log("train/clips_per_s", clips / (now - self._last_batch_start), batch_size=len(batch["fbank"]))
-        self._last_batch_start = now
-
-    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
-        # Summed over ranks, so only on logging steps (every rank reaches the same ones).
-        if self.global_step % self.trainer.log_every_n_steps == 0:
-            log_data_counts(self)
-
-    def should_draw(self) -> bool:
-        """Whether this training step logs a picture (on the first rank only)."""
-        every = self.hparams.image_every_n_steps
-        return every > 0 and self.global_step % every == 0 and self.trainer.is_global_zero
-
-    def log_picture(self, key: str, picture: np.ndarray, caption: str | None = None) -> None:
-        log_picture(self, key, picture, caption)
-
-    # --- checkpoints ------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        add_encoder_metadata(self, checkpoint, self.exported)
+def optimization_step(module: PretrainModule, optimizer: torch.optim.Optimizer, fbank: torch.Tensor,
+                      autocast: bool = False) -> dict[str, torch.Tensor]:
+    """One training step of ``module`` without Lightning, as the Lightning hooks run it:
+    :meth:`~PretrainModule.step`, backward, the gradient hooks, the optimizer, then
+    :meth:`~PretrainModule.apply_updates` (``autocast``: bf16 mixed precision)."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(fbank.device.type, dtype=torch.bfloat16, enabled=autocast):
+        out = module.step(fbank)
+    out["loss"].backward()
+    module.on_before_optimizer_step(optimizer)
+    optimizer.step()
+    module.after_optimizer_step(skipped=False)
+    return out

@@ -12,96 +12,38 @@ teacher, an EMA of the student, sees them clean; the student sees them corrupted
 
 Total: ``global + local + recon_weight * recon``. The teacher's outputs are centered (each
 loss keeps its own center, an EMA of the teacher's mean output over all ranks) and
-sharpened by a temperature warmed up from 0.04 to 0.07. AdamW with the lr scaled by the
-global batch / 256, warmup + cosine; the weight decay and the teacher momentum follow
-cosines; every gradient tensor is clipped to norm ``gradient_clip`` as in the official code.
+sharpened by a temperature warmed up from 0.04 to 0.07; after each optimizer step the
+centers move and the teacher follows the student with a momentum rising to 1 on a cosine.
+The optimizer side of the recipe (AdamW, lr per 256 clips, weight decay 0.04 -> 0.4 on a
+cosine, biases and norms not decayed, per-tensor gradient clipping at 3) is
+:class:`~pretrain.base.PretrainModule`'s, set in the recipes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 import torch
-import torch.distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torchmetrics import MeanMetric
 
 from ssast.augment import random_crop_frames, random_roll
 from ssast.encoder import ASTEncoder
 from ssast.heads import DistillationHead, SpectrogramReconstructionHead
-from ssast.masking import GmmlFill, gmml_corrupt
+from ssast.losses import CenteredDistillation, entropy
+from ssast.masking import GmmlOptions, gmml_corrupt
+from ssast.train.schedules import cosine_ramp, linear_warmup
 from ssast.visualize import spectrogram_strip
-from pretrain.base import PretrainModule
-from pretrain.schedules import cosine_ramp, linear_warmup
-
-
-class CenteredDistillation(nn.Module):
-    """DINO's loss between a centered, sharpened teacher and the student, whose center is
-    an EMA (``center_momentum``) of the teacher's mean output across all ranks."""
-
-    def __init__(self, dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
-        super().__init__()
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
-        self.register_buffer("center", torch.zeros(dim))
-
-    def teacher_probs(self, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        return ((teacher_logits.float() - self.center) / temperature).softmax(dim=-1)
-
-    def student_log_probs(self, student_logits: torch.Tensor) -> torch.Tensor:
-        return (student_logits.float() / self.student_temp).log_softmax(dim=-1)
-
-    def forward(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-        """Mean over all leading positions of ``-sum_k p_teacher[k] log p_student[k]``."""
-        return -(teacher_probs * self.student_log_probs(student_logits)).sum(dim=-1).mean()
-
-    @torch.no_grad()
-    def teacher_mean(self, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """The teacher's mean output over every leading position and every rank."""
-        mean = teacher_logits.float().reshape(-1, teacher_logits.shape[-1]).mean(dim=0)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(mean)
-            mean /= dist.get_world_size()
-        return mean
-
-    @torch.no_grad()
-    def move_center(self, teacher_mean: torch.Tensor) -> None:
-        self.center.mul_(self.center_momentum).add_(teacher_mean, alpha=1 - self.center_momentum)
-
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
-        self.move_center(self.teacher_mean(teacher_logits))
-
-
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Mean entropy (nats) of the distributions along the last axis."""
-    return -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """``teacher = momentum * teacher + (1 - momentum) * student``, parameter by parameter."""
-    teacher_params = list(teacher.parameters())
-    student_params = [p.detach() for p in student.parameters()]
-    torch._foreach_mul_(teacher_params, momentum)
-    torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
+from pretrain.base import PretrainModule, ema_update
 
 
 class ASiT(PretrainModule):
-    """ASiT pretraining. Besides the shared options of :class:`~pretrain.base.PretrainModule`
-    (here with ASiT's defaults: one cls token, drop-path 0.1, AdamW, ``lr`` per 256 clips of
-    global batch, weight decay 0.04, cosine schedule):
+    """ASiT pretraining. Besides the shared options of :class:`~pretrain.base.PretrainModule`:
 
     Args:
         view_frames: frames of each view (6 s = 592); the clips (``input_tdim``, linked to
-            the data) must be at least this long.
+            the data) must be at least this long. The encoder sees views.
         roll_probability: chance that a view is rolled in time.
-        coverage: the fraction of each view GMML corrupts is drawn from ``U[coverage]``.
-        max_block: the largest corruption block, as a fraction of height and of width.
-        align: block corners and sizes on multiples of this many bins (16: the patch grid).
-        fill: ``zeros``, ``noise``, or ``time`` / ``freq`` stripes.
-        replace_probability: chance that a view is corrupted by pasting from another clip.
-        replace_coverage: the area pasted.
+        gmml: how the student's views are corrupted.
         cls_dim: prototypes of the global (cls) output.
         patch_dim: prototypes of the local (patch) outputs.
         head_hidden_dim: width of the projection MLP.
@@ -112,23 +54,17 @@ class ASiT(PretrainModule):
         teacher_temp_warmup_steps: steps of the linear temperature warmup (30 epochs).
         center_momentum: momentum of both centers.
         momentum: the teacher's EMA momentum at step 0, rising to 1 along a cosine.
-        weight_decay_end: the weight decay at the end (from ``weight_decay`` along a cosine).
         recon_weight: weight of the reconstruction loss.
-        gradient_clip: every gradient tensor is scaled to at most this norm (0: off).
     """
 
     exported = "teacher"
+    validated = ("loss", "global", "local", "recon")
 
     def __init__(
         self,
         view_frames: int = 592,
         roll_probability: float = 0.5,
-        coverage: tuple[float, float] = (0.5, 0.7),
-        max_block: float = 0.3,
-        align: int = 1,
-        fill: GmmlFill = "zeros",
-        replace_probability: float = 0.5,
-        replace_coverage: float = 0.3,
+        gmml: GmmlOptions = GmmlOptions(),
         cls_dim: int = 8192,
         patch_dim: int = 1024,
         head_hidden_dim: int = 2048,
@@ -139,23 +75,14 @@ class ASiT(PretrainModule):
         teacher_temp_warmup_steps: int = 30_000,
         center_momentum: float = 0.9,
         momentum: float = 0.996,
-        weight_decay_end: float = 0.4,
         recon_weight: float = 2.0,
-        gradient_clip: float = 3.0,
-        num_lead_tokens: int = 1,
-        drop_path: float = 0.1,
-        optimizer: Literal["adam", "adamw"] = "adamw",
-        lr: float = 5e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.04,
-        schedule: Literal["plateau", "cosine"] = "cosine",
+        input_tdim: int = 1024,
         **kwargs: Any,
     ) -> None:
-        self.view_frames = view_frames
-        super().__init__(
-            num_lead_tokens=num_lead_tokens, drop_path=drop_path, optimizer=optimizer, lr=lr, betas=betas,
-            weight_decay=weight_decay, schedule=schedule, **kwargs,
-        )
+        if input_tdim < view_frames:
+            raise ValueError(f"clips of {input_tdim} frames are shorter than a view ({view_frames}); "
+                             "raise the data's target_length or lower view_frames")
+        super().__init__(input_tdim=view_frames, **kwargs)  # the encoders see views
         config = self.encoder.config
         if view_frames % config.tshape:
             raise ValueError(f"view_frames ({view_frames}) must be a multiple of the patch width {config.tshape}")
@@ -171,30 +98,11 @@ class ASiT(PretrainModule):
         self.recon_head = SpectrogramReconstructionHead(config.embed_dim, config.fshape, config.tshape)
         self.global_loss = CenteredDistillation(cls_dim, student_temp, center_momentum)
         self.local_loss = CenteredDistillation(patch_dim, student_temp, center_momentum)
-        # The centers are averaged across ranks by the losses themselves. DDP would also
-        # broadcast them from rank 0 before every forward: a collective that hangs evaluation
-        # whenever ranks hold different numbers of batches.
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self, ["global_loss.center", "local_loss.center"]
-        )
-        self.val_losses = nn.ModuleDict({name: MeanMetric() for name in ("loss", "global", "local", "recon")})
-        # The teacher's mean outputs of the batches since the last optimizer step: the centers
-        # move once that step is taken (a NaN batch skipped must not poison them for good).
-        self._pending_centers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.view_frames = view_frames
+        self.roll_probability = roll_probability
+        self.gmml = gmml if isinstance(gmml, GmmlOptions) else GmmlOptions(**gmml)  # a dict from a checkpoint
 
-    def encoder_input_frames(self, clip_frames: int) -> int:
-        if clip_frames < self.view_frames:
-            raise ValueError(
-                f"clips of {clip_frames} frames are shorter than a view ({self.view_frames}); "
-                "raise the data's target_length or lower view_frames"
-            )
-        return self.view_frames
-
-    # --- schedules ----------------------------------------------------------------------
-
-    @property
-    def total_steps(self) -> int:
-        return int(self.trainer.estimated_stepping_batches)
+    # --- schedules ------------------------------------------------------------------------
 
     def teacher_temperature(self) -> float:
         hp = self.hparams
@@ -203,32 +111,23 @@ class ASiT(PretrainModule):
     def teacher_momentum(self) -> float:
         return cosine_ramp(self.hparams.momentum, 1.0, self.global_step, self.total_steps)
 
-    def weight_decay_now(self) -> float:
-        return cosine_ramp(self.hparams.weight_decay, self.hparams.weight_decay_end, self.global_step, self.total_steps)
-
-    # --- the method ---------------------------------------------------------------------
+    # --- the method -----------------------------------------------------------------------
 
     def views(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Two random crops of every clip, each rolled with ``roll_probability``:
         ``[2B, view_frames, F]``, all first views, then all second views."""
         crops = [random_crop_frames(fbank, self.view_frames, generator) for _ in range(2)]
-        return random_roll(torch.cat(crops), self.hparams.roll_probability, generator)
-
-    def corrupt(self, views: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        hp = self.hparams
-        return gmml_corrupt(
-            views, coverage=tuple(hp.coverage), max_block=hp.max_block, align=hp.align, fill=hp.fill,
-            replace_probability=hp.replace_probability, replace_coverage=hp.replace_coverage, generator=generator,
-        )
+        return random_roll(torch.cat(crops), self.roll_probability, generator)
 
     def heads(self, encoder: ASTEncoder, head: DistillationHead, views: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """cls logits, patch logits and the patch tokens they came from."""
         tokens = encoder(views)
         patches = encoder.patch_tokens(tokens)
         return (*head(encoder.pool(tokens, "cls"), patches), patches)
 
-    def losses(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def step(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor | float]:
         views = self.views(fbank, generator)
-        corrupted, mask = self.corrupt(views, generator)
+        corrupted, corrupted_bins = gmml_corrupt(views, self.gmml, generator)
         with torch.no_grad():
             teacher_cls, teacher_patch, _ = self.heads(self.teacher, self.teacher_head, views)
         student_cls, student_patch, student_tokens = self.heads(self.encoder, self.student_head, corrupted)
@@ -240,84 +139,25 @@ class ASiT(PretrainModule):
         local_loss = self.local_loss(student_patch, self.local_loss.teacher_probs(teacher_patch, temperature))
 
         reconstruction = self.recon_head(student_tokens, self.encoder.grid).float()
-        recon_loss = ((reconstruction - views.float()).abs() * mask).sum() / mask.sum().clamp_min(1)
+        errors = (reconstruction - views.float()).abs() * corrupted_bins
+        recon_loss = errors.sum() / corrupted_bins.sum().clamp_min(1)
 
-        hp = self.hparams
+        if self.training:  # the centers move with the teacher's outputs once the step is taken
+            self.pending_updates.append(
+                (self.global_loss.teacher_mean(teacher_cls), self.local_loss.teacher_mean(teacher_patch)))
         with torch.no_grad():  # the collapse monitor, same view for teacher and student
             student_log_probs = self.global_loss.student_log_probs(student_cls)
             teacher_entropy = entropy(teacher_cls_probs)
             cross_entropy = -(teacher_cls_probs * student_log_probs).sum(-1).mean()
         return {
-            "loss": global_loss + local_loss + hp.recon_weight * recon_loss,
+            "loss": global_loss + local_loss + self.hparams.recon_weight * recon_loss,
             "global": global_loss, "local": local_loss, "recon": recon_loss,
             "teacher_entropy": teacher_entropy, "student_entropy": entropy(student_log_probs.exp()),
             "kl": cross_entropy - teacher_entropy,
-            "teacher_cls": teacher_cls, "teacher_patch": teacher_patch,
-            "views": views, "corrupted": corrupted, "reconstruction": reconstruction.detach(),
+            "teacher_temp": temperature, "momentum": self.teacher_momentum(),
         }
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.losses(batch["fbank"])
-        self._pending_centers.append(
-            (self.global_loss.teacher_mean(out["teacher_cls"]), self.local_loss.teacher_mean(out["teacher_patch"]))
-        )
-        size = len(batch["fbank"])
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
-        names = ("global", "local", "recon", "teacher_entropy", "student_entropy", "kl")
-        self.log_dict({f"train/{name}": out[name] for name in names}, batch_size=size)
-        self.log_dict({
-            "train/teacher_temp": self.teacher_temperature(), "train/momentum": self.teacher_momentum(),
-            "train/weight_decay": self.weight_decay_now(),
-        }, batch_size=size)
-        if self.should_draw():
-            picture = spectrogram_strip(out["views"][0], out["corrupted"][0], out["reconstruction"][0])
-            self.log_picture("train/reconstruction", picture, caption="clean view / corrupted / reconstructed")
-        return out["loss"]
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # Views and corruption seeded by the batch index: every validation sees the same.
-        out = self.losses(batch["fbank"], torch.Generator(self.device).manual_seed(batch_idx))
-        for name, metric in self.val_losses.items():
-            metric.update(out[name], len(batch["fbank"]))
-            self.log(f"val/{name}", metric, batch_size=len(batch["fbank"]))
-
-    def plateau_metric(self) -> float:
-        return -float(self.val_losses["loss"].compute())
-
-    # --- optimization -------------------------------------------------------------------
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        # DINO's groups: biases and norms take no weight decay; the first group's follows a cosine.
-        trained = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
-        decays = {name: p.ndim > 1 and not name.endswith(".bias") for name, p in trained}
-        return [
-            {"params": [p for name, p in trained if decays[name]]},
-            {"params": [p for name, p in trained if not decays[name]], "weight_decay": 0.0},
-        ]
-
-    def peak_lr(self) -> float:
-        """``lr`` is given for a global batch of 256 and scales linearly with the batch."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        per_device = getattr(getattr(datamodule, "hparams", None), "batch_size", 256)
-        global_batch = per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
-        return self.hparams.lr * global_batch / 256
-
-    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        self.optimizers().param_groups[0]["weight_decay"] = self.weight_decay_now()
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        clip = self.hparams.gradient_clip
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if clip > 0 and grads:
-            norms = torch._foreach_norm(grads)
-            scales = [torch.clamp(clip / (norm + 1e-6), max=1.0) for norm in norms]
-            torch._foreach_mul_(grads, scales)
-
-    def after_optimizer_step(self, skipped: bool) -> None:
-        pending, self._pending_centers = self._pending_centers, []
-        if skipped:
-            return
+    def apply_updates(self, pending: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for global_mean, local_mean in pending:
             self.global_loss.move_center(global_mean)
             self.local_loss.move_center(local_mean)
@@ -325,3 +165,11 @@ class ASiT(PretrainModule):
         ema_update(self.teacher, self.encoder, momentum)
         ema_update(self.teacher_head, self.student_head, momentum)
 
+    @torch.no_grad()
+    def picture(self, fbank: torch.Tensor) -> tuple[np.ndarray, str]:
+        """A clean view, its corruption, and the student's reconstruction."""
+        generator = torch.Generator(self.device).manual_seed(0)
+        views = self.views(fbank[:1], generator)[:1]
+        corrupted, _ = gmml_corrupt(views, self.gmml, generator)
+        reconstruction = self.recon_head(self.encoder.patch_tokens(self.encoder(corrupted)), self.encoder.grid)
+        return spectrogram_strip(views[0], corrupted[0], reconstruction[0]), "clean view / corrupted / reconstructed"

@@ -15,12 +15,13 @@ the compute). Everything is batched: no Python loop over clips.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torchmetrics import MeanMetric
 
 from ssast.heads import PatchPredictionHead
+from ssast.losses import info_nce
 from ssast.masking import cluster_mask, random_mask
 from ssast.visualize import spectrogram_strip
 from pretrain.base import PretrainModule
@@ -48,22 +49,6 @@ def gather_masked(values: torch.Tensor, mask: torch.Tensor, num_masked: int) -> 
     return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
-def info_nce(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SSAST's discriminative loss over the ``M`` masked patches of each clip.
-
-    ``scores[b, i, j] = target_i . prediction_j``; the loss is the mean of
-    ``-log_softmax(scores, dim=-1)`` on the diagonal (the softmax runs over predictions, as
-    in the official code), and the accuracy is how often ``argmax(scores, dim=0)`` of a
-    prediction is its own target (DESIGN.md; the official code takes that argmax over the
-    row-softmaxed scores, which can differ). Both are computed in float32.
-    """
-    scores = torch.bmm(target.float(), prediction.float().transpose(1, 2))
-    loss = -scores.log_softmax(dim=-1).diagonal(dim1=1, dim2=2).mean()
-    own = torch.arange(scores.shape[-1], device=scores.device)
-    accuracy = (scores.argmax(dim=1) == own).float().mean()
-    return loss, accuracy
-
-
 class MSPM(PretrainModule):
     """SSAST pretraining. Besides the shared options of
     :class:`~pretrain.base.PretrainModule`:
@@ -75,13 +60,12 @@ class MSPM(PretrainModule):
         mse_weight: weight of the generative loss (10 in the paper).
     """
 
+    progress_bar = ("loss", "acc")
+    validated = ("nce", "mse", "acc")
+    plateau_figure = ("acc", "max")  # SSAST halves the lr when the masked accuracy stalls
+
     def __init__(
-        self,
-        mask_patches: int = 400,
-        passes: int = 2,
-        cluster: bool | None = None,
-        mse_weight: float = 10.0,
-        **kwargs,
+        self, mask_patches: int = 400, passes: int = 2, cluster: bool | None = None, mse_weight: float = 10.0, **kwargs
     ) -> None:
         super().__init__(**kwargs)
         config = self.encoder.config
@@ -96,7 +80,6 @@ class MSPM(PretrainModule):
         patch_dim = config.fshape * config.tshape
         self.discriminative_head = PatchPredictionHead(config.embed_dim, patch_dim)
         self.generative_head = PatchPredictionHead(config.embed_dim, patch_dim)
-        self.val_nce, self.val_mse, self.val_acc = MeanMetric(), MeanMetric(), MeanMetric()
 
     def sample_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         config = self.encoder.config
@@ -104,61 +87,36 @@ class MSPM(PretrainModule):
             return cluster_mask(batch_size, config.grid, self.mask_patches, device=self.device, generator=generator)
         return random_mask(batch_size, config.num_patches, self.mask_patches, device=self.device, generator=generator)
 
-    def masked_outputs(
-        self, fbank: torch.Tensor, mask: torch.Tensor, head: PatchPredictionHead
-    ) -> torch.Tensor:
-        tokens = self.encoder.patch_tokens(self.encoder(fbank, mask))
-        return head(gather_masked(tokens, mask, self.mask_patches))
+    def masked_tokens(self, fbank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's outputs at the masked positions, ``[B, mask_patches, D]``."""
+        return gather_masked(self.encoder.patch_tokens(self.encoder(fbank, mask)), mask, self.mask_patches)
 
-    def losses(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def step(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         config = self.encoder.config
         targets = patchify(fbank, config.fshape, config.tshape)
         mask = self.sample_mask(len(fbank), generator)
         if self.passes == 2:
             generative_mask = self.sample_mask(len(fbank), generator)
-            discriminative = self.masked_outputs(fbank, mask, self.discriminative_head)
-            generative = self.masked_outputs(fbank, generative_mask, self.generative_head)
+            discriminative = self.discriminative_head(self.masked_tokens(fbank, mask))
+            generative = self.generative_head(self.masked_tokens(fbank, generative_mask))
         else:
             generative_mask = mask
-            tokens = gather_masked(self.encoder.patch_tokens(self.encoder(fbank, mask)), mask, self.mask_patches)
+            tokens = self.masked_tokens(fbank, mask)
             discriminative, generative = self.discriminative_head(tokens), self.generative_head(tokens)
         nce, accuracy = info_nce(discriminative, gather_masked(targets, mask, self.mask_patches))
         mse = F.mse_loss(generative.float(), gather_masked(targets, generative_mask, self.mask_patches))
-        return {
-            "loss": nce + self.mse_weight * mse, "nce": nce, "mse": mse, "acc": accuracy,
-            "generative_mask": generative_mask, "generative": generative.detach(),
-        }
+        return {"loss": nce + self.mse_weight * mse, "nce": nce, "mse": mse, "acc": accuracy}
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.losses(batch["fbank"])
-        size = len(batch["fbank"])
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
-        self.log_dict({f"train/{name}": out[name] for name in ("nce", "mse")}, batch_size=size)
-        self.log("train/acc", out["acc"], prog_bar=True, batch_size=size)
-        if self.should_draw():
-            self.draw(batch["fbank"][0], out["generative_mask"][0], out["generative"][0])
-        return out["loss"]
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # Masks seeded by the batch index: every validation sees the same masks.
-        generator = torch.Generator(self.device).manual_seed(batch_idx)
-        out = self.losses(batch["fbank"], generator)
-        size = len(batch["fbank"])
-        for name, metric in (("nce", self.val_nce), ("mse", self.val_mse), ("acc", self.val_acc)):
-            metric.update(out[name], size)
-            self.log(f"val/{name}", metric, batch_size=size)
-
-    def plateau_metric(self) -> float:
-        return float(self.val_acc.compute())
-
-    def draw(self, fbank: torch.Tensor, mask: torch.Tensor, generated: torch.Tensor) -> None:
-        """Input, masked input and reconstruction (input with the masked patches predicted)."""
+    @torch.no_grad()
+    def picture(self, fbank: torch.Tensor) -> tuple[np.ndarray, str]:
+        """Input, masked input, and the input with the masked patches generated."""
         config = self.encoder.config
-        patches = patchify(fbank[None], config.fshape, config.tshape)[0]
+        mask = self.sample_mask(1, torch.Generator(self.device).manual_seed(0))
+        patches = patchify(fbank[:1], config.fshape, config.tshape)[0]
+        generated = self.generative_head(self.masked_tokens(fbank[:1], mask))[0]
         masked, rebuilt = patches.clone(), patches.clone()
-        masked[mask] = patches.min()
-        rebuilt[mask] = generated.to(patches.dtype)
-        frames, bins = fbank.shape
+        masked[mask[0]] = patches.min()
+        rebuilt[mask[0]] = generated.to(patches.dtype)
+        frames, bins = fbank.shape[1:]
         images = [unpatchify(p[None], config.fshape, config.tshape, frames, bins)[0] for p in (masked, rebuilt)]
-        self.log_picture("train/reconstruction", spectrogram_strip(fbank, *images),
-                         caption="input / masked / reconstructed")
+        return spectrogram_strip(fbank[0], *images), "input / masked / reconstructed"

@@ -169,6 +169,19 @@ def save_encoder(encoder: ASTEncoder, path: str | Path, preprocessing: Preproces
         )
 
 
+def lightning_metadata(
+    encoder: ASTEncoder, attribute: str = "encoder", preprocessing: Preprocessing | None = None
+) -> dict[str, Any]:
+    """What a Lightning checkpoint of a module holding ``encoder`` as ``module.<attribute>``
+    needs beside its ``state_dict`` for :func:`load_checkpoint` to read that encoder back
+    (format ``ssast-lightning``): the prefix of its weights, its config and, when known, the
+    input preprocessing."""
+    metadata: dict[str, Any] = {"encoder_prefix": f"{attribute}.", "encoder_config": encoder.config.to_dict()}
+    if preprocessing is not None:
+        metadata["preprocessing"] = dict(preprocessing.__dict__)
+    return metadata
+
+
 # --------------------------------------------------------------------------------------
 # Reading files
 

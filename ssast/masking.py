@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -177,29 +178,52 @@ def _ranks(keys: torch.Tensor) -> torch.Tensor:
 GmmlFill = Literal["zeros", "noise", "time", "freq"]
 
 
-def gmml_corrupt(
-    fbank: torch.Tensor,
-    *,
-    coverage: tuple[float, float] = (0.5, 0.7),
-    max_block: float = 0.3,
-    align: int = 1,
-    fill: GmmlFill = "zeros",
-    noise_mean: float = 0.0,
-    noise_std: float = 0.5,
-    replace_probability: float = 0.5,
-    replace_coverage: float = 0.3,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ASiT's group-masked-model-learning corruption of log-mels ``[B, T, F]``.
+@dataclass(frozen=True)
+class GmmlOptions:
+    """How :func:`gmml_corrupt` corrupts a log-mel (ASiT's defaults).
 
-    Each clip draws a coverage from ``U[coverage]`` and gets random rectangles, each at most
-    ``max_block`` of the frequency bins and of the frames, until that fraction of its bins
-    is covered. Block corners and sizes are multiples of ``align`` (16: the patch grid).
-    Covered bins become ``0`` (``zeros``), Gaussian noise of ``noise_mean`` / ``noise_std``
-    (``noise``; the defaults are those of a normalized log-mel), or 0 with every block
-    stretched to full height (``time`` stripes) or full width (``freq`` stripes). With
-    ``replace_probability``, a clip is instead corrupted by pasting, at the same positions,
-    ``replace_coverage`` of its area from the next clip of the batch.
+    Args:
+        coverage: each clip covers a fraction of its bins drawn from ``U[coverage]``.
+        max_block: the largest block, as a fraction of the bins and of the frames.
+        align: block corners and sizes on multiples of this many bins (16: the patch grid).
+        fill: covered bins become ``zeros``, Gaussian ``noise`` (``noise_mean``,
+            ``noise_std``: a normalized log-mel's by default), or 0 with every block
+            stretched to full height (``time`` stripes) or full width (``freq`` stripes).
+        noise_mean: mean of the ``noise`` fill.
+        noise_std: standard deviation of the ``noise`` fill.
+        replace_probability: chance that a clip is instead corrupted by pasting, at the same
+            positions, blocks of the next clip of the batch.
+        replace_coverage: the area pasted.
+    """
+
+    coverage: tuple[float, float] = (0.5, 0.7)
+    max_block: float = 0.3
+    align: int = 1
+    fill: GmmlFill = "zeros"
+    noise_mean: float = 0.0
+    noise_std: float = 0.5
+    replace_probability: float = 0.5
+    replace_coverage: float = 0.3
+
+    def __post_init__(self) -> None:
+        low, high = self.coverage
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"coverage must be (low, high) with 0 < low <= high <= 1, got {self.coverage!r}")
+        if not 0.0 < self.max_block <= 1.0 or self.align < 1:
+            raise ValueError(f"max_block must be in (0, 1] and align >= 1, got {self.max_block!r} and {self.align!r}")
+        if self.fill not in ("zeros", "noise", "time", "freq"):
+            raise ValueError(f"fill must be zeros, noise, time or freq, got {self.fill!r}")
+
+
+def gmml_corrupt(
+    fbank: torch.Tensor, options: GmmlOptions = GmmlOptions(), generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ASiT's group-masked-model-learning corruption of log-mels ``[B, T, F]`` (see
+    :class:`GmmlOptions`).
+
+    Each clip draws a coverage and gets random rectangles, each at most ``max_block`` of the
+    frequency bins and of the frames, until that fraction of its bins is covered; or, with
+    ``replace_probability``, blocks pasted from the next clip of the batch.
 
     Returns the corrupted batch and the boolean ``[B, T, F]`` mask of the corrupted bins.
     Loops over blocks, never over clips: a clip that has reached its coverage takes no
@@ -207,28 +231,25 @@ def gmml_corrupt(
     """
     if fbank.dim() != 3:
         raise ValueError(f"expected log-mels [B, T, F], got shape {list(fbank.shape)}")
-    low, high = coverage
-    if not 0.0 < low <= high <= 1.0:
-        raise ValueError(f"coverage must be (low, high) with 0 < low <= high <= 1, got {coverage!r}")
-    if not 0.0 < max_block <= 1.0 or align < 1:
-        raise ValueError(f"max_block must be in (0, 1] and align >= 1, got {max_block!r} and {align!r}")
-    if fill not in ("zeros", "noise", "time", "freq"):
-        raise ValueError(f"fill must be zeros, noise, time or freq, got {fill!r}")
+    low, high = options.coverage
+    align, fill = options.align, options.fill
     batch, frames, bins = fbank.shape
     device = fbank.device
 
     def uniform(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, device=device, generator=generator)
 
-    replaced = uniform(batch) < replace_probability if batch > 1 else torch.zeros(batch, dtype=torch.bool, device=device)
-    target = torch.where(replaced, replace_coverage, low + (high - low) * uniform(batch))
+    replaced = uniform(batch) < options.replace_probability
+    if batch == 1:  # nothing to paste from
+        replaced = torch.zeros_like(replaced)
+    target = torch.where(replaced, options.replace_coverage, low + (high - low) * uniform(batch))
     # Blocks live on a grid of align x align cells; the cells at the far edges may be partial.
     cells_t, cells_f = -(-frames // align), -(-bins // align)
     t_index = torch.arange(cells_t, device=device)
     f_index = torch.arange(cells_f, device=device)
     cell_area = ((frames - t_index * align).clamp(max=align)[:, None] * (bins - f_index * align).clamp(max=align)).float()
-    longest_t = max(1, int(frames * max_block) // align)
-    longest_f = max(1, int(bins * max_block) // align)
+    longest_t = max(1, int(frames * options.max_block) // align)
+    longest_f = max(1, int(bins * options.max_block) // align)
     # Stripes span the whole height (time stripes) or width (freq stripes); pasted blocks do not.
     full_height = (~replaced) & (fill == "time")
     full_width = (~replaced) & (fill == "freq")
@@ -253,7 +274,8 @@ def gmml_corrupt(
 
     mask = mask.repeat_interleave(align, dim=1).repeat_interleave(align, dim=2)[:, :frames, :bins]
     if fill == "noise":
-        filler = noise_mean + noise_std * torch.randn(fbank.shape, device=device, generator=generator, dtype=fbank.dtype)
+        noise = torch.randn(fbank.shape, device=device, generator=generator, dtype=fbank.dtype)
+        filler = options.noise_mean + options.noise_std * noise
     else:
         filler = torch.zeros_like(fbank)
     filler = torch.where(replaced[:, None, None], fbank.roll(1, dims=0), filler)

@@ -68,7 +68,7 @@ def audio_folder(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def small_demo_corpus(tmp_path_factory) -> Path:
     """A fifth of the demo corpus, built once for the end-to-end CLI tests."""
-    from ssast.data.demo import build_demo
+    from ssast.demo.corpus import build_demo
 
     root = tmp_path_factory.mktemp("demo")
     build_demo(root, scale=0.2, seed=1, workers=2, progress=False)

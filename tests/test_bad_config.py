@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from finetune.cli import main as finetune
-from pretrain.cli import concise_error
+from ssast.train.cli import concise_error
 from pretrain.cli import main as pretrain
 from ssast import EncoderConfig, save_encoder
 from ssast.encoder import ASTEncoder
@@ -29,20 +29,18 @@ def error_of(program, args: list[str]) -> str:
 
 
 def pretrain_args(corpus: Path, run: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(REPO / "configs/pretrain/demo.yaml"), "--data.init_args.demo_corpus", str(corpus),
-            "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
+    return ["fit", "--config", str(REPO / "configs/pretrain/demo.yaml"), "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
             "--trainer.default_root_dir", str(run), "--trainer.logger", "false", *extra]
 
 
 def finetune_args(corpus: Path, run: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(REPO / "configs/finetune/demo_events.yaml"), "--data.demo_corpus", str(corpus),
-            "--data.train", str(corpus / "events/train"), "--data.val", str(corpus / "events/val"),
+    return ["fit", "--config", str(REPO / "configs/finetune/demo_events.yaml"), "--data.train", str(corpus / "events/train"), "--data.val", str(corpus / "events/val"),
             "--trainer.default_root_dir", str(run), "--trainer.logger", "false", *extra]
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
     (["--model.init_args.maskpatches", "5"], "model (pretrain.mspm.MSPM): Option 'maskpatches' is not accepted"),
-    (["--data.init_args.batch_size", "abc"], "data.batch_size (pretrain.datamodule.AudioDataModule): Expected a int. "
+    (["--data.init_args.batch_size", "abc"], "data.batch_size (ssast.train.datamodule.AudioDataModule): Expected a int. "
                                              "Got value: abc"),
     (["--model.init_args.optimizer", "sgd"], "model.optimizer (pretrain.mspm.MSPM): Expected a typing.Literal"),
     (["--trainer.max_stepz", "3"], "unrecognized arguments: --trainer.max_stepz 3"),

@@ -25,9 +25,9 @@ from lightning.pytorch.loggers import WandbLogger
 from finetune.cli import build_cli
 from pretrain.base import PretrainModule
 from pretrain.cli import PretrainCLI
-from pretrain.datamodule import AudioDataModule
-from pretrain.recovery import AtomicCheckpointIO, WandbRunId, resume_wandb_run
-from pretrain.schedules import WarmupCosine, WarmupPlateau, cosine_ramp, linear_warmup
+from ssast.train.datamodule import AudioDataModule
+from ssast.train.recovery import AtomicCheckpointIO, WandbRunId, resume_wandb_run
+from ssast.train.schedules import WarmupCosine, WarmupPlateau, cosine_ramp, linear_warmup
 from ssast.files import written_atomically
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,10 +40,9 @@ def test_both_clis_write_checkpoints_atomically_and_record_the_wandb_run(tmp_pat
     (tmp_path / "classes.txt").write_text("a\nb\n")
     trainer = ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
     pretrain = PretrainCLI(PretrainModule, AudioDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                           run=False, args=["--config", str(REPO / "configs/pretrain/demo.yaml"), *trainer,
-                                            "--data.init_args.demo_corpus", "null"])
+                           run=False, args=["--config", str(REPO / "configs/pretrain/demo.yaml"), *trainer])
     finetune = build_cli(["--config", str(REPO / "configs/finetune/demo_events.yaml"), *trainer,
-                          "--model.init_from", "null", "--data.demo_corpus", "null", "--data.train", str(tmp_path),
+                          "--model.init_from", "null", "--data.train", str(tmp_path),
                           "--data.classes", str(tmp_path / "classes.txt")], run=False)
     for cli in (pretrain, finetune):
         assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
@@ -84,7 +83,7 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from pretrain.recovery import AtomicCheckpointIO
+from ssast.train.recovery import AtomicCheckpointIO
 
 folder, kind, start = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 io = AtomicCheckpointIO() if kind == "atomic" else TorchCheckpointIO()
@@ -216,10 +215,9 @@ def fit_command(corpus: Path, run: Path, recipe: str, *extra: str) -> list[str]:
     ]
     return [
         sys.executable, "-m", "pretrain.cli", "fit", "--config", str(REPO / "configs/pretrain" / recipe),
-        "--data.init_args.demo_corpus", str(corpus),
         "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
         "--data.init_args.batch_size", str(BATCH), "--data.init_args.batches_per_epoch", str(STEPS_PER_EPOCH),
-        "--data.init_args.num_workers", "1", "--model.init_args.image_every_n_steps", "0",
+        "--data.init_args.num_workers", "1", 
         "--model.init_args.warmup_steps", "3", "--trainer.max_epochs", str(EPOCHS),
         "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
         "--trainer.default_root_dir", str(run), "--trainer.logger", json.dumps(loggers),

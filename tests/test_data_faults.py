@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from conftest import QuietHandler, encoded, flac_sample, http_server, tone, write_shard
 from finetune.module import Finetune
-from pretrain.datamodule import AudioDataModule
+from ssast.train.datamodule import AudioDataModule
 from ssast.audio import AudioFile
 from ssast.data.cli import main as data_cli
 from ssast.data.reader import (
@@ -400,10 +400,10 @@ def test_reader_lists_no_temporary_files(shards):
 
 @pytest.mark.slow
 def test_a_killed_demo_build_is_built_again_without_overwrite(tmp_path):
-    from ssast.data.demo import build_demo
+    from ssast.demo.corpus import build_demo
 
     out = tmp_path / "demo"
-    code = f"from ssast.data.demo import build_demo; build_demo({str(out)!r}, scale=0.1, seed=3, progress=False)"
+    code = f"from ssast.demo.corpus import build_demo; build_demo({str(out)!r}, scale=0.1, seed=3, progress=False)"
     builder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
     try:
         deadline = time.monotonic() + 120

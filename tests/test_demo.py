@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ssast.data.demo import TASKS, ClipSpec, build_demo, make_clip
+from ssast.demo.corpus import TASKS, ClipSpec, build_demo, make_clip
 from ssast.data.reader import list_shards, read_classes
 from ssast.data.stats import read_stats
 from ssast.features import Fbank

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune.demo import main
-from pretrain.callbacks import MetricHistory
+from ssast.demo.runner import main
+from ssast.train.callbacks import MetricHistory
 from ssast.visualize import line_chart
 
 

@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.distill import ASiT, CenteredDistillation, ema_update, entropy
-from pretrain.schedules import cosine_ramp, linear_warmup
-from ssast.masking import gmml_corrupt
+from pretrain.base import ema_update
+from pretrain.distill import ASiT
+from ssast.losses import CenteredDistillation, entropy
+from ssast.masking import GmmlOptions, gmml_corrupt
+from ssast.train.schedules import cosine_ramp, linear_warmup
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -27,7 +29,8 @@ def coverage_of(mask: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("align", [1, 16])
 def test_coverage_stays_within_the_drawn_range(align):
     fbank = torch.randn(64, 200, 128)
-    _, mask = gmml_corrupt(fbank, coverage=(0.5, 0.7), align=align, replace_probability=0.0, generator=seeded(align))
+    options = GmmlOptions(coverage=(0.5, 0.7), align=align, replace_probability=0.0)
+    _, mask = gmml_corrupt(fbank, options, generator=seeded(align))
     coverage = coverage_of(mask)
     # The last block may overshoot the drawn target by at most one block (30% x 30%).
     assert coverage.min() >= 0.5 and coverage.max() <= 0.7 + 0.3 * 0.3 + 0.01
@@ -39,8 +42,8 @@ def test_a_block_obeys_the_size_and_alignment_limits(align):
     frames, bins = 300, 128
     for seed in range(40):
         # A target this small is reached by the first block: the mask is that block.
-        _, mask = gmml_corrupt(torch.randn(1, frames, bins), coverage=(1e-6, 1e-6), align=align,
-                               replace_probability=0.0, generator=seeded(seed))
+        options = GmmlOptions(coverage=(1e-6, 1e-6), align=align, replace_probability=0.0)
+        _, mask = gmml_corrupt(torch.randn(1, frames, bins), options, generator=seeded(seed))
         rows, cols = mask[0].nonzero(as_tuple=True)
         t0, t1, f0, f1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
         assert mask[0, t0:t1, f0:f1].all() and mask.sum() == (t1 - t0) * (f1 - f0)  # one rectangle
@@ -52,30 +55,30 @@ def test_a_block_obeys_the_size_and_alignment_limits(align):
 
 def test_fills():
     fbank = torch.randn(16, 100, 128) + 3.0
-    zeros, mask = gmml_corrupt(fbank, fill="zeros", replace_probability=0.0, generator=seeded())
+    zeros, mask = gmml_corrupt(fbank, GmmlOptions(fill="zeros", replace_probability=0.0), generator=seeded())
     assert torch.equal(zeros[mask], torch.zeros(int(mask.sum())))
     assert torch.equal(zeros[~mask], fbank[~mask])
 
-    noise, mask = gmml_corrupt(fbank, fill="noise", replace_probability=0.0, generator=seeded())
+    noise, mask = gmml_corrupt(fbank, GmmlOptions(fill="noise", replace_probability=0.0), generator=seeded())
     assert noise[mask].mean().abs() < 0.02 and noise[mask].std() == pytest.approx(0.5, abs=0.02)
 
-    time_stripes, mask = gmml_corrupt(fbank, fill="time", replace_probability=0.0, generator=seeded())
+    time_stripes, mask = gmml_corrupt(fbank, GmmlOptions(fill="time", replace_probability=0.0), generator=seeded())
     frame_masked = mask.any(dim=2)
     assert torch.equal(mask, frame_masked[..., None].expand_as(mask))  # whole frames
-    freq_stripes, mask = gmml_corrupt(fbank, fill="freq", replace_probability=0.0, generator=seeded())
+    freq_stripes, mask = gmml_corrupt(fbank, GmmlOptions(fill="freq", replace_probability=0.0), generator=seeded())
     bin_masked = mask.any(dim=1)
     assert torch.equal(mask, bin_masked[:, None].expand_as(mask))  # whole bins
 
 
 def test_replacement_pastes_the_same_positions_from_another_clip():
     fbank = torch.randn(32, 100, 128)
-    corrupted, mask = gmml_corrupt(fbank, replace_probability=1.0, generator=seeded())
+    corrupted, mask = gmml_corrupt(fbank, GmmlOptions(replace_probability=1.0), generator=seeded())
     partner = fbank.roll(1, dims=0)
     assert torch.equal(corrupted[mask], partner[mask])
     coverage = coverage_of(mask)
     assert coverage.min() >= 0.3 and coverage.max() <= 0.3 + 0.09 + 0.01
 
-    mixed, mask = gmml_corrupt(fbank, replace_probability=0.5, generator=seeded(1))
+    mixed, mask = gmml_corrupt(fbank, GmmlOptions(replace_probability=0.5), generator=seeded(1))
     pasted = (mixed[mask] != 0).view(-1)
     assert 0.2 < pasted.float().mean() < 0.8  # about half the clips pasted, the rest zeroed
 
@@ -83,9 +86,9 @@ def test_replacement_pastes_the_same_positions_from_another_clip():
 def test_bad_settings_are_refused():
     fbank = torch.randn(2, 50, 128)
     with pytest.raises(ValueError, match="coverage"):
-        gmml_corrupt(fbank, coverage=(0.7, 0.5))
+        gmml_corrupt(fbank, GmmlOptions(coverage=(0.7, 0.5)))
     with pytest.raises(ValueError, match="fill"):
-        gmml_corrupt(fbank, fill="blur")
+        gmml_corrupt(fbank, GmmlOptions(fill="blur"))
     with pytest.raises(ValueError, match=r"\[B, T, F\]"):
         gmml_corrupt(fbank[0])
 
@@ -127,7 +130,7 @@ def test_schedules():
 
 def small_asit(**changes) -> ASiT:
     settings = dict(size="mini", input_tdim=64, view_frames=48, cls_dim=32, patch_dim=16, drop_path=0.0,
-                    align=16, image_every_n_steps=0)
+                    num_lead_tokens=1, gmml=GmmlOptions(align=16), decay_norms_and_biases=False)
     return ASiT(**{**settings, **changes})
 
 
@@ -169,8 +172,12 @@ def test_losses_match_a_reference():
     with torch.no_grad():  # a teacher unlike the student
         for p in model.teacher.parameters():
             p.add_(0.05 * torch.randn_like(p))
-        out = model.losses(torch.randn(3, 64, 128) * 0.5, seeded())
-    expected = reference_losses(model, out["views"], out["corrupted"], out["corrupted"] != out["views"])
+        fbank = torch.randn(3, 64, 128) * 0.5
+        out = model.step(fbank, seeded())
+        generator = seeded()  # the same draws as the step: views first, then their corruption
+        views = model.views(fbank, generator)
+        corrupted, mask = gmml_corrupt(views, model.gmml, generator)
+    expected = reference_losses(model, views, corrupted, mask)
     for name in ("global", "local", "recon"):
         torch.testing.assert_close(out[name], expected[name], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out["loss"], expected["global"] + expected["local"] + 2 * expected["recon"],
@@ -187,7 +194,7 @@ def test_views_are_crops_of_the_clip():
 
 def test_teacher_gets_no_gradient_and_is_not_optimized():
     model = small_asit()
-    model.losses(torch.randn(2, 64, 128))["loss"].backward()
+    model.step(torch.randn(2, 64, 128))["loss"].backward()
     assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
     assert all(p.grad is None for p in model.teacher_head.parameters())
     assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
@@ -207,7 +214,7 @@ def test_teacher_starts_as_the_student_without_drop_path():
 
 
 def test_gradient_clipping_is_per_tensor():
-    model = small_asit(gradient_clip=1.0)
+    model = small_asit(gradient_clip_per_tensor=1.0)
     for p in model.parameters():
         if p.requires_grad:
             p.grad = torch.full_like(p, 10.0)

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import ssast
 from finetune.module import Finetune
 from pretrain.cli import main
-from pretrain.distill import CenteredDistillation
+from ssast.losses import CenteredDistillation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,10 +29,9 @@ def test_demo_recipe_trains_logs_and_exports_the_teacher(small_demo_corpus, tmp_
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "csv"}}
     main([
         "fit", "--config", str(REPO / "configs/pretrain/asit_demo.yaml"),
-        "--data.init_args.demo_corpus", str(corpus),
         "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
         "--data.init_args.batch_size", "8", "--data.init_args.batches_per_epoch", "10",
-        "--data.init_args.num_workers", "1", "--model.init_args.image_every_n_steps", "10",
+        "--data.init_args.num_workers", "1",
         "--model.init_args.warmup_steps", "5",
         "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(run),
         "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",

@@ -36,7 +36,7 @@ def args(corpus: Path, run: Path, *extra: str) -> list[str]:
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}}
     return [
         "--config", str(REPO / "configs/finetune/demo_events.yaml"),
-        "--data.demo_corpus", str(corpus), "--data.train", str(corpus / "events/train"),
+        "--data.train", str(corpus / "events/train"),
         "--data.val", str(corpus / "events/val"), "--data.test", str(corpus / "events/test"),
         "--data.batches_per_epoch", "4", "--data.num_workers", "1", "--data.batch_size", "8",
         "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(run),

@@ -6,18 +6,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.mspm import MSPM, gather_masked, info_nce, patchify, unpatchify
-from pretrain.schedules import WarmupCosine, WarmupPlateau
+from pretrain.mspm import MSPM, gather_masked, patchify, unpatchify
+from ssast.losses import info_nce
 from ssast.masking import cluster_mask
+from ssast.train.schedules import WarmupCosine, WarmupPlateau
 
 
 def reference_info_nce(prediction, target):
-    """DESIGN.md section 6, clip by clip."""
+    """DESIGN.md section 6, clip by clip, as the official code computes it."""
     total_loss, correct = 0.0, 0
     for pred, tgt in zip(prediction, target):
         scores = tgt @ pred.T
         total_loss += torch.diag(torch.log_softmax(scores, dim=-1)).sum()
-        correct += (scores.argmax(dim=0) == torch.arange(len(pred))).sum()
+        probabilities = torch.softmax(scores, dim=-1)
+        correct += sum(int(torch.argmax(probabilities[:, j], dim=0) == j) for j in range(len(pred)))
+    correct = torch.tensor(float(correct))
     count = prediction.shape[0] * prediction.shape[1]
     return -total_loss / count, correct / count
 
@@ -34,6 +37,21 @@ def test_info_nce_equals_the_reference():
     assert perfect.item() < 1e-3 and accuracy.item() == 1.0
     _, accuracy = info_nce(orthogonal.roll(1, dims=1), orthogonal)
     assert accuracy.item() == 0.0
+
+
+def test_info_nce_accuracy_is_taken_over_row_softmaxed_scores():
+    """Nearly collapsed predictions (one shared vector plus a small part of their own): the
+    shared part dominates the raw scores, so an argmax over raw scores names the same target
+    for every prediction (accuracy 1/M), while the row softmax cancels it and the official
+    accuracy sees that each prediction leans to its own target."""
+    target = torch.eye(3)[None]
+    shared = torch.tensor([5.0, 2.0, 0.0])
+    prediction = shared + 0.1 * torch.eye(3)[None]
+    scores = target @ prediction.transpose(1, 2)
+    raw = (scores.argmax(dim=1) == torch.arange(3)).float().mean()
+    _, accuracy = info_nce(prediction, target)
+    assert raw.item() == pytest.approx(1 / 3)
+    assert accuracy.item() == 1.0 == reference_info_nce(prediction, target)[1].item()
 
 
 def test_gather_masked_keeps_position_order():
@@ -53,7 +71,7 @@ def test_patchify_matches_the_encoder_token_order_and_inverts():
 
 
 def tiny_mspm(**changes) -> MSPM:
-    settings = dict(size="tiny", input_tdim=64, mask_patches=20, image_every_n_steps=0)
+    settings = dict(size="tiny", input_tdim=64, mask_patches=20)
     torch.manual_seed(0)
     return MSPM(**{**settings, **changes})
 
@@ -64,7 +82,7 @@ def test_losses_follow_the_method(passes):
     calls = []
     model.encoder.register_forward_hook(lambda module, args, out: calls.append(args[1]))
     fbank = torch.randn(3, 64, 128)
-    out = model.losses(fbank)
+    out = model.step(fbank)
     assert len(calls) == passes and all(mask.sum(1).eq(20).all() for mask in calls)
     assert out["loss"].item() == pytest.approx(out["nce"].item() + 10 * out["mse"].item(), rel=1e-5)
     # The generative loss, recomputed by hand from the encoder's output at the masked patches.
@@ -84,7 +102,7 @@ def test_two_passes_use_independent_masks_and_patch_models_cluster():
     model = tiny_mspm(passes=2)
     masks = []
     model.encoder.register_forward_hook(lambda module, args, out: masks.append(args[1]))
-    model.losses(torch.randn(4, 64, 128))
+    model.step(torch.randn(4, 64, 128))
     assert not torch.equal(masks[0], masks[1])
     assert model.cluster and not tiny_mspm(fshape=128, tshape=2).cluster
 
@@ -96,7 +114,7 @@ def test_training_lowers_the_loss():
     generator = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(25):
-        out = model.losses(fbank, generator)
+        out = model.step(fbank, generator)
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()

@@ -15,24 +15,24 @@ import torch
 from torch.utils.data import DataLoader
 
 from finetune.module import Finetune
-from pretrain.callbacks import RunCheckpoint
+from ssast.train.callbacks import RunCheckpoint
 from pretrain.distill import ASiT
 from pretrain.mspm import MSPM
-from pretrain.recovery import NonFiniteLossError
+from ssast.train.module import NonFiniteLossError
 
 FRAMES = 16  # frame tokens (128 x 2): 8 patches per clip
 TINY = dict(size="mini", fshape=128, tshape=2, input_tdim=FRAMES)
 
 
 def mspm(**changes) -> MSPM:
-    return MSPM(**{**TINY, "mask_patches": 4, "passes": 1, "warmup_steps": 2, "lr": 1e-3, "image_every_n_steps": 0,
+    return MSPM(**{**TINY, "mask_patches": 4, "passes": 1, "warmup_steps": 2, "lr": 1e-3,
                    **changes})
 
 
 def asit(**changes) -> ASiT:
     return ASiT(**{**TINY, "view_frames": 12, "cls_dim": 32, "patch_dim": 16, "head_hidden_dim": 32,
                    "head_bottleneck_dim": 16, "warmup_steps": 2, "lr": 1e-2, "teacher_temp_warmup_steps": 4,
-                   "momentum": 0.9, "image_every_n_steps": 0, **changes})
+                   "momentum": 0.9, **changes})
 
 
 def finetune(**changes) -> Finetune:

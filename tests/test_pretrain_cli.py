@@ -27,11 +27,10 @@ def cli_args(corpus: Path, run: Path, epochs: int, *extra: str) -> list[str]:
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "csv"}}
     return [
         "fit", "--config", str(REPO / "configs/pretrain/demo.yaml"),
-        "--data.init_args.demo_corpus", str(corpus),
         "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
         "--data.init_args.batch_size", "8", "--data.init_args.batches_per_epoch", "10",
         "--data.init_args.num_workers", "1",
-        "--model.init_args.image_every_n_steps", "10",
+       
         "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(run),
         "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false", *extra,
     ]

@@ -26,28 +26,27 @@ def test_recipe_resolves(recipe, capsys):
         assert data["target_length"] == 1024 and config["trainer"]["precision"] == "bf16-mixed"
     if recipe.stem in ("asit_tiny", "asit_base"):  # DESIGN.md section 7
         assert (model["fshape"], model["tshape"], model["view_frames"], model["drop_path"]) == (16, 16, 592, 0.1)
-        assert model["coverage"] == [0.5, 0.7] and model["max_block"] == 0.3 and model["replace_coverage"] == 0.3
+        gmml = model["gmml"]
+        assert gmml["coverage"] == [0.5, 0.7] and gmml["max_block"] == 0.3 and gmml["replace_coverage"] == 0.3
+        assert gmml["replace_probability"] == 0.5 and (model["num_lead_tokens"], model["optimizer"]) == (1, "adamw")
         assert (model["cls_dim"], model["patch_dim"], model["student_temp"]) == (8192, 1024, 0.1)
         assert (model["warmup_teacher_temp"], model["teacher_temp"], model["center_momentum"]) == (0.04, 0.07, 0.9)
-        assert (model["momentum"], model["recon_weight"], model["gradient_clip"]) == (0.996, 2.0, 3.0)
+        assert (model["momentum"], model["recon_weight"], model["gradient_clip_per_tensor"]) == (0.996, 2.0, 3.0)
+        assert model["lr_batch_size"] == 256 and model["decay_norms_and_biases"] is False
         assert (model["lr"], model["weight_decay"], model["weight_decay_end"]) == (5e-4, 0.04, 0.4)
         steps_per_epoch = data["batches_per_epoch"]
         assert model["warmup_steps"] == 10 * steps_per_epoch and model["teacher_temp_warmup_steps"] == 30 * steps_per_epoch
         assert config["trainer"]["max_epochs"] == 100 and data["target_length"] >= 592
 
 
-def test_reconstruction_picture(monkeypatch):
+def test_reconstruction_picture():
+    torch.manual_seed(0)
     model = MSPM(size="tiny", input_tdim=64, mask_patches=20)
-    pictures = []
-    monkeypatch.setattr(model, "log_picture", lambda key, picture, caption=None: pictures.append(picture))
-    fbank = torch.randn(64, 128)
-    mask = torch.zeros(32, dtype=torch.bool)
-    mask[:20] = True
-    model.draw(fbank, mask, torch.zeros(20, 256))
-    (picture,) = pictures
+    picture, caption = model.picture(torch.randn(1, 64, 128))
     assert picture.shape == (3 * 128 + 2 * 2, 64, 3) and picture.dtype.name == "uint8"
     top, middle = picture[:128].astype(int), picture[130:258].astype(int)
     assert (top != middle).any(axis=-1).sum() > 0  # masked patches are drawn differently
+    assert caption == "input / masked / reconstructed"
 
 
 FINETUNE_RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs/finetune").glob("*.yaml"))

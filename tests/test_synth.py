@@ -1,4 +1,4 @@
-"""Tests for the dry-sound synthesizer (ssast.data.synth)."""
+"""Tests for the dry-sound synthesizer (ssast.demo.synth)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssast.data.synth import (
+from ssast.demo.synth import (
     EVENT_CLASSES,
     KEYWORDS,
     PHONEMES,

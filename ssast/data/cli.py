@@ -1,5 +1,5 @@
 """``ssast-data``: make WebDataset shards (from a folder, a CSV, or a published dataset's
-layout), compute their stats, build the demo corpus."""
+layout) and compute their stats. (The built-in demo corpus: ``ssast-demo corpus``.)"""
 
 from __future__ import annotations
 
@@ -58,12 +58,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _add_recipe_parsers(commands)
 
-    demo = commands.add_parser("demo", help="generate the built-in synthetic demo corpus")
-    demo.add_argument("--out", type=Path, required=True, help="output folder")
-    demo.add_argument("--scale", type=float, default=1.0, help="multiplies the number of clips (default: 1)")
-    demo.add_argument("--seed", type=int, default=0, help="the corpus is a function of this seed (default: 0)")
-    demo.add_argument("--workers", type=int, default=_default_workers(), help="synthesis processes")
-    demo.add_argument("--overwrite", action="store_true", help="replace a corpus already in the output folder")
     return parser
 
 
@@ -153,12 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             return _write(read_manifest(args.manifest, args.source), 0, args)
         if args.command == "stats":
             return _stats(args)
-        if args.command in RECIPES:
-            return _recipe(args)
-        from ssast.data.demo import build_demo
-
-        print(build_demo(args.out, scale=args.scale, seed=args.seed, workers=args.workers, overwrite=args.overwrite))
-        return 0
+        return _recipe(args)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, NoReadableShards, TooManySkipped) as error:
         log.error("%s", error)
         return 2

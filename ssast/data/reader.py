@@ -435,13 +435,9 @@ class EpochLoader:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Seeds the next pass's shard draws (``ssast.train.EncoderModule`` calls it at every
+        epoch start, resumed runs included)."""
         self.epoch = epoch
-
-    @property
-    def sampler(self) -> EpochLoader:
-        """Lightning calls ``dataloader.sampler.set_epoch(epoch)`` at every epoch start,
-        resumed runs included; this routes it to the stream's seed."""
-        return self
 
     def __len__(self) -> int:
         return self.batches_per_epoch

@@ -1,4 +1,4 @@
-"""Callbacks for pretraining runs."""
+"""Callbacks of pretraining and finetuning runs."""
 
 from __future__ import annotations
 
@@ -145,3 +145,27 @@ class MetricHistory(L.Callback):
             value = trainer.callback_metrics.get(name)
             if value is not None:
                 self.history[name].append(float(value))
+
+
+class LogPictures(L.Callback):
+    """Every ``every_n_steps`` training steps, logs the module's ``picture`` of the batch's
+    first clip (e.g. input, mask and reconstruction; see
+    :meth:`pretrain.base.PretrainModule.picture`) to W&B or TensorBoard, from the first rank.
+
+    Args:
+        every_n_steps: how often (0: never).
+        key: the name it is logged under.
+    """
+
+    def __init__(self, every_n_steps: int = 500, key: str = "train/reconstruction") -> None:
+        self.every_n_steps = every_n_steps
+        self.key = key
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step - 1  # the step just taken
+        if not self.every_n_steps or step % self.every_n_steps or not trainer.is_global_zero:
+            return
+        drawn = getattr(pl_module, "picture", lambda fbank: None)(batch["fbank"][:1])
+        if drawn is not None:
+            picture, caption = drawn
+            pl_module.log_picture(self.key, picture, caption)

@@ -1,8 +1,9 @@
 """``ssast-demo``: the whole story on the built-in demo corpus, in one command.
 
     ssast-demo [--out runs/demo] [--corpus demo_data] [--pretrain configs/pretrain/asit_demo.yaml]
+    ssast-demo corpus [--out demo_data] [--scale 1] [--seed 0]    # only make the corpus
 
-1. generates the demo corpus when it is missing (``ssast-data demo``);
+1. generates the demo corpus when it is missing (``ssast-demo corpus``);
 2. pretrains a small encoder on its unlabeled pool (the ``--pretrain`` recipe);
 3. finetunes that encoder on the events, keywords and speakers tasks (24 labeled clips per
    class), and the same tasks from scratch, with the same recipe and seed;
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +27,11 @@ from pathlib import Path
 from PIL import Image
 
 from finetune.cli import fit_then_test
-from pretrain.callbacks import MetricHistory
-from pretrain.cli import default_wandb_to_offline
 from pretrain.cli import main as pretrain_main
 from ssast.data.reader import read_classes
+from ssast.demo.corpus import build_demo
+from ssast.train.callbacks import MetricHistory
+from ssast.train.cli import default_wandb_to_offline
 from ssast.visualize import line_chart
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +51,7 @@ class TaskResult:
 
 def pretrain(recipe: Path, corpus: Path, out: Path, extra: list[str]) -> Path:
     pretrain_main([
-        "fit", "--config", str(recipe), "--data.init_args.demo_corpus", str(corpus),
+        "fit", "--config", str(recipe),
         "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out), *extra,
     ])
@@ -58,7 +62,7 @@ def finetune(task: str, encoder: Path | None, corpus: Path, out: Path, configs: 
              extra: list[str]) -> tuple[dict[str, float], list[float], str]:
     args = [
         "--config", str(configs / f"demo_{task}.yaml"), "--model.init_from", str(encoder) if encoder else "null",
-        "--data.demo_corpus", str(corpus), "--data.train", str(corpus / task / "train"),
+        "--data.train", str(corpus / task / "train"),
         "--data.val", str(corpus / task / "val"), "--data.test", str(corpus / task / "test"),
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
         "--trainer.logger.init_args.name", out.name, *extra,
@@ -100,7 +104,31 @@ def write_report(results: list[TaskResult], out: Path, recipe: Path, corpus: Pat
     return text
 
 
+def ensure_corpus(corpus: Path, workers: int = 2) -> None:
+    """Make the demo corpus in ``corpus`` unless it is there."""
+    if not (corpus / "demo.json").exists():
+        print(build_demo(corpus, workers=workers))
+
+
+def corpus_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="ssast-demo corpus", description="generate the built-in synthetic demo corpus")
+    parser.add_argument("--out", type=Path, default=Path("demo_data"), help="output folder (default: demo_data)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the number of clips (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="the corpus is a function of this seed (default: 0)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="synthesis processes")
+    parser.add_argument("--overwrite", action="store_true", help="replace a corpus already in the output folder")
+    args = parser.parse_args(argv)
+    try:
+        print(build_demo(args.out, scale=args.scale, seed=args.seed, workers=args.workers, overwrite=args.overwrite))
+    except (FileExistsError, ValueError) as error:
+        sys.exit(f"ssast-demo corpus: error: {error}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "corpus":
+        corpus_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="runs, report.md and val_curves.png")
     parser.add_argument("--corpus", type=Path, default=Path("demo_data"), help="the demo corpus (made when missing)")
@@ -113,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--finetune-arg", action="append", default=[], metavar="ARG", help="extra ssast-finetune argument")
     args = parser.parse_args(argv)
     default_wandb_to_offline()
+    ensure_corpus(args.corpus)
     args.out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     stages = 1 + len(TASKS) * len(STARTS)

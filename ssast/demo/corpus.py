@@ -30,7 +30,7 @@ from ssast.audio import SAMPLE_RATE
 from ssast.data.reader import list_shards
 from ssast.data.recipes import SPEECH_COMMANDS
 from ssast.data.stats import compute_stats, write_stats
-from ssast.data.synth import EVENT_CLASSES, KEYWORDS, Voice, synth_event, synth_utterance, synth_word
+from ssast.demo.synth import EVENT_CLASSES, KEYWORDS, Voice, synth_event, synth_utterance, synth_word
 from ssast.data.writer import (
     SHARD_INDEX, EncodedClip, ShardSetWriter, encode_clip, parallel_map, write_classes, write_text_atomic,
 )

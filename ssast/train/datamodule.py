@@ -60,8 +60,6 @@ class AudioDataModule(L.LightningDataModule):
         seed: seed of shard order, shuffling and crops.
         fbank_in_workers: compute the fbank in the loader workers; ``None``: when the
             trainer runs on CPU.
-        demo_corpus: a folder for the built-in demo corpus, generated there before the
-            run when it is missing.
         max_skip_ratio: stop with ``TooManySkipped`` when more than this share of the
             samples read could not be used (``None``: never stop).
         skip_ratio_after: samples read before ``max_skip_ratio`` is checked.
@@ -86,7 +84,6 @@ class AudioDataModule(L.LightningDataModule):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         fbank_in_workers: bool | None = None,
-        demo_corpus: str | None = None,
         max_skip_ratio: float | None = 0.1,
         skip_ratio_after: int = 1000,
         shard_retries: int = 3,
@@ -107,10 +104,9 @@ class AudioDataModule(L.LightningDataModule):
 
     @property
     def class_names(self) -> list[str] | None:
-        """The classes of labeled data (``classes.txt``), ``None`` for unlabeled data. Read
-        on first use, after generating the demo corpus if it is configured and missing."""
+        """The classes of labeled data (``classes.txt``), ``None`` for unlabeled data; read
+        on first use."""
         if self._class_names is None and self.hparams.classes is not None:
-            self.prepare_data()
             path = self.hparams.classes
             if path == "auto":
                 path = _beside(self._first_train_source, "classes.txt")
@@ -141,14 +137,6 @@ class AudioDataModule(L.LightningDataModule):
     def preprocessing(self) -> Preprocessing:
         assert self.normalize is not None, "setup() has not run"
         return Preprocessing(self.normalize.mean, self.normalize.std, self.hparams.target_length)
-
-    def prepare_data(self) -> None:
-        root = self.hparams.demo_corpus
-        if root is not None and not (Path(root) / "demo.json").exists():
-            from ssast.data.demo import build_demo
-
-            log.info("generating the demo corpus in %s", root)
-            print(build_demo(root, workers=max(1, self.hparams.num_workers)))
 
     def setup(self, stage: str | None = None) -> None:
         if self.normalize is not None:

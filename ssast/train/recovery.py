@@ -5,11 +5,8 @@
   checkpoint intact.
 * A fit resumed from a checkpoint continues its W&B run instead of starting a new one
   (:class:`WandbRunId`, :func:`resume_wandb_run`), and ``--ckpt_path last`` finds the newest
-  ``last.ckpt`` (:func:`last_checkpoint`). ``pretrain.cli.RunCLI`` installs all of this in
+  ``last.ckpt`` (:func:`last_checkpoint`). ``ssast.train.cli.RunCLI`` installs all of this in
   both programs.
-* A batch whose loss is NaN or infinite skips its optimizer step, and too many in a row stop
-  the run with the checkpoint to go back to (:class:`SkipNonFiniteSteps`, the base of every
-  training module).
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,121 +126,6 @@ def install_recovery(trainer: L.Trainer) -> None:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     if not any(isinstance(callback, WandbRunId) for callback in trainer.callbacks):
         trainer.callbacks.append(WandbRunId())
-
-
-# --- non-finite losses -----------------------------------------------------------------
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive optimizer steps had a NaN or infinite loss."""
-
-
-class SkipNonFiniteSteps(L.LightningModule):
-    """Skips the optimizer step of a batch whose loss is NaN or infinite, and stops the run
-    when ``max_nonfinite_steps`` consecutive steps were skipped.
-
-    One bad batch (a clip that slipped through the data checks, an overflow) must not end a
-    week-long run, nor write NaN into the weights, the optimizer's moments or an EMA teacher;
-    but a run whose every step fails (broken weights, data gone bad) is going nowhere, and is
-    stopped with the checkpoint to go back to. Skipped steps are logged as
-    ``train/nonfinite_steps`` (a running count, kept in checkpoints) and warned about. A
-    skipped step still counts as a step (``global_step``, the schedules), as AMP's are.
-
-    The decision is reduced over ranks (one scalar all-reduce and host sync per step): under
-    DDP one rank's NaN gradients reach every rank through the gradient all-reduce, and ranks
-    that disagreed about stepping would drift apart. Losses are checked at every backward,
-    so a NaN in any micro-batch of an accumulated step counts.
-
-    Subclasses set ``max_nonfinite_steps``; state that moves with the parameters outside the
-    optimizer (an EMA teacher, running centers) moves in :meth:`after_optimizer_step`.
-    """
-
-    _max_nonfinite_steps: int = 20
-    nonfinite_steps: int = 0  # skipped over the whole run
-    consecutive_nonfinite: int = 0
-    _nonfinite_loss: torch.Tensor | None = None  # this rank saw a non-finite loss since the last step
-
-    @property
-    def max_nonfinite_steps(self) -> int:
-        return self._max_nonfinite_steps
-
-    @max_nonfinite_steps.setter
-    def max_nonfinite_steps(self, value: int) -> None:
-        if value < 1:
-            raise ValueError(f"max_nonfinite_steps must be at least 1, got {value}")
-        self._max_nonfinite_steps = value
-
-    def after_optimizer_step(self, skipped: bool) -> None:
-        """Called after each optimizer step, taken or ``skipped``: what moves with the
-        parameters outside the optimizer moves here, only when the step was taken."""
-
-    def on_before_backward(self, loss: torch.Tensor) -> None:
-        bad = ~torch.isfinite(loss.detach()).all()  # stays on the device: one host sync per step, below
-        self._nonfinite_loss = bad if self._nonfinite_loss is None else self._nonfinite_loss | bad
-
-    def optimizer_step(
-        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Callable[[], Any] | None = None
-    ) -> None:
-        if optimizer_closure is None:
-            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-            return
-        # The closure (training_step, zero_grad, backward) must run whether or not the step is
-        # taken; the optimizer then gets its result instead of running it a second time, and the
-        # precision plugin still calls on_before_optimizer_step and clips before the update.
-        loss = optimizer_closure()
-        skipped = self._skip_step()
-        if not skipped:
-            optimizer.step(closure=lambda: loss)
-        self.after_optimizer_step(skipped)
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
-
-    def _skip_step(self) -> bool:
-        """Whether any rank saw a non-finite loss since the last step (the same answer on
-        every rank); counts, warns, and raises at the limit."""
-        flag = self._nonfinite_loss
-        self._nonfinite_loss = None
-        local = flag.float() if flag is not None else torch.zeros((), device=self.device)
-        ranks = int(self.trainer.strategy.reduce(local, reduce_op="sum").item())
-        if ranks == 0:
-            self.consecutive_nonfinite = 0
-            return False
-        self.nonfinite_steps += 1
-        self.consecutive_nonfinite += 1
-        if self.consecutive_nonfinite >= self.max_nonfinite_steps:
-            raise NonFiniteLossError(self._stop_message())
-        if self.trainer.is_global_zero:
-            where = f" on {ranks} of {self.trainer.world_size} ranks" if self.trainer.world_size > 1 else ""
-            log.warning(
-                "step %d: the loss is NaN or infinite%s; the optimizer step is skipped (%d skipped so far, %d in a "
-                "row; %d in a row stop the run)", self.global_step, where, self.nonfinite_steps,
-                self.consecutive_nonfinite, self.max_nonfinite_steps,
-            )
-        return True
-
-    def _stop_message(self) -> str:
-        first = self.global_step - self.consecutive_nonfinite + 1
-        checkpoint = newest_checkpoint(self.trainer)
-        if all(bool(torch.isfinite(p).all()) for p in self.parameters()):
-            advice = (f"Skipped steps leave the weights as they were before step {first}, and they are finite, so the "
-                      "inputs or the loss computation give the NaN: check the data and the learning rate. ")
-            advice += (f"The last good checkpoint is {checkpoint}; resume from it with --ckpt_path." if checkpoint
-                       else "No checkpoint has been written yet, so there is none to resume from.")
-        else:
-            advice = f"The weights themselves hold NaN or Inf: an update before step {first} broke them. "
-            advice += (f"The last checkpoint, {checkpoint}, may hold them too; resume from an earlier good one with "
-                       "--ckpt_path and a lower learning rate." if checkpoint
-                       else "No checkpoint has been written yet, so there is none to resume from.")
-        return (f"The loss was NaN or infinite for {self.consecutive_nonfinite} consecutive optimizer steps "
-                f"({first} to {self.global_step}; {self.nonfinite_steps} skipped in all), the limit set by "
-                f"max_nonfinite_steps, so the run stops instead of skipping steps that would not get better. {advice}")
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["nonfinite_steps"] = {"total": self.nonfinite_steps, "consecutive": self.consecutive_nonfinite}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        counts = checkpoint.get("nonfinite_steps", {})
-        self.nonfinite_steps = counts.get("total", 0)
-        self.consecutive_nonfinite = counts.get("consecutive", 0)
 
 
 # --- checkpoints to resume from, checked before any work starts -------------------------
