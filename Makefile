@@ -6,8 +6,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torchaudio must match torch exactly; pin both so pip never mixes builds.
-TORCH_PINS ?= "torch==2.11.*" "torchaudio==2.11.*"
+# torchaudio must match torch exactly; pin both so pip never mixes builds (torchaudio 2.11.1
+# installs beside torch 2.11.0 but its libtorchaudio.so does not load there).
+TORCH_PINS ?= "torch==2.11.0" "torchaudio==2.11.0"
 DEMO_DIR ?= demo_data
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
