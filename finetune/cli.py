@@ -17,6 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from lightning.pytorch.callbacks import ModelCheckpoint
+
 from finetune.module import Finetune
 from ssast.train.cli import ConciseParser, LogConfig, RunCLI, default_wandb_to_offline, run_program
 from ssast.train.datamodule import AudioDataModule
@@ -43,7 +45,8 @@ def fit_then_test(args: list[str], callbacks: tuple = ()) -> dict[str, float]:
     cli = build_cli(args, run=False)
     cli.trainer.callbacks.extend(callbacks)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    best = "best" if cli.trainer.checkpoint_callback and cli.trainer.checkpoint_callback.best_model_path else None
+    best = next((callback.best_model_path for callback in cli.trainer.checkpoint_callbacks
+                 if isinstance(callback, ModelCheckpoint) and callback.best_model_path), None)
     (scores,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
     return scores
 

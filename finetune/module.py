@@ -239,12 +239,17 @@ class Finetune(EncoderModule):
         logits = self(batch["fbank"])
         labels = batch["labels"]
         size = len(labels)
-        loss_metric.update(self._loss(logits, self._targets(labels)), size)
-        metric.update(logits.float(), labels if self.hparams.task == "multiclass" else labels.int())
+        # A DDP rank's placeholder batch (it has no data, see EvalLoader) counts for nothing.
+        padding = bool(batch.get("padding"))
+        loss_metric.update(self._loss(logits, self._targets(labels)), 0 if padding else size)
+        if not padding:
+            metric.update(logits.float(), labels if self.hparams.task == "multiclass" else labels.int())
+            if stage == "val" and self.confusion is not None:
+                self.confusion.update(logits.argmax(dim=1), labels)
+        elif self.hparams.task == "multilabel":  # mAP gathers rows from every rank: this one gives none
+            metric.update(logits[:0].float(), labels[:0].int())
         self.log(f"{stage}/loss", loss_metric, batch_size=size)
         self.log(f"{stage}/{self.metric_name}", metric, prog_bar=True, batch_size=size)
-        if stage == "val" and self.confusion is not None:
-            self.confusion.update(logits.argmax(dim=1), labels)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.val_loss, self.val_metric, "val")

@@ -41,6 +41,9 @@ class Fbank(nn.Module):
     ``T = 1 + (N - window) // shift``. With ``lengths`` (valid samples per clip, the rest
     being padding) the frames that reach into the padding are set to 0, which is what AST
     does when it zero-pads the fbank of a short clip.
+
+    It has no parameters or buffers: it computes on the device of the batch, in float32,
+    whatever ``.to()`` its parent module was given.
     """
 
     def __init__(
@@ -62,25 +65,23 @@ class Fbank(nn.Module):
         self.preemphasis = preemphasis
         self.low_freq = low_freq
         self.high_freq = high_freq
-        self._register_tables(torch.device("cpu"))
-
-    def _register_tables(self, device: torch.device) -> None:
         mel_banks, _ = kaldi.get_mel_banks(
-            self.num_mel_bins, self.fft_size, float(self.sample_rate), self.low_freq, self.high_freq,
+            num_mel_bins, self.fft_size, float(sample_rate), low_freq, high_freq,
             vtln_low=100.0, vtln_high=-500.0, vtln_warp_factor=1.0,
         )
         # Kaldi's banks omit the Nyquist bin; it gets weight 0.
         mel_banks = F.pad(mel_banks, (0, 1)).T.contiguous()
         window = torch.hann_window(self.window_size, periodic=False)
-        self.register_buffer("mel_banks", mel_banks.to(device), persistent=False)
-        self.register_buffer("window", window.to(device), persistent=False)
+        # Plain float32 tensors, not buffers: a bf16 or half model (``.to(dtype)``) must not
+        # round them. They are copied to each device a batch arrives on, once.
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {torch.device("cpu"): (mel_banks, window)}
 
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        # The tables follow the module to other devices but stay float32 (a bf16 or
-        # half model must not round them), so they are rebuilt rather than converted.
-        super()._apply(fn, recurse)
-        self._register_tables(self.mel_banks.device)
-        return self
+    def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mel filterbank ``[fft_size // 2 + 1, num_mel_bins]`` and the analysis window
+        ``[window_size]``, float32, on ``device``."""
+        if device not in self._tables:
+            self._tables[device] = tuple(table.to(device) for table in self._tables[torch.device("cpu")])
+        return self._tables[device]
 
     def num_frames(self, num_samples: int | torch.Tensor) -> int | torch.Tensor:
         """Frames Kaldi makes from ``num_samples`` samples."""
@@ -121,17 +122,18 @@ class Fbank(nn.Module):
         # The operations and their order are Kaldi's: the lowest mel bands of a
         # pre-emphasized frame are small differences of large numbers, and any
         # reordering moves them by up to ~1e-3 in the log.
+        mel_banks, window = self.tables(waveforms.device)
         is_audio = torch.arange(waveforms.shape[-1], device=waveforms.device) < lengths[:, None]
         mean = (waveforms * is_audio).sum(dim=-1, keepdim=True) / lengths[:, None].clamp_min(1)
         frames = (waveforms - mean).unfold(-1, self.window_size, self.window_shift)
         frames = frames - frames.mean(dim=-1, keepdim=True)
         # Pre-emphasis and window, written straight into the zero-padded FFT input.
         padded = frames.new_zeros(*frames.shape[:-1], self.fft_size)
-        padded[..., 0] = (frames[..., 0] - self.preemphasis * frames[..., 0]) * self.window[0]
-        padded[..., 1 : self.window_size] = (frames[..., 1:] - self.preemphasis * frames[..., :-1]) * self.window[1:]
+        padded[..., 0] = (frames[..., 0] - self.preemphasis * frames[..., 0]) * window[0]
+        padded[..., 1 : self.window_size] = (frames[..., 1:] - self.preemphasis * frames[..., :-1]) * window[1:]
         spectrum = torch.fft.rfft(padded)
         power = (spectrum * spectrum.conj()).real
-        return (power @ self.mel_banks).clamp_min_(_KALDI_EPSILON).log_()
+        return (power @ mel_banks).clamp_min_(_KALDI_EPSILON).log_()
 
 
 def fit_frames(fbank: torch.Tensor, target_length: int) -> torch.Tensor:

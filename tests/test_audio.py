@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import encoded, tone
+from helpers import encoded, tone
 from ssast.audio import AudioDecodeError, AudioFile, decode_audio, encode_flac, pad_or_crop, random_crop
 
 

@@ -81,13 +81,13 @@ def bad_files(tmp_path) -> dict[str, Path]:
     return {"code": code, "text": text}
 
 
-def test_a_checkpoint_that_would_run_code_or_is_not_one(small_demo_corpus, bad_files, tmp_path, monkeypatch):
+def test_a_checkpoint_that_would_run_code_or_is_not_one(tiny_corpus, bad_files, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     for name, path in bad_files.items():
-        for program, args in ((finetune, finetune_args(small_demo_corpus, run, "--model.init_from", str(path))),
-                              (pretrain, pretrain_args(small_demo_corpus, run, "--ckpt_path", str(path))),
-                              (finetune, ["test", *finetune_args(small_demo_corpus, run)[1:], "--ckpt_path", str(path)])):
+        for program, args in ((finetune, finetune_args(tiny_corpus, run, "--model.init_from", str(path))),
+                              (pretrain, pretrain_args(tiny_corpus, run, "--ckpt_path", str(path))),
+                              (finetune, ["test", *finetune_args(tiny_corpus, run)[1:], "--ckpt_path", str(path)])):
             message = error_of(program, args)
             assert str(path) in message, message
             assert ("refused" in message) if name == "code" else ("not a" in message), message
@@ -95,33 +95,38 @@ def test_a_checkpoint_that_would_run_code_or_is_not_one(small_demo_corpus, bad_f
     assert not (run / "checkpoints").exists()  # and nothing trained
 
 
-def test_a_checkpoint_of_another_model_is_refused_before_fit(small_demo_corpus, tmp_path):
+def test_a_checkpoint_of_another_model_is_refused_before_fit(tiny_corpus, tmp_path):
     other = tmp_path / "other.ckpt"
     encoder = ASTEncoder(EncoderConfig.from_size("mini", input_tdim=256))  # 16 x 16 patches; the recipe: frames
     torch.save({"state_dict": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}}, other)
-    message = error_of(pretrain, pretrain_args(small_demo_corpus, tmp_path / "run", "--ckpt_path", str(other)))
+    message = error_of(pretrain, pretrain_args(tiny_corpus, tmp_path / "run", "--ckpt_path", str(other)))
     assert "written by another model" in message and "encoder.patch_embed.proj.weight" in message
     assert "config.yaml" in message  # how to fix it
     assert not (tmp_path / "run/checkpoints").exists()
 
 
-def test_a_patch_checkpoint_for_a_frame_recipe(small_demo_corpus, tmp_path):
+def test_a_patch_checkpoint_for_a_frame_recipe(tiny_corpus, tmp_path):
     patches = tmp_path / "patches.safetensors"
     save_encoder(ASTEncoder(EncoderConfig.from_size("mini", input_tdim=256)), patches)
-    message = error_of(finetune, finetune_args(small_demo_corpus, tmp_path / "run", "--model.init_from", str(patches)))
+    message = error_of(finetune, finetune_args(tiny_corpus, tmp_path / "run", "--model.init_from", str(patches)))
     assert "fshape=16, tshape=16" in message and "fshape=128, tshape=2" in message and "null" in message
     # Taking the checkpoint's geometry is the documented way out, and it builds.
     from finetune.cli import build_cli
 
-    cli = build_cli(finetune_args(small_demo_corpus, tmp_path / "run", "--model.init_from", str(patches),
+    cli = build_cli(finetune_args(tiny_corpus, tmp_path / "run", "--model.init_from", str(patches),
                                   "--model.fshape", "null", "--model.tshape", "null")[1:], run=False)
     assert cli.model.encoder.config.fshape == 16
 
 
-def test_unreadable_shards_are_one_line_too(tmp_path):
-    corpus = tmp_path / "nowhere"
-    corpus.mkdir()
-    (corpus / "demo.json").write_text(json.dumps({}))  # no generation: the folder is "a corpus" with no shards
-    message = error_of(pretrain, pretrain_args(corpus, tmp_path / "run", "--trainer.max_steps", "1",
-                                               "--data.init_args.retry_delay", "0"))
-    assert message.startswith("ssast-pretrain: error: read nothing") and "nowhere/" in message
+def test_missing_or_unreadable_shards_are_one_line_too(tiny_corpus, tmp_path):
+    # A local path that names nothing fails at once (retries are for remote and pipe: sources) ...
+    nowhere = tmp_path / "nowhere"
+    message = error_of(pretrain, pretrain_args(tiny_corpus, tmp_path / "run", "--data.train", str(nowhere)))
+    assert message == f"ssast-pretrain: error: no shards at {nowhere}: no such file or folder"
+    # ... and shards that exist but cannot be read are retried, then reported.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "part-000000.tar").write_bytes(b"not a tar")
+    message = error_of(pretrain, pretrain_args(tiny_corpus, tmp_path / "run", "--data.val", str(broken),
+                                               "--data.reader.retry_delay", "0"))
+    assert message.startswith("ssast-pretrain: error: read nothing") and "part-000000.tar" in message

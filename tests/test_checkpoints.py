@@ -9,16 +9,12 @@ import soundfile
 import torch
 import transformers  # a [dev] dependency, for the parity tests only
 
-from ssast import CheckpointError, Embedder, EncoderConfig, load_checkpoint, load_encoder, save_encoder
+from ssast import CheckpointError, Embedder, load_checkpoint, load_encoder, save_encoder
 from ssast.checkpoints import Preprocessing
 from ssast.encoder import ASTEncoder, adapt_pos_embed
 from ssast.features import Fbank, Normalize, fit_frames
 
-
-def tiny_encoder(**changes) -> ASTEncoder:
-    config = dict(embed_dim=128, depth=2, num_heads=2, input_tdim=96)
-    torch.manual_seed(0)
-    return ASTEncoder(EncoderConfig(**{**config, **changes})).eval()
+from helpers import hf_config, ssast_state, tiny_encoder
 
 
 def same_outputs(a: ASTEncoder, b: ASTEncoder, atol: float = 1e-5) -> bool:
@@ -27,12 +23,6 @@ def same_outputs(a: ASTEncoder, b: ASTEncoder, atol: float = 1e-5) -> bool:
 
 
 # --- Hugging Face ---------------------------------------------------------------------
-
-def hf_config(**changes):
-    settings = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
-                    max_length=100, frequency_stride=10, time_stride=10)
-    return transformers.ASTConfig(**{**settings, **changes})
-
 
 def test_huggingface_folder_gives_the_same_last_hidden_state(tmp_path):
     torch.manual_seed(0)
@@ -93,24 +83,6 @@ def test_huggingface_folder_keeps_labels_and_feature_extractor_stats(tmp_path):
 
 
 # --- official SSAST -------------------------------------------------------------------
-
-def ssast_state(encoder: ASTEncoder, finetuned: bool = False, classes: int = 4) -> dict:
-    """An official-SSAST-layout state dict built from the published key list."""
-    state = {f"module.v.{k}": v for k, v in encoder.state_dict().items() if k != "mask_embed"}
-    dim, patch = encoder.embed_dim, encoder.config.fshape * encoder.config.tshape
-    state["module.v.head.weight"], state["module.v.head.bias"] = torch.randn(1000, dim), torch.randn(1000)  # DeiT's
-    if finetuned:
-        state.update({"module.mlp_head.0.weight": torch.rand(dim), "module.mlp_head.0.bias": torch.rand(dim),
-                      "module.mlp_head.1.weight": torch.randn(classes, dim), "module.mlp_head.1.bias": torch.randn(classes)})
-    else:
-        state["module.mask_embed"] = encoder.mask_embed.detach().clone()
-        for name in ("cpredlayer", "gpredlayer"):
-            state.update({f"module.{name}.0.weight": torch.randn(dim, dim), f"module.{name}.0.bias": torch.zeros(dim),
-                          f"module.{name}.2.weight": torch.randn(patch, dim), f"module.{name}.2.bias": torch.zeros(patch)})
-        state["module.p_input_fdim"] = torch.tensor(128)
-        state["module.p_input_tdim"] = torch.tensor(encoder.config.input_tdim)
-    return state
-
 
 @pytest.mark.parametrize("prefix", ["module.", ""])
 @pytest.mark.parametrize("frame", [False, True])

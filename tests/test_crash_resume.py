@@ -1,6 +1,8 @@
-"""Crashes for real: processes killed with SIGKILL while writing checkpoints, and an
-``ssast-pretrain fit`` killed mid-epoch, then resumed with ``--ckpt_path last``: the saved
-step, the schedules and the W&B run all continue. Plus what both CLIs install for it."""
+"""Crashes for real: processes killed with SIGKILL while writing checkpoints, an
+``ssast-pretrain fit`` killed mid-epoch, then resumed with ``--ckpt_path last`` (the saved
+step, the schedules and the W&B run all continue), and one sent SLURM's requeue signal.
+Plus what both CLIs install for it, and when ``last.ckpt`` is written: at every validation
+and epoch end, whatever the metric, and on wall-clock time."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -20,17 +23,23 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.loggers import WandbLogger
+from torch.utils.data import DataLoader
 
 from finetune.cli import build_cli
+from finetune.module import Finetune
 from pretrain.base import PretrainModule
 from pretrain.cli import PretrainCLI
-from ssast.train.datamodule import AudioDataModule
-from ssast.train.recovery import AtomicCheckpointIO, WandbRunId, resume_wandb_run
-from ssast.train.schedules import WarmupCosine, WarmupPlateau, cosine_ramp, linear_warmup
+from ssast.data.reader import ReaderOptions
 from ssast.files import written_atomically
+from ssast.train.callbacks import LastCheckpoint, RunCheckpoint
+from ssast.train.datamodule import AudioDataModule
+from ssast.train.recovery import AtomicCheckpointIO, WandbRunId, last_checkpoint, newest_checkpoint
+from ssast.train.schedules import WarmupCosine, WarmupPlateau, cosine_ramp, linear_warmup
 
 REPO = Path(__file__).resolve().parents[1]
+TESTED_LIGHTNING = re.search(r'"lightning(.*?)"', (REPO / "pyproject.toml").read_text()).group(1)
 
 
 # --- what the CLIs install -----------------------------------------------------------------
@@ -62,17 +71,172 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
-def test_a_resumed_fit_logs_to_the_wandb_run_of_its_checkpoint(tmp_path):
-    torch.save({"global_step": 3, WandbRunId.key: "abc123"}, tmp_path / "last.ckpt")
-    logger = WandbLogger(project="ssast", save_dir=tmp_path, offline=True)
-    trainer = L.Trainer(logger=logger, default_root_dir=tmp_path)
-    assert resume_wandb_run(trainer, tmp_path / "last.ckpt") == "abc123"
-    assert logger.version == "abc123" and logger._wandb_init["id"] == "abc123"
-    assert logger._wandb_init["resume"] == "allow"
+class FitArguments(PretrainCLI):
+    """ssast-pretrain's CLI, stopped where it would fit: what fit would be given, and the trainer."""
 
-    chosen = WandbLogger(project="ssast", save_dir=tmp_path, offline=True, id="mine")  # a recipe's id wins
-    resume_wandb_run(L.Trainer(logger=chosen, default_root_dir=tmp_path), tmp_path / "last.ckpt")
-    assert chosen.version == "mine"
+    def fit(self, model, **kwargs):
+        self.fit_kwargs = kwargs
+
+
+def resolved(run: Path, *extra: str) -> FitArguments:
+    return FitArguments(PretrainModule, AudioDataModule, subclass_mode_model=True, subclass_mode_data=True, args=[
+        "fit", "--config", str(REPO / "configs/pretrain/demo.yaml"), "--trainer.default_root_dir", str(run),
+        "--trainer.logger.init_args.save_dir", str(run), *extra])
+
+
+def test_ckpt_path_last_takes_the_newest_of_last_and_slurms_checkpoints(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    assert last_checkpoint(tmp_path) is None
+    for age, name in enumerate(["hpc_ckpt_2.ckpt", "checkpoints/last.ckpt", "hpc_ckpt_1.ckpt"]):
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (1e9 - age, 1e9 - age))  # the first is the newest
+    assert last_checkpoint(tmp_path) == str(tmp_path / "hpc_ckpt_2.ckpt")
+    os.utime(tmp_path / "checkpoints/last.ckpt", (2e9, 2e9))
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoints/last.ckpt")
+    assert last_checkpoint(tmp_path, dirpath=tmp_path / "elsewhere") == str(tmp_path / "hpc_ckpt_2.ckpt")
+
+
+def test_a_resumed_fit_takes_the_last_checkpoint_and_continues_its_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    fresh = resolved(run, "--ckpt_path", "last")  # nothing to resume yet: a fresh start, a new W&B run
+    assert fresh.fit_kwargs["ckpt_path"] is None and fresh.trainer.logger.version is None
+
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}, "global_step": 3, WandbRunId.key: "abc123"}, run / "checkpoints/last.ckpt")
+    resumed = resolved(run, "--ckpt_path", "last")
+    assert resumed.fit_kwargs["ckpt_path"] == str(run / "checkpoints/last.ckpt")
+    logger = resumed.trainer.logger
+    assert isinstance(logger, WandbLogger) and logger.version == "abc123"  # W&B continues it (resume="allow")
+    assert resumed.config.fit.trainer.logger.init_args.id == "abc123"  # as config.yaml will record it
+
+    # A recipe's own id wins; a LastCheckpoint with its own dirpath is looked into.
+    (tmp_path / "mine").mkdir()
+    torch.save({"state_dict": {}, WandbRunId.key: "other"}, tmp_path / "mine/last.ckpt")
+    last = json.dumps({"class_path": "ssast.train.callbacks.LastCheckpoint", "init_args": {"dirpath": str(tmp_path / "mine")}})
+    chosen = resolved(run, "--ckpt_path", "last", "--trainer.logger.init_args.id", "mine", "--trainer.callbacks+", last)
+    assert chosen.fit_kwargs["ckpt_path"] == str(tmp_path / "mine/last.ckpt") and chosen.trainer.logger.version == "mine"
+
+
+# --- last.ckpt: at every checkpointing point, and on wall-clock time ------------------------
+
+
+FRAMES = 16
+
+
+def clips(count: int, seed: int = 0) -> DataLoader:
+    """Batches of normalized log-mels and labels, as the data module hands them over."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader([{"fbank": torch.randn(2, FRAMES, 128, generator=generator),
+                        "labels": torch.randint(0, 2, (2,), generator=generator)} for _ in range(count)],
+                      batch_size=None)
+
+
+def frozen_finetune() -> Finetune:
+    """A model whose validation figures never change (lr 0): its metric never improves. (Its
+    encoder is frozen too, only to make the steps cheap.)"""
+    return Finetune(num_classes=2, size="mini", fshape=128, tshape=2, input_tdim=FRAMES, lr=0.0, min_lr=0.0,
+                    warmup_steps=1, freeze_encoder=True)
+
+
+class Saves(L.Callback):
+    """The global step of every checkpoint written."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.steps.append(trainer.global_step)
+
+
+def quiet_trainer(tmp_path: Path, callbacks: list[L.Callback], **options) -> L.Trainer:
+    settings = dict(accelerator="cpu", devices=1, max_epochs=3, logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=1)
+    return L.Trainer(**{**settings, **options}, callbacks=callbacks)
+
+
+def test_last_ckpt_follows_every_validation_even_when_the_metric_stalls(tmp_path):
+    best, last, saves = RunCheckpoint(monitor="val/acc", mode="max", filename="best"), LastCheckpoint(), Saves()
+    trainer = quiet_trainer(tmp_path, [best, last, saves], max_epochs=2, val_check_interval=2)
+    trainer.fit(frozen_finetune(), train_dataloaders=clips(4), val_dataloaders=clips(1, seed=1))
+    # Validations at steps 2 and 4 of each 4-step epoch: the one that ends an epoch is saved once,
+    # at the epoch's end; none during the sanity check. The best file stays at the first.
+    assert saves.steps == [2, 2, 4, 6, 8]  # step 2: best.ckpt, then last.ckpt
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 8
+    assert torch.load(tmp_path / "checkpoints/best.ckpt", weights_only=True)["global_step"] == 2
+    assert newest_checkpoint(trainer) == str(tmp_path / "checkpoints/last.ckpt")
+
+
+class Clock(L.Callback):
+    """A fake clock for LastCheckpoint: every training batch takes ``minutes``."""
+
+    def __init__(self, minutes: float) -> None:
+        self.minutes, self.now = minutes, 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.now += 60 * self.minutes
+
+
+def test_last_ckpt_is_also_written_on_wall_clock_time(tmp_path):
+    last, clock, saves = LastCheckpoint(every_minutes=25), Clock(minutes=10), Saves()
+    last.clock = clock
+    trainer = quiet_trainer(tmp_path, [clock, last, saves], max_epochs=1, limit_val_batches=0)
+    trainer.fit(frozen_finetune(), train_dataloaders=clips(8))
+    assert saves.steps == [3, 6, 8]  # 30 and 60 minutes in (25 had passed), then the epoch's end
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 8
+
+    with pytest.raises(ValueError, match="every_minutes must be positive"):
+        LastCheckpoint(every_minutes=0)
+    # Nothing is written by a fast_dev_run, whatever the time.
+    quick, saves = LastCheckpoint(every_minutes=1e-9), Saves()
+    quiet_trainer(tmp_path / "quick", [quick, saves], fast_dev_run=2).fit(frozen_finetune(), train_dataloaders=clips(4))
+    assert saves.steps == [] and not (tmp_path / "quick/checkpoints").exists()
+
+
+def test_a_resumed_run_draws_what_the_uninterrupted_run_would_have(tiny_corpus, tmp_path):
+    """The endless training stream is seeded by the pass, and the pass is kept in checkpoints
+    (EpochLoader's state_dict): a resumed run neither reads its first epoch again nor
+    draws differently from a run that was never stopped."""
+
+    class Keys(L.Callback):
+        def __init__(self) -> None:
+            self.epochs: dict[int, list] = {}
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.epochs.setdefault(trainer.current_epoch, []).append(batch["key"])
+
+    def fit(root: Path, epochs: int, ckpt_path: Path | None = None) -> dict[int, list]:
+        model = Finetune(num_classes=2, size="mini", fshape=128, tshape=2, input_tdim=FRAMES, freeze_encoder=True)
+        data = AudioDataModule(train=str(tiny_corpus / "events/train"), target_length=FRAMES, batch_size=2,
+                               num_workers=1, batches_per_epoch=3, stats="audioset", classes="auto",  # persistent
+                               reader=ReaderOptions(shuffle_buffer=4))
+        keys = Keys()
+        quiet_trainer(root, [keys, LastCheckpoint()], max_epochs=epochs, limit_val_batches=0).fit(
+            model, datamodule=data, ckpt_path=ckpt_path)
+        return keys.epochs
+
+    uninterrupted = fit(tmp_path / "a", 2)
+    assert uninterrupted[0] != uninterrupted[1]
+    assert fit(tmp_path / "b", 1) == {0: uninterrupted[0]}
+    assert fit(tmp_path / "b", 2, tmp_path / "b/checkpoints/last.ckpt") == {1: uninterrupted[1]}
+
+
+def test_the_lightning_internals_we_rely_on_are_there():
+    """What this project reads of Lightning beyond its documented API, checked in one place
+    so that a Lightning release that moves them fails here, by name, not in a resumed run."""
+    from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
+
+    where = f"lightning {L.__version__} (tested: {TESTED_LIGHTNING})"
+    trainer = L.Trainer(logger=False, enable_progress_bar=False)
+    assert hasattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch"), \
+        f"{where}: LastCheckpoint reads trainer.fit_loop.epoch_loop.batch_progress.is_last_batch"
+    assert Path(_CheckpointConnector.hpc_save_path("/run")).name == "hpc_ckpt_1.ckpt", \
+        f"{where}: last_checkpoint() looks for SLURM's requeue checkpoints as hpc_ckpt_<n>.ckpt"
+    assert WandbLogger(offline=True, id="x")._wandb_init["resume"] == "allow", \
+        f"{where}: a resumed fit relies on WandbLogger's resume='allow' default"
 
 
 # --- checkpoints killed while being written ----------------------------------------------
@@ -233,20 +397,22 @@ def logged_by_step(metrics_csv: Path) -> dict[int, dict[str, float]]:
     return steps
 
 
-def expected_lr(schedule: str, peak: float, step: int) -> float:
-    """The learning rate after ``step`` optimizer steps, from the schedule classes themselves."""
+def expected_lr(model: dict, step: int) -> float:
+    """The learning rate after ``step`` optimizer steps of a run of the ``model`` settings (as
+    its config.yaml records them), from the schedule classes themselves."""
+    peak = model["lr"] * BATCH / model["lr_batch_size"] if model["lr_batch_size"] else model["lr"]
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
-    scheduler = (WarmupCosine(optimizer, 3, TOTAL_STEPS, 1e-6) if schedule == "cosine"
-                 else WarmupPlateau(optimizer, 3))
+    scheduler = (WarmupCosine(optimizer, model["warmup_steps"], TOTAL_STEPS, model["min_lr"])
+                 if model["schedule"] == "cosine" else WarmupPlateau(optimizer, model["warmup_steps"]))
     for _ in range(step):
         optimizer.step()
         scheduler.step()
     return optimizer.param_groups[0]["lr"]
 
 
-RECIPES = {  # recipe: (schedule, peak lr, the first param group's lr as LearningRateMonitor names it)
-    "asit_demo.yaml": ("cosine", 8e-3 * BATCH / 256, "lr-AdamW/pg1"),
-    "demo.yaml": ("plateau", 5e-4, "lr-Adam"),
+RECIPES = {  # recipe: the first param group's lr, as LearningRateMonitor names it
+    "asit_demo.yaml": "lr-AdamW/pg1",
+    "demo.yaml": "lr-Adam",
 }
 
 
@@ -286,17 +452,22 @@ def test_a_run_killed_mid_epoch_resumes_with_its_step_schedules_and_wandb_run(re
     train_steps = sorted(step for step, values in after.items() if "train/loss" in values)
     assert train_steps == list(range(STEPS_PER_EPOCH, TOTAL_STEPS))  # from the saved step on, none twice
 
-    schedule, peak, lr_name = RECIPES[recipe]
-    names = [lr_name] + (["train/momentum", "train/teacher_temp", "train/weight_decay"] if schedule == "cosine" else [])
+    lr_name, model = RECIPES[recipe], yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
+    distill = model["schedule"] == "cosine"  # asit_demo.yaml: its momentum, temperature and weight decay too
+    names = [lr_name] + (["train/momentum", "train/teacher_temp", "train/weight_decay"] if distill else [])
     for step in range(STEPS_PER_EPOCH, killed_at):  # the same steps before the kill and after the resume
         for name in names:
             assert after[step][name] == pytest.approx(before[step][name], rel=1e-6), (name, step)
     for step in train_steps:  # and what the schedules say for an uninterrupted run
-        assert after[step][lr_name] == pytest.approx(expected_lr(schedule, peak, step), rel=1e-6), step
-        if schedule == "cosine":  # asit_demo.yaml's momentum, temperature and weight decay
-            assert after[step]["train/momentum"] == pytest.approx(cosine_ramp(0.99, 1.0, step, TOTAL_STEPS))
-            assert after[step]["train/teacher_temp"] == pytest.approx(linear_warmup(0.04, 0.07, step, 150))
-            assert after[step]["train/weight_decay"] == pytest.approx(cosine_ramp(0.04, 0.4, step, TOTAL_STEPS))
+        assert after[step][lr_name] == pytest.approx(expected_lr(model, step), rel=1e-6), step
+        if distill:
+            momentum = cosine_ramp(model["momentum"], 1.0, step, TOTAL_STEPS)
+            temperature = linear_warmup(model["warmup_teacher_temp"], model["teacher_temp"], step,
+                                        model["teacher_temp_warmup_steps"])
+            decay = cosine_ramp(model["weight_decay"], model["weight_decay_end"], step, TOTAL_STEPS)
+            assert after[step]["train/momentum"] == pytest.approx(momentum)
+            assert after[step]["train/teacher_temp"] == pytest.approx(temperature)
+            assert after[step]["train/weight_decay"] == pytest.approx(decay)
 
     # One W&B run, continued: both processes wrote offline-run-<time>-<id> folders with the
     # id the checkpoints record.
@@ -304,3 +475,84 @@ def test_a_run_killed_mid_epoch_resumes_with_its_step_schedules_and_wandb_run(re
     assert len(runs) == 2, runs
     run_id = final["wandb_run_id"]
     assert saved["wandb_run_id"] == run_id and all(path.name.endswith(f"-{run_id}") for path in runs)
+
+
+# --- SLURM: the requeue signal saves and requeues; --ckpt_path last resumes from it --------
+
+WAIT_FOR_SIGTERM = """
+import time
+from pathlib import Path
+
+import lightning as L
+
+
+class WaitForSigterm(L.Callback):
+    \"\"\"At global step ``at``, says so in ``flag`` and waits for SIGTERM.\"\"\"
+
+    def __init__(self, at: int, flag: str) -> None:
+        self.at, self.flag = at, flag
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at:
+            Path(self.flag).write_text(str(trainer.global_step))
+            while not trainer.received_sigterm:
+                time.sleep(0.05)
+"""
+
+# What srun sets for a one-task job (Lightning's SLURMEnvironment reads them).
+SLURM_JOB = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "ssast-test", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+             "SLURM_NNODES": "1", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+             "SLURM_NODEID": "0"}
+
+
+@pytest.mark.slow
+def test_under_slurm_the_requeue_signal_saves_and_requeues_and_last_resumes_from_it(tiny_corpus, tmp_path):
+    run, flag, requeued = tmp_path / "run", tmp_path / "waiting", tmp_path / "scontrol.log"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeued}\n')  # stands in for SLURM's
+    (tmp_path / "bin/scontrol").chmod(0o755)
+    (tmp_path / "wait_for_sigterm.py").write_text(WAIT_FOR_SIGTERM)
+    env = {**{name: value for name, value in os.environ.items() if not name.startswith("SLURM_")}, **SLURM_JOB,
+           "PATH": os.pathsep.join([str(tmp_path / "bin"), os.environ["PATH"]]), "WANDB_MODE": "offline",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+
+    def command(*extra: str) -> list[str]:
+        callbacks = [{"class_path": "ssast.train.callbacks.LastCheckpoint"}]
+        return [sys.executable, "-m", "pretrain.cli", "fit", "--config", str(REPO / "configs/pretrain/demo.yaml"),
+                "--model.init_args.size", "mini", "--data.init_args.train", str(tiny_corpus / "unlabeled"),
+                "--data.init_args.val", "null", "--data.init_args.batch_size", "2",
+                "--data.init_args.batches_per_epoch", "4", "--data.init_args.num_workers", "0",
+                "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(run), "--trainer.logger", "false",
+                "--trainer.enable_progress_bar", "false", "--trainer.callbacks", json.dumps(callbacks), *extra]
+
+    wait = {"class_path": "wait_for_sigterm.WaitForSigterm", "init_args": {"at": 6, "flag": str(flag)}}
+    output = tmp_path / "first.log"
+    with output.open("w") as sink:
+        first = subprocess.Popen(command("--trainer.callbacks+", json.dumps(wait)), env=env, cwd=tmp_path,
+                                 stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not flag.exists():  # step 6: mid-epoch 2, after last.ckpt was written at the end of epoch 1
+            assert first.poll() is None, output.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached the step to signal it at"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGUSR1)  # what #SBATCH --signal=SIGUSR1@90 sends before the time limit
+        while not requeued.exists():
+            assert first.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
+            time.sleep(0.2)
+        first.send_signal(signal.SIGTERM)  # what SLURM then sends to end the job
+        assert first.wait(timeout=120) == 0, output.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert requeued.read_text() == "requeue 4242\n"
+    assert torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 6
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+
+    resumed = subprocess.run(command("--ckpt_path", "last"), env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {run / 'hpc_ckpt_1.ckpt'}" in resumed.stderr + resumed.stdout
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 8
+

@@ -4,6 +4,7 @@ writer killed with SIGKILL. A run keeps going, counts what it skipped by reason,
 with a clear error only when the data is mostly or entirely unusable."""
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -22,13 +23,13 @@ import soundfile
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from conftest import QuietHandler, encoded, flac_sample, http_server, tone, write_shard
+from helpers import QuietHandler, encoded, flac_sample, http_server, tone, write_shard
 from finetune.module import Finetune
 from ssast.train.datamodule import AudioDataModule
 from ssast.audio import AudioFile
 from ssast.data.cli import main as data_cli
 from ssast.data.reader import (
-    EpochLoader, EvalLoader, NoReadableShards, ShardStream, SkipCounter, TooManySkipped, list_shards,
+    EpochLoader, EvalLoader, NoReadableShards, ReaderOptions, ShardStream, SkipCounter, TooManySkipped, list_shards,
 )
 from ssast.data.writer import SHARD_INDEX, interrupted_output
 
@@ -36,9 +37,17 @@ REPO = Path(__file__).resolve().parents[1]
 CLIP = 1600  # 0.1 s rows keep every test fast
 
 
+def reader(**options) -> ReaderOptions:
+    """ReaderOptions with retries 100 times faster than the default's."""
+    return ReaderOptions(**{"retry_delay": 0.01, **options})
+
+
 def stream(urls, training=False, **options):
-    defaults = {"clip_samples": CLIP, "batch_size": 2, "rank": 0, "world_size": 1, "retry_delay": 0.01}
-    return ShardStream(urls, training=training, **{**defaults, **options})
+    """A ShardStream of 0.1 s rows; ReaderOptions fields among ``options`` go to its options."""
+    names = {field.name for field in dataclasses.fields(ReaderOptions)}
+    reading = {name: options.pop(name) for name in list(options) if name in names}
+    defaults = {"clip_samples": CLIP, "batch_size": 2, "rank": 0, "world_size": 1}
+    return ShardStream(urls, training=training, options=reader(**reading), **{**defaults, **options})
 
 
 def eval_batches(shard_stream, workers=0):
@@ -171,18 +180,15 @@ def test_an_hour_long_clip_costs_only_its_window(tmp_path):
         middle = audio.read(1805 * rate, rate)  # seeks: the tone is there, whole
         assert middle.shape == (rate,) and abs(torch.fft.rfft(middle).abs().argmax().item() - 440) <= 1
 
-    for training in (False, True):
+    for training in (False, True):  # (its time is benchmarks/costs.py's to report)
         tracemalloc.start()
-        started = time.perf_counter()
         batch = next(iter(stream([str(tmp_path / "long.tar")], training=training, clip_samples=10 * rate,
                                  shuffle_buffer=2)))
-        elapsed = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert sorted(batch["key"]) == ["long/hour", "short/one"]
         # Decoding the whole hour would take 230 MB of float32 at the least.
         assert peak < 20e6, f"peak {peak / 1e6:.0f} MB"
-        assert elapsed < 5, f"{elapsed:.1f} s"
 
 
 def test_too_many_skipped_samples_stop_the_run_with_the_counts(tmp_path):
@@ -191,7 +197,7 @@ def test_too_many_skipped_samples_stop_the_run_with_the_counts(tmp_path):
     # Every fifth sample is bad: 20 %, above a 10 % limit and below a 25 % one.
     write_shard(tmp_path / "mixed.tar", [sample for index in range(4) for sample in [*good[4 * index : 4 * index + 4], bad[index]]])
     urls = [str(tmp_path / "mixed.tar")]
-    advice = r"skipped 1 of 5 samples \(1 undecodable\).*max_skip_ratio=0.1 allows.*--data.init_args.max_skip_ratio"
+    advice = r"skipped 1 of 5 samples \(1 undecodable\).*max_skip_ratio=0.1 allows.*--data.reader.max_skip_ratio"
     with pytest.raises(TooManySkipped, match=advice):
         eval_batches(stream(urls, max_skip_ratio=0.1, skip_ratio_after=5), workers=1)
     assert len(keys_of(eval_batches(stream(urls, max_skip_ratio=0.1, skip_ratio_after=100)))) == 16
@@ -268,12 +274,10 @@ def test_when_every_shard_fails_the_run_stops_instead_of_hanging(tmp_path):
     with http_server(tmp_path) as base:
         urls = [str(tmp_path / "missing.tar"), "pipe:false", f"{base}/absent.tar"]
         training = EpochLoader(stream(urls, training=True, shard_retries=1), 5, num_workers=2)
-        started = time.perf_counter()
         with pytest.raises(NoReadableShards, match="every one of the 3 training shards failed"):
             list(training)
         with pytest.raises(NoReadableShards, match=r"read nothing: 3 shard\(s\) failed"):
             eval_batches(stream(urls, shard_retries=1), workers=2)
-        assert time.perf_counter() - started < 30
         # A pass that reads some of its shards is no error.
         write_shard(tmp_path / "ok.tar", [flac_sample("ok/0", 0.1)])
         assert keys_of(eval_batches(stream([*urls, str(tmp_path / "ok.tar")], shard_retries=0))) == ["ok/0"]
@@ -293,11 +297,10 @@ def labeled_set(folder: Path, bad: int) -> Path:
     return folder
 
 
-def fit(tmp_path: Path, data: Path, **data_options) -> Path:
+def fit(tmp_path: Path, data: Path, **reader_options) -> Path:
     model = Finetune(num_classes=2, size="mini", fshape=128, tshape=2, input_tdim=32, warmup_steps=1)
     datamodule = AudioDataModule(train=str(data), val=str(data), target_length=32, batch_size=2, num_workers=0,
-                                 batches_per_epoch=3, stats="audioset", classes="auto", retry_delay=0.01,
-                                 **data_options)
+                                 batches_per_epoch=3, stats="audioset", classes="auto", reader=reader(**reader_options))
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path, name="csv"), log_every_n_steps=1,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, default_root_dir=tmp_path)
@@ -328,7 +331,7 @@ def test_a_validation_whose_shards_all_fail_stops_the_run(tmp_path):
     model = Finetune(num_classes=2, size="mini", fshape=128, tshape=2, input_tdim=32, warmup_steps=1)
     datamodule = AudioDataModule(train=str(data), val=f"pipe:cat {tmp_path}/gone-{{0..1}}.tar", target_length=32,
                                  batch_size=2, num_workers=0, batches_per_epoch=2, stats="audioset",
-                                 classes="auto", shard_retries=1, retry_delay=0.01)
+                                 classes="auto", reader=reader(shard_retries=1))
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     with pytest.raises(NoReadableShards, match=r"2 shard\(s\) failed"):

@@ -8,20 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
 import webdataset as wds
 
-from conftest import tone
+from helpers import (
+    HEADER, OTHER_WORDS, SPEAKERS, make_audioset, make_esc50, make_speechcommands, make_voxceleb1,
+)
 from ssast.data.cli import main
 from ssast.data.reader import list_shards, read_classes
 from ssast.data.recipes import SPEECH_COMMANDS, build_recipe, list_audioset, list_speechcommands
 
 FAST = {"progress": False, "shard_size": 4}
-
-
-def write_clip(path: Path, seconds: float = 0.3, rate: int = 8000, freq: float = 440.0) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, tone(seconds, rate, freq), rate)
 
 
 def read_back(out: Path, split: str) -> dict[str, dict]:
@@ -41,20 +37,6 @@ def assert_stats(out: Path, target_length: int) -> None:
 
 
 # --------------------------------------------------------------------------- ESC-50
-
-
-def make_esc50(parent: Path) -> Path:
-    root = parent / "ESC-50-master"
-    (root / "meta").mkdir(parents=True)
-    lines = ["filename,fold,target,category,esc10,src_file,take"]
-    for fold in range(1, 6):
-        for target, category, esc10 in ((0, "dog", "True"), (19, "thunderstorm", "False")):
-            name = f"{fold}-1000{target}-A-{target}.wav"
-            lines.append(f"{name},{fold},{target},{category},{esc10},1000{target},A")
-            write_clip(root / "audio" / name, 0.2 + 0.1 * fold, rate=(8000, 44100)[fold % 2], freq=300 + 50 * fold)
-    lines.append("5-99999-B-0.wav,5,0,dog,True,99999,B")  # listed, never downloaded
-    (root / "meta/esc50.csv").write_text("\n".join(lines) + "\n")
-    return root
 
 
 @pytest.fixture
@@ -92,33 +74,6 @@ def test_esc50_errors_are_clear(esc50, tmp_path):
 
 
 # --------------------------------------------------------------------------- Speech Commands
-
-OTHER_WORDS = ("bed", "marvin")
-SPEAKERS = ("0a7c2a8d", "988e2f9a", "c1d39ce8")
-
-
-def make_speechcommands(parent: Path) -> Path:
-    """Every word with three speakers: the first in the validation list, the second in
-    the test list, the third in train; two noise files of 6 s and 5.5 s."""
-    root = parent / "speech_commands_v0.02"
-    for word in (*SPEECH_COMMANDS, *OTHER_WORDS):
-        for index, speaker in enumerate(SPEAKERS):
-            write_clip(root / word / f"{speaker}_nohash_0.wav", 0.2, rate=16000, freq=200 + 40 * index)
-    (root / "validation_list.txt").write_text(
-        "".join(f"{word}/{SPEAKERS[0]}_nohash_0.wav\n" for word in (*SPEECH_COMMANDS, *OTHER_WORDS))
-    )
-    (root / "testing_list.txt").write_text(
-        "".join(f"{word}/{SPEAKERS[1]}_nohash_0.wav\n" for word in (*SPEECH_COMMANDS, *OTHER_WORDS))
-        + "yes/ffffffff_nohash_3.wav\n"  # listed, not on disk
-    )
-    noise = np.random.default_rng(0).standard_normal(6 * 8000).astype(np.float32) * 0.1
-    (root / "_background_noise_").mkdir()
-    soundfile.write(root / "_background_noise_/white_noise.wav", noise, 8000)
-    soundfile.write(root / "_background_noise_/pink_noise.wav", noise[: 11 * 4000] * 0.5, 8000)
-    (root / "_background_noise_/README.md").write_text("noise")
-    (root / "LICENSE").write_text("CC-BY-4.0")
-    return root
-
 
 @pytest.fixture
 def speechcommands(tmp_path: Path) -> Path:
@@ -183,22 +138,6 @@ def test_speechcommands_errors_are_clear(speechcommands, tmp_path):
 # --------------------------------------------------------------------------- VoxCeleb1
 
 
-def make_voxceleb1(parent: Path) -> Path:
-    """Three speakers, two videos each, two utterances per video; split ids 1/2/3."""
-    root = parent / "voxceleb1"
-    lines = []
-    for s, speaker in enumerate(("id10001", "id10002", "id10003")):
-        for v, video in enumerate(("1zcIwhmdeo4", "7gWzIy6yIIk")):
-            for u in (1, 2):
-                relative = f"{speaker}/{video}/{u:05d}.wav"
-                write_clip(root / "wav" / relative, 0.3 + 0.1 * u, rate=16000, freq=150 + 60 * s)
-                split = 1 if v == 0 else 1 + u  # video 0 -> train, video 1 -> one val and one test
-                lines.append(f"{split} {relative}")
-    lines.append("3 id10003/zzzzzzzzzzz/00001.wav")  # not on disk
-    (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
 @pytest.fixture
 def voxceleb1(tmp_path: Path) -> Path:
     return make_voxceleb1(tmp_path)
@@ -230,45 +169,6 @@ def test_voxceleb1_errors_are_clear(voxceleb1, tmp_path):
 
 
 # --------------------------------------------------------------------------- AudioSet
-
-ONTOLOGY = [
-    {"id": "/m/09x0r", "name": "Speech", "child_ids": []},
-    {"id": "/m/04rlf", "name": "Music", "child_ids": []},
-    {"id": "/m/0bt9lr", "name": "Dog", "child_ids": []},
-    {"id": "/m/05zppz", "name": "Male speech, man speaking", "child_ids": []},
-    {"id": "/m/0jbk", "name": "Animal", "child_ids": []},
-    {"id": "/m/07yv9", "name": "Vehicle", "child_ids": []},  # in no CSV
-]
-HEADER = (
-    "# Segments csv created Sun Mar  5 10:54:25 2017\n# num_ytids=3\n"
-    "# YTID, start_seconds, end_seconds, positive_labels\n"
-)
-
-
-def make_audioset(parent: Path) -> Path:
-    root = parent / "audioset"
-    root.mkdir()
-    (root / "ontology.json").write_text(json.dumps(ONTOLOGY))
-    (root / "balanced_train_segments.csv").write_text(HEADER + (
-        '--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/m/05zppz"\n'
-        '-0RWZT-miFs, 420.000, 430.000, "/m/0bt9lr,/m/0jbk"\n'
-        'a_b-c_d_e1f, 0.000, 10.000, "/m/04rlf"\n'
-        'missingAAAA, 10.000, 20.000, "/m/04rlf,/m/09x0r"\n'
-    ))
-    (root / "eval_segments.csv").write_text(HEADER + (
-        'YxEvalId001, 5.000, 15.000, "/m/04rlf"\n'
-        'evalMiss002, 5.000, 15.000, "/m/0jbk"\n'
-    ))
-    (root / "unbalanced_train_segments.csv").write_text(HEADER + '_unbal_0003, 1.500, 11.500, "/m/0bt9lr"\n')
-    clips = root / "clips"
-    write_clip(clips / "--PJHxphWEs.wav", 0.5)  # {YTID}.wav
-    write_clip(clips / "balanced" / "Y-0RWZT-miFs.flac", 0.4, rate=22050)  # Y{YTID}, in a sub-folder
-    write_clip(clips / "a_b-c_d_e1f_0.000.wav", 0.3)  # {YTID}_{start}; the id holds '_' itself
-    write_clip(clips / "YYxEvalId001.wav", 0.6)  # Y + an id that starts with Y
-    write_clip(clips / "_unbal_0003_1500_11500.wav", 0.3, rate=16000)
-    write_clip(clips / "unrelated0001.wav", 0.3)
-    return root
-
 
 @pytest.fixture
 def audioset(tmp_path: Path) -> Path:

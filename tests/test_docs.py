@@ -58,9 +58,9 @@ _TRAINER = [
 SHIM_ARGS = {
     "ssast-pretrain": [*_TRAINER, "--trainer.devices=DEVICES", "--model.init_args.size=mini", "--data.init_args.batch_size=2",
                        "--data.init_args.batches_per_epoch=2", "--data.init_args.num_workers=0",
-                       "--data.init_args.shuffle_buffer=8"],
+                       "--data.init_args.reader.shuffle_buffer=8"],
     "ssast-finetune": [*_TRAINER, "--trainer.devices=DEVICES", "--data.batch_size=2", "--data.batches_per_epoch=2",
-                       "--data.num_workers=0", "--data.shuffle_buffer=8"],
+                       "--data.num_workers=0", "--data.reader.shuffle_buffer=8"],
     "ssast-demo": [f"--pretrain-arg={arg}" for arg in ("--trainer.max_epochs=1", "--data.init_args.batches_per_epoch=2",
                                                        "--data.init_args.batch_size=4")]
                   + [f"--finetune-arg={arg}" for arg in ("--trainer.max_epochs=1", "--data.batches_per_epoch=2")],
@@ -156,8 +156,8 @@ exec REAL --standalone --nproc_per_node=2 "${args[@]}" "$@"
 CLI_SHIM = """\
 import os, sys
 args = sys.argv[1:]
-if {guard} and (not args or args[0] not in {commands!r}):
-    extra = []  # --help, --print_config without a subcommand ...
+if {untouched}:
+    extra = []  # --help, --print_config without a subcommand, ssast-demo corpus ...
 else:
     extra = [arg.replace("DEVICES", os.environ.get("LOCAL_WORLD_SIZE", "1")) for arg in {extra!r}]
 os.execv(sys.executable, [sys.executable, {real!r}, *args, *extra])
@@ -170,7 +170,9 @@ def _write_shims(folder: Path) -> None:
     scripts = {}
     for program, extra in SHIM_ARGS.items():
         real = shutil.which(program, path=bin) or pytest.fail(f"{program} is not installed in {bin}")
-        body = CLI_SHIM.format(guard=program != "ssast-demo", commands=sorted(TRAINING_COMMANDS), extra=extra, real=real)
+        untouched = ("args[:1] == ['corpus']" if program == "ssast-demo"  # making the corpus takes no training args
+                     else f"not args or args[0] not in {sorted(TRAINING_COMMANDS)!r}")
+        body = CLI_SHIM.format(untouched=untouched, extra=extra, real=real)
         scripts[program] = f"#!{sys.executable}\n# docs test: {program} at tiny scale\n{body}"
     torchrun = shutil.which("torchrun", path=bin) or pytest.fail(f"torchrun is not installed in {bin}")
     for program, body in CLUSTER_SHIMS.items():
@@ -187,8 +189,7 @@ def _fake_downloads(home: Path, work: Path) -> None:
 
     from ssast import EncoderConfig
     from ssast.encoder import ASTEncoder
-    from test_checkpoints import hf_config, ssast_state
-    from test_data_recipes import make_audioset, make_esc50, make_speechcommands, make_voxceleb1, write_clip
+    from helpers import hf_config, make_audioset, make_esc50, make_speechcommands, make_voxceleb1, ssast_state, write_clip
 
     downloads = home / "downloads"
     downloads.mkdir(parents=True)

@@ -94,7 +94,11 @@ def test_normalize():
         Normalize(0.0, 0.0)
 
 
-def test_fbank_moves_with_its_module():
-    fbank = Fbank().to(torch.float64)  # buffers follow .to(); the computation stays float32
-    assert fbank(torch.randn(1, 1000)).dtype == torch.float32
-    assert len(fbank.state_dict()) == 0  # nothing to save: the filterbank is a function of the settings
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_fbank_runs_on_the_batch_device_in_float32(device):
+    fbank = Fbank().to(torch.bfloat16)  # as a bf16 parent module would: its tables must not be rounded
+    waveforms = torch.randn(2, 1000)
+    logmel = fbank(waveforms.to(device))
+    assert logmel.dtype == torch.float32 and logmel.device.type == device
+    assert torch.allclose(logmel.cpu(), Fbank()(waveforms), atol=1e-4)
+    assert len(fbank.state_dict()) == 0 and not list(fbank.buffers())  # a function of the settings: nothing to save

@@ -12,7 +12,7 @@ from finetune.callbacks import WritePredictions
 from finetune.module import Finetune, layer_id, mixup, noise_and_roll
 from ssast import save_encoder
 from ssast.checkpoints import Preprocessing
-from test_checkpoints import hf_config, ssast_state, tiny_encoder
+from helpers import hf_config, ssast_state, tiny_encoder
 
 
 def test_mixup_mixes_inputs_and_labels_with_the_same_lambda():
@@ -125,3 +125,26 @@ def test_prediction_files(tmp_path):
     vectors = np.load(tmp_path / "out/predictions.npy")
     assert vectors.shape == (3, 4) and vectors[:2].sum() == 8
     assert (tmp_path / "out/predictions.keys.txt").read_text().split() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_a_padding_batch_is_evaluated_but_counts_for_nothing(task):
+    """The placeholder batch a DDP rank without evaluation data gets (ssast.data.reader.EvalLoader)
+    runs through the model, so that its rank joins the metric syncs, but adds nothing to them."""
+    from pretrain.mspm import MSPM
+
+    torch.manual_seed(0)
+    model = Finetune(num_classes=3, task=task, size="mini", fshape=128, tshape=2, input_tdim=16).eval()
+    labels = torch.tensor([0, 2]) if task == "multiclass" else torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    real = {"fbank": torch.randn(2, 16, 128), "labels": labels}
+    padding = {"fbank": torch.zeros(1, 16, 128), "labels": labels[:1], "padding": True}
+    method = MSPM(size="mini", fshape=128, tshape=2, input_tdim=16, mask_patches=4).eval()
+    with torch.no_grad(), pytest.warns(UserWarning, match="self.log"):  # outside a Trainer, logging is a no-op
+        model.validation_step(real, 0)
+        method.validation_step(real, 0)
+        metrics = [model.val_loss, model.val_metric, *method.val_figures.values()]
+        expected = [metric.compute() for metric in metrics]
+        model.validation_step(padding, 1)
+        method.validation_step(padding, 1)
+        after = [metric.compute() for metric in metrics]
+    assert all(torch.equal(a, b) for a, b in zip(after, expected)), (after, expected)

@@ -137,7 +137,7 @@ def test_consecutive_nonfinite_losses_stop_the_run_naming_the_last_checkpoint(fa
     # Checkpoints after steps 2 and 4; from step 3 on every loss is NaN, so the second in a
     # row (step 4) stops the run, after a checkpoint was written between the two.
     poison = PoisonInputs(range(3, 100)) if fault == "inputs" else PoisonWeight(3)
-    checkpoints = RunCheckpoint(every_n_train_steps=2, save_last=True)
+    checkpoints = RunCheckpoint(every_n_train_steps=2)
     fit = trainer(tmp_path, 10, [poison, checkpoints], enable_checkpointing=True)
     with pytest.raises(NonFiniteLossError) as caught:
         fit.fit(model, train_dataloaders=batches(10))

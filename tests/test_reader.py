@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import encoded, flac_sample, http_server, write_shard
+from helpers import encoded, flac_sample, http_server, write_shard
 from ssast.audio import encode_flac
-from ssast.data.reader import EpochLoader, ShardStream, SkipCounter, list_shards
+from ssast.data.reader import EpochLoader, EvalLoader, ReaderOptions, ShardStream, SkipCounter, list_shards
 
 
 @pytest.fixture
@@ -49,9 +49,39 @@ def test_pattern_and_folder_name_the_same_shards(uneven_shards, tmp_path):
         list_shards(tmp_path / "empty")
 
 
+def test_a_local_path_that_names_no_shard_fails_at_once(uneven_shards, tmp_path):
+    """Retrying a missing file would not make it appear: listing the shards says so, naming it."""
+    for missing in (tmp_path / "nowhere", tmp_path / "nope-{000000..000004}.tar", f"file:{tmp_path}/gone.tar"):
+        with pytest.raises(FileNotFoundError, match=f"no shards at {missing}: no such file or folder"):
+            list_shards(missing)
+    with pytest.raises(FileNotFoundError, match=r"1 of the 6 shards of .* do not exist, e.g. .*part-000005.tar"):
+        list_shards(str(tmp_path / "part-{000000..000005}.tar"))
+    # Remote and pipe: sources are listed as they are: their readers retry them.
+    assert list_shards("pipe:cat /nowhere.tar::http://127.0.0.1:9/a.tar") == ["pipe:cat /nowhere.tar",
+                                                                              "http://127.0.0.1:9/a.tar"]
+
+
+@pytest.mark.parametrize("classes", [None, ["a", "b"]])
+def test_a_rank_without_evaluation_data_gets_one_padding_batch(uneven_shards, classes):
+    """Under DDP a rank with no clip must still join the collectives that end an evaluation."""
+    def batches(rank, world_size, padding=True, workers=2):
+        stream = ShardStream(uneven_shards[1:2], clip_samples=1600, batch_size=2, training=False, rank=rank,
+                             world_size=world_size, classes=classes, multi_label=True)  # one clip in all
+        return list(EvalLoader(stream, num_workers=workers, padding=padding))
+
+    (real,) = batches(0, 2)
+    (padding,) = batches(1, 2)
+    assert "padding" not in real and padding["padding"] is True
+    assert padding["key"] == [""] and padding["audio"].shape == real["audio"].shape and not padding["audio"].any()
+    if classes:
+        assert padding["labels"].shape == real["labels"].shape
+    assert batches(1, 2, padding=False) == []  # prediction goes without
+    assert batches(0, 1, workers=0)[0]["key"] == real["key"]  # one process: nothing to pad
+
+
 def train_loader(urls, rank, batches, workers=2, persistent=False, seed=0):
     stream = ShardStream(urls, clip_samples=1600, batch_size=3, training=True, rank=rank, world_size=2,
-                         shuffle_buffer=8, seed=seed)
+                         seed=seed, options=ReaderOptions(shuffle_buffer=8))
     return EpochLoader(stream, batches, num_workers=workers, persistent_workers=persistent)
 
 
@@ -67,6 +97,18 @@ def test_training_gives_every_rank_the_same_number_of_full_batches(uneven_shards
     assert epochs[0][0] != epochs[1][0]  # ranks draw differently
 
 
+def test_a_loader_given_anothers_state_draws_its_next_epoch(uneven_shards):
+    """EpochLoader's state (its passes) is what a checkpoint keeps for a resumed run."""
+    first = train_loader(uneven_shards, 0, batches=4, workers=0)
+    epochs = [[batch["key"] for batch in first] for _ in range(2)]
+    resumed = train_loader(uneven_shards, 0, batches=4, workers=0)
+    resumed.load_state_dict({"passes": 1})
+    assert [batch["key"] for batch in resumed] == epochs[1] != epochs[0]
+    assert first.state_dict() == {"passes": 2} and resumed.state_dict() == {"passes": 2}
+    iter(resumed)  # Lightning checks that a loader iterates: no pass begins until a batch is asked for
+    assert resumed.state_dict() == {"passes": 2}
+
+
 def test_training_is_reproducible_per_seed(uneven_shards):
     def first_epoch(seed):
         return [batch["key"] for batch in train_loader(uneven_shards, 0, batches=5, seed=seed)]
@@ -78,7 +120,8 @@ def test_training_is_reproducible_per_seed(uneven_shards):
 def test_training_shuffles_across_shard_order(tmp_path):
     path = tmp_path / "one.tar"
     write_shard(path, [flac_sample(f"k/{index:03d}", 0.05) for index in range(60)])
-    stream = ShardStream([str(path)], clip_samples=800, batch_size=20, training=True, shuffle_buffer=30, rank=0, world_size=1)
+    stream = ShardStream([str(path)], clip_samples=800, batch_size=20, training=True, rank=0, world_size=1,
+                         options=ReaderOptions(shuffle_buffer=30))
     keys = next(iter(stream))["key"]
     assert keys != sorted(keys)
 
@@ -132,7 +175,7 @@ def test_bad_samples_are_skipped_counted_and_logged_across_workers(tmp_path, cap
     urls = [str(tmp_path / "0.tar"), str(tmp_path / "1.tar"), str(tmp_path / "missing.tar")]
     skips = SkipCounter()
     stream = ShardStream(urls, clip_samples=1600, batch_size=3, training=False, classes=["a"], skips=skips,
-                         rank=0, world_size=1, retry_delay=0)
+                         rank=0, world_size=1, options=ReaderOptions(retry_delay=0))
     with caplog.at_level(logging.WARNING, logger="ssast.data.reader"):
         keys = [key for batch in DataLoader(stream, batch_size=None, num_workers=2) for key in batch["key"]]
     assert sorted(keys) == [f"good/{index}" for index in range(4)]

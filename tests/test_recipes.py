@@ -18,12 +18,17 @@ def test_recipe_resolves(recipe, capsys):
         main(["fit", "--config", str(recipe), "--print_config"])
     assert exit_info.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
-    method = "pretrain.distill.ASiT" if recipe.stem.startswith("asit_") else "pretrain.mspm.MSPM"
+    method = {"asit": "pretrain.distill.ASiT", "eat": "pretrain.eat.EAT"}.get(recipe.stem.split("_")[0], "pretrain.mspm.MSPM")
     assert config["model"]["class_path"] == method
     model, data = config["model"]["init_args"], config["data"]["init_args"]
-    if recipe.stem.startswith("mspm_"):
+    if recipe.stem.startswith("mspm_"):  # DESIGN.md section 6
         assert model["mask_patches"] == 400 and model["passes"] == 2 and model["betas"] == [0.95, 0.999]
         assert data["target_length"] == 1024 and config["trainer"]["precision"] == "bf16-mixed"
+        assert (model["mse_weight"], model["optimizer"], model["weight_decay"]) == (10.0, "adam", 5e-7)
+        assert (model["lr"], data["batch_size"]) == ((5e-4, 120) if model["size"] == "tiny" else (1e-4, 24))
+        assert (model["warmup_steps"], model["schedule"], model["plateau_factor"]) == (1000, "plateau", 0.5)
+        assert model["plateau_patience"] == 2 and data["batches_per_epoch"] == 4000  # a check every 4000 steps
+        assert data["stats"] == "audioset"
     if recipe.stem in ("asit_tiny", "asit_base"):  # DESIGN.md section 7
         assert (model["fshape"], model["tshape"], model["view_frames"], model["drop_path"]) == (16, 16, 592, 0.1)
         gmml = model["gmml"]
@@ -71,3 +76,18 @@ def test_finetune_recipe_matches_the_published_settings(recipe):
     assert (model["freqm"], model["timem"], model["mixup"]) == (expected["freqm"], expected["timem"], expected["mixup"])
     assert data["target_length"] == expected["frames"] and config["trainer"]["max_epochs"] == expected["epochs"]
     assert model["task"] == expected["task"]
+
+
+ALL_RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda path: f"{path.parent.name}/{path.stem}")
+def test_every_recipe_keeps_a_last_checkpoint_to_resume_from(recipe):
+    """``--ckpt_path last`` resumes from LastCheckpoint's file; the published recipes also
+    write it every 30 minutes, so that a preemption loses at most that (issue 13)."""
+    callbacks = yaml.safe_load(recipe.read_text())["trainer"]["callbacks"]
+    last = [callback for callback in callbacks if callback["class_path"] == "ssast.train.callbacks.LastCheckpoint"]
+    assert len(last) == 1
+    if not recipe.stem.startswith("demo") and not recipe.stem.endswith("_demo"):
+        assert last[0]["init_args"]["every_minutes"] == 30
+    assert not any((callback.get("init_args") or {}).get("save_last") for callback in callbacks)

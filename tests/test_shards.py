@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import tone
+from helpers import tone
 from ssast.data.cli import main
 from ssast.data.reader import ShardStream, list_shards, read_classes
 from ssast.data.stats import compute_stats, read_stats

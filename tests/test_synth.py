@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -71,20 +69,6 @@ def estimate_f0(x: torch.Tensor, low: float = 60.0, high: float = 400.0) -> floa
     lags = torch.arange(640)
     acf[:, (lags < SAMPLE_RATE / high) | (lags > SAMPLE_RATE / low)] = -float("inf")
     return float((SAMPLE_RATE / acf.argmax(1).double()).median())
-
-
-def cpu_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
-    """Best-of CPU time of ``fn`` (torch runs single-threaded here, see the fixture above).
-
-    Thread CPU time, not wall time, so that other load on the machine does not count.
-    """
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        fn()
-        times.append(time.thread_time() - start)
-    return min(times)
 
 
 # --------------------------------------------------------------------------------------
@@ -211,14 +195,6 @@ def test_event_classes_have_distinct_spectra() -> None:
     assert hits / trials > 3 * chance
 
 
-def test_event_timing() -> None:
-    """Catches per-sample Python loops; the bound is generous (a call takes ~1-3 ms)."""
-    g = gen(0)
-    for name in EVENT_CLASSES:
-        seconds = cpu_seconds(partial(synth_event, name, 1.0, g))
-        assert seconds < 0.05, f"{name} took {seconds * 1000:.1f} ms of CPU for 1 s"
-
-
 # --------------------------------------------------------------------------------------
 # Speech
 # --------------------------------------------------------------------------------------
@@ -342,11 +318,7 @@ def test_sample_rate_matches_framework() -> None:
     assert SAMPLE_RATE == audio.SAMPLE_RATE == 16000
 
 
-def test_word_timing() -> None:
-    """Catches per-sample Python loops; the bound is generous (a call takes ~5 ms)."""
+def test_a_word_lasts_about_half_a_second() -> None:
+    """(The synthesizer's speed is benchmarks/costs.py's to report.)"""
     voice = Voice(f0_hz=120.0, speaking_rate=0.9)
-    g = gen(0)
-    x = synth_word("stop", voice, g)
-    assert x.numel() > 0.45 * SAMPLE_RATE
-    seconds = cpu_seconds(lambda: synth_word("stop", voice, g))
-    assert seconds < 0.05, f"synth_word took {seconds * 1000:.1f} ms of CPU"
+    assert synth_word("stop", voice, gen(0)).numel() > 0.45 * SAMPLE_RATE

@@ -8,7 +8,8 @@ that keep sharded training correct under DDP:
   of batches, so every rank steps the same number of times;
 * evaluation hands each shard to exactly one (rank, worker) reader, or, when there are
   fewer shards than readers, each sample to exactly one reader, so every sample is seen
-  exactly once;
+  exactly once; a DDP rank left with no sample gets one placeholder batch instead, so the
+  others never wait for it;
 * training shuffles the still-encoded samples before decoding them;
 * a sample that cannot be used is skipped, logged and counted by reason in a
   :class:`SkipCounter` shared by all loader workers; audio that is merely off the data
@@ -22,7 +23,8 @@ that keep sharded training correct under DDP:
 
 Batches are dicts: ``audio`` ``[B, N]`` float32 waveforms (zero-padded), ``lengths``
 ``[B]`` valid samples, ``key`` list of sample keys, and with ``classes`` given ``labels``:
-``[B]`` class indices, or ``[B, C]`` multi-hot with ``multi_label``. Features are best left
+``[B]`` class indices, or ``[B, C]`` multi-hot with ``multi_label``. The placeholder batch
+has ``padding: True``: modules must not count it. Features are best left
 to :class:`ssast.features.Fbank` on the accelerator; with no accelerator, pass ``fbank``
 and the workers compute a batch's raw log-mel (``fbank`` ``[B, T, F]``, in place of
 ``audio``) in parallel.
@@ -34,9 +36,11 @@ import json
 import logging
 import multiprocessing
 import random
+import re
 import tarfile
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,30 @@ SKIP_REASONS = ("undecodable", "empty", "not_finite", "no_audio", "bad_json", "u
 FIX_REASONS = ("resampled", "downmixed")
 SHARD_EVENTS = ("shard_retries", "failed_shards")
 COUNTS = ("read", *SKIP_REASONS, *FIX_REASONS, *SHARD_EVENTS)
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """How a :class:`ShardStream` shuffles and how it meets bad data; one value for both
+    ``ShardStream`` and ``AudioDataModule`` (``reader: {shard_retries: 5}`` under ``data`` in
+    a recipe, ``--data.reader.shard_retries 5`` on the command line).
+
+    Args:
+        shuffle_buffer: samples each training reader holds for shuffling.
+        max_skip_ratio: the share of the samples read that may be skipped; past it the
+            stream stops with :class:`TooManySkipped` (``None``: never).
+        skip_ratio_after: samples read before ``max_skip_ratio`` is checked (one early bad
+            file among the first few must not stop a run).
+        shard_retries: how often a shard that fails to open or read is tried again before
+            it is skipped.
+        retry_delay: seconds before the first retry; each next one waits twice as long.
+    """
+
+    shuffle_buffer: int = 1000
+    max_skip_ratio: float | None = 0.1
+    skip_ratio_after: int = 1000
+    shard_retries: int = 3
+    retry_delay: float = 1.0
 
 
 class SampleError(ValueError):
@@ -143,8 +171,8 @@ class SkipCounter:
         raise TooManySkipped(
             f"{self.summary()}: {skipped / read:.1%} of the samples could not be used, more than "
             f"max_skip_ratio={max_ratio:g} allows (checked once {after} samples were read). The "
-            "warnings above name each sample. Fix the data, or raise the limit: max_skip_ratio of "
-            "ShardStream or AudioDataModule (--data.init_args.max_skip_ratio 0.5; null turns the check off)."
+            "warnings above name each sample. Fix the data, or raise the limit: max_skip_ratio of the data's "
+            "reader options (--data.reader.max_skip_ratio 0.5; null turns the check off)."
         )
 
 
@@ -160,6 +188,9 @@ def list_shards(source: str | Path | Sequence[str], split: str | None = None) ->
     URLs and ``pipe:`` commands, separated by ``::`` to join several sets. A folder lists
     its complete shards only: ``ssast-data`` writes each under a temporary name until it
     is complete; a folder whose writing was interrupted is read with a warning.
+
+    A local path that does not exist fails here, at once, naming it: retrying it would not
+    make it appear (the readers retry remote and ``pipe:`` sources only when they fail).
     """
     if not isinstance(source, (str, Path)):
         urls = [url for item in source for url in list_shards(item, split)]
@@ -171,10 +202,21 @@ def list_shards(source: str | Path | Sequence[str], split: str | None = None) ->
                         folder, len(urls))
     else:
         urls = wds.shardlists.expand_urls(str(source))
+        missing = [url for url in urls if _is_local(url) and not Path(url.removeprefix("file:")).is_file()]
+        if missing == urls:
+            raise FileNotFoundError(f"no shards at {source}: no such file or folder")
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of the {len(urls)} shards of {source} do not exist, "
+                                    f"e.g. {missing[0]}")
     if not urls:
         where = f"{source}/{split}" if split else str(source)
         raise FileNotFoundError(f"no shards found at {where}")
     return urls
+
+
+def _is_local(url: str) -> bool:
+    """A path on this machine (``file:`` or no scheme), not a URL or a ``pipe:`` command."""
+    return url.startswith("file:") or re.match(r"^[a-zA-Z][\w+.-]*:", url) is None
 
 
 def read_classes(path: str | Path) -> list[str]:
@@ -198,13 +240,8 @@ class ShardStream(IterableDataset):
     window of that length, evaluation the start of the clip; shorter clips are
     zero-padded and ``lengths`` says where their audio ends. ``rank`` and ``world_size``
     default to ``torch.distributed``'s. With ``fbank`` the workers turn the audio into
-    raw log-mel features.
-
-    Bad data (see the module docstring): ``max_skip_ratio`` is the share of skipped
-    samples that stops the stream (:class:`TooManySkipped`; ``None``: never), checked once
-    ``skip_ratio_after`` samples were read; a shard that fails is retried
-    ``shard_retries`` times, ``retry_delay`` seconds after the first failure and twice as
-    long after each next one, then skipped.
+    raw log-mel features. ``options`` (:class:`ReaderOptions`) set the shuffle buffer and
+    what bad data may cost (see the module docstring).
     """
 
     def __init__(
@@ -216,16 +253,12 @@ class ShardStream(IterableDataset):
         training: bool,
         classes: Sequence[str] | None = None,
         multi_label: bool = False,
-        shuffle_buffer: int = 1000,
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
         skips: SkipCounter | None = None,
         fbank: Fbank | None = None,
-        max_skip_ratio: float | None = 0.1,
-        skip_ratio_after: int = 1000,
-        shard_retries: int = 3,
-        retry_delay: float = 1.0,
+        options: ReaderOptions = ReaderOptions(),
     ) -> None:
         super().__init__()
         if rank is None or world_size is None:
@@ -236,30 +269,33 @@ class ShardStream(IterableDataset):
         self.training = training
         self.class_index = {name: index for index, name in enumerate(classes)} if classes is not None else None
         self.multi_label = multi_label
-        self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.skips = skips if skips is not None else SkipCounter()
         self.fbank = fbank
-        self.max_skip_ratio = max_skip_ratio
-        self.skip_ratio_after = skip_ratio_after
-        self.shard_retries = shard_retries
-        self.retry_delay = retry_delay
-        self.epoch = 0
-        self._iterations = 0  # advances the seed when persistent workers reuse this copy
+        self.options = options
+        # In shared memory: loader workers, persistent ones included, read the epoch their
+        # process set last, not the one their copy of this stream was made with.
+        self._epoch = multiprocessing.RawValue("q", 0)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Seeds the next passes' shard draws, shuffling and crops (with ``seed``, the rank and
+        the worker); training passes of the same epoch draw alike."""
+        self._epoch.value = epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        self._iterations += 1
-        rng = random.Random(hash((self.seed, self.rank, worker, self.epoch, self._iterations)))
+        rng = random.Random(hash((self.seed, self.rank, worker, self.epoch)))
         if self.training:
             samples = self._random_shard_samples(rng)
-            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng)(samples)
+            buffer = self.options.shuffle_buffer
+            samples = wds.shuffle(buffer, initial=buffer // 2, rng=rng)(samples)
         else:
             reader, readers = self.rank * num_workers + worker, self.world_size * num_workers
             by_shard = len(self.urls) >= readers
@@ -271,6 +307,19 @@ class ShardStream(IterableDataset):
             if self.fbank is not None:
                 batch["fbank"] = self.fbank(batch.pop("audio"), batch["lengths"])
             yield batch
+
+    def padding_batch(self) -> dict[str, Any]:
+        """A batch of one silent clip, shaped like this stream's batches and marked
+        ``padding=True``: what :class:`EvalLoader` gives a DDP rank that has no data. A
+        module evaluates it like any batch but counts nothing from it."""
+        clip: dict[str, Any] = {"key": "", "audio": torch.zeros(self.clip_samples), "length": self.clip_samples}
+        if self.class_index is not None:
+            clip["labels"] = torch.zeros(len(self.class_index)) if self.multi_label else torch.tensor(0)
+        batch = _collate([clip])
+        if self.fbank is not None:
+            batch["fbank"] = self.fbank(batch.pop("audio"), batch["lengths"])
+        batch["padding"] = True
+        return batch
 
     def _random_shard_samples(self, rng: random.Random) -> Iterator[dict[str, Any]]:
         """Samples of shards drawn at random with replacement, forever. A shard that fails
@@ -286,7 +335,7 @@ class ShardStream(IterableDataset):
             if shard.failed:
                 usable = [other for other in usable if other != url]
         raise NoReadableShards(
-            f"every one of the {len(set(self.urls))} training shards failed, each after {self.shard_retries} "
+            f"every one of the {len(set(self.urls))} training shards failed, each after {self.options.shard_retries} "
             f"retries ({read} samples were read from them in this pass first); the warnings above name each "
             f"shard and its error. Check the paths, commands or network, e.g. {self.urls[0]!r}."
         )
@@ -308,7 +357,7 @@ class ShardStream(IterableDataset):
                 waveform, length = pad_or_crop(audio.read(start, self.clip_samples), self.clip_samples)
         except (AudioDecodeError, SampleError) as error:
             self.skips.skip_sample(key, url, error.reason, str(error))
-            self.skips.check_ratio(self.max_skip_ratio, self.skip_ratio_after)
+            self.skips.check_ratio(self.options.max_skip_ratio, self.options.skip_ratio_after)
             return None
         if audio.rate != SAMPLE_RATE:
             self.skips.add("resampled")
@@ -339,7 +388,7 @@ class ShardStream(IterableDataset):
 
 class _ShardSamples:
     """The samples of one shard, read with retries: opening or reading it is retried
-    ``stream.shard_retries`` times with a doubling delay, and a retry picks up after the
+    ``stream.options.shard_retries`` times with a doubling delay, and a retry picks up after the
     samples already given, so none is given twice (nor the end of a shard lost to a
     dropped connection). A shard that still fails is skipped with a warning naming it,
     counted, and marked ``failed``. Reading is strict (:func:`_shard_members`): a shard
@@ -350,8 +399,8 @@ class _ShardSamples:
         self.failed = False
 
     def __iter__(self) -> Generator[dict[str, Any], None, None]:
-        stream, given = self.stream, 0
-        for attempt in range(stream.shard_retries + 1):
+        stream, options, given = self.stream, self.stream.options, 0
+        for attempt in range(options.shard_retries + 1):
             try:
                 for index, sample in enumerate(group_by_keys(_shard_members(self.url))):
                     if index >= given:
@@ -360,15 +409,15 @@ class _ShardSamples:
                 return
             except Exception as error:  # opening and reading fail in many ways: OSError, tarfile, pipes
                 reason = f"{type(error).__name__}: {error}"
-            if attempt < stream.shard_retries:
-                delay = stream.retry_delay * 2**attempt
+            if attempt < options.shard_retries:
+                delay = options.retry_delay * 2**attempt
                 stream.skips.add("shard_retries")
                 log.warning("shard %s failed (%s); retry %d of %d in %g s",
-                            self.url, reason, attempt + 1, stream.shard_retries, delay)
+                            self.url, reason, attempt + 1, options.shard_retries, delay)
                 time.sleep(delay)
         stream.skips.add("failed_shards")
         log.warning("skipped shard %s after %d attempts (%d samples read from it): %s",
-                    self.url, stream.shard_retries + 1, given, reason)
+                    self.url, options.shard_retries + 1, given, reason)
         self.failed = True
 
 
@@ -424,6 +473,12 @@ class EpochLoader:
 
     Every rank yields exactly ``batches_per_epoch`` batches per epoch, whatever the shard
     sizes, so DDP ranks never wait on each other at an epoch's end.
+
+    Each pass draws anew: the number of passes begun seeds the next one
+    (:meth:`ShardStream.set_epoch`). That number is this loader's state (``state_dict``),
+    kept in checkpoints, so that a resumed run draws what a run never stopped would have,
+    instead of reading its first epochs again. A pass begins at its first batch, not at
+    ``iter()``, which Lightning also calls only to check that a loader iterates.
     """
 
     def __init__(self, stream: ShardStream, batches_per_epoch: int, **loader_kwargs: Any) -> None:
@@ -432,38 +487,52 @@ class EpochLoader:
         self.stream = stream
         self.batches_per_epoch = batches_per_epoch
         self.loader = DataLoader(stream, batch_size=None, **loader_kwargs)
-        self.epoch = 0
+        self.passes = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Seeds the next pass's shard draws (``ssast.train.EncoderModule`` calls it at every
-        epoch start, resumed runs included)."""
-        self.epoch = epoch
+    def state_dict(self) -> dict[str, int]:
+        return {"passes": self.passes}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.passes = state["passes"]
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.stream.set_epoch(self.epoch)
-        self.epoch += 1
-        return islice(iter(self.loader), self.batches_per_epoch)
+        self.stream.set_epoch(self.passes)
+        self.passes += 1
+        yield from islice(self.loader, self.batches_per_epoch)
 
 
 class EvalLoader(DataLoader):
     """A DataLoader over an evaluation :class:`ShardStream` (``batch_size=None``: the
     stream batches) that stops with :class:`NoReadableShards` when a pass gave nothing
     because its shards failed, rather than report metrics over no data. Each process
-    (DDP rank) judges its own share of the shards."""
+    (DDP rank) judges its own share of the shards.
+
+    With ``padding``, under DDP, a rank whose share is empty (fewer clips than ranks ×
+    workers) yields one :meth:`~ShardStream.padding_batch` instead of none: the modules log
+    it without counting it, so this rank joins the collectives that end an evaluation
+    (metric syncs) rather than leave the others waiting for it forever. (Prediction, which
+    ends with no collective and must not predict silence, goes without.)
+    """
+
+    def __init__(self, dataset: ShardStream, *, padding: bool = True, **loader_kwargs: Any) -> None:
+        super().__init__(dataset, **{"batch_size": None, **loader_kwargs})
+        self.padding = padding
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        skips: SkipCounter = self.dataset.skips
-        failed_before, batches = skips.shards, 0
+        stream: ShardStream = self.dataset
+        failed_before, batches = stream.skips.shards, 0
         for batch in super().__iter__():
             batches += 1
             yield batch
-        failed = skips.shards - failed_before
+        failed = stream.skips.shards - failed_before
         if not batches and failed:
             raise NoReadableShards(
-                f"read nothing: {failed} shard(s) failed, each after {self.dataset.shard_retries} retries, and no "
+                f"read nothing: {failed} shard(s) failed, each after {stream.options.shard_retries} retries, and no "
                 f"other shard gave a sample; the warnings above name each shard and its error. Check the paths, "
-                f"commands or network, e.g. {self.dataset.urls[0]!r}."
+                f"commands or network, e.g. {stream.urls[0]!r}."
             )
+        if not batches and self.padding and stream.world_size > 1:
+            yield stream.padding_batch()

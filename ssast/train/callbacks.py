@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from ssast.checkpoints import save_encoder
@@ -79,51 +81,96 @@ class MetricsSummary(L.Callback):
             print(f"after {trainer.global_step} steps:", *lines, sep="\n")
 
 
+CHECKPOINT_FOLDER = "checkpoints"
+
+
+def checkpoint_folder(default_root_dir: str | Path, dirpath: str | Path | None = None) -> Path:
+    """Where a run's checkpoints go: ``dirpath`` when given, else
+    ``<default_root_dir>/checkpoints``."""
+    return Path(dirpath) if dirpath is not None else Path(default_root_dir) / CHECKPOINT_FOLDER
+
+
 class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that, without a ``dirpath``, saves in
     ``<trainer.default_root_dir>/checkpoints`` whatever the logger, so a later
     ``test``/``predict`` or ``--ckpt_path`` finds the files at a path known in advance.
-
-    With ``save_last``, ``last.ckpt`` is rewritten at every checkpointing point. (Lightning
-    2.6 rewrites it only when a top-k checkpoint was saved at the same step, so a run whose
-    monitored metric stops improving would resume from its best epoch, not its last.)
-
-    ``ckpt_path="last"`` finds ``last.ckpt`` there too. (Lightning looks for it before
-    ``setup``, in the logger's folder: with W&B it found nothing, and the "resumed" run
-    silently started from scratch.)
+    (Lightning would pick the logger's folder, which for W&B is named after a run id known
+    only once the run starts.) ``last.ckpt`` is :class:`LastCheckpoint`'s to write.
     """
 
-    def _use_run_folder(self, trainer: L.Trainer) -> None:
-        if self.dirpath is None:
-            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.dirpath is None:  # filled here, as --trainer.default_root_dir may change it
+            self.dirpath = str(checkpoint_folder(trainer.default_root_dir))
+        super().setup(trainer, pl_module, stage)
+
+
+class LastCheckpoint(Checkpoint):
+    """Keeps ``<dirpath>/last.ckpt`` at the newest state of a fit, the one ``--ckpt_path last``
+    resumes from: rewritten after every validation and at the end of every training epoch,
+    whether or not a monitored metric improved, and with ``every_minutes`` also whenever that
+    much time has passed since it was last written, so that a killed or preempted run loses
+    at most that much work, not an epoch.
+
+    The time is rank 0's, broadcast to the others (one small collective per optimizer step
+    when ``every_minutes`` is set), so that every rank takes part in the save. Nothing is
+    written during the sanity check, with ``fast_dev_run``, or before the first step. As a
+    Lightning ``Checkpoint``, it runs after the other callbacks, so their state at the same
+    step is in the file.
+
+    Args:
+        dirpath: the folder; ``None``: ``<trainer.default_root_dir>/checkpoints``, beside
+            :class:`RunCheckpoint`'s files.
+        every_minutes: also write after this many minutes of wall-clock time since the last
+            write (``None``: only at validations and epoch ends).
+    """
+
+    filename = "last.ckpt"
+
+    def __init__(self, dirpath: str | None = None, every_minutes: float | None = None) -> None:
+        if every_minutes is not None and every_minutes <= 0:
+            raise ValueError(f"every_minutes must be positive, got {every_minutes}")
+        self.dirpath = dirpath
+        self.every_minutes = every_minutes
+        self.clock: Callable[[], float] = time.monotonic  # seconds; a test may put a fake clock here
+        self._written_at = 0.0
+        self._step_seen = -1
+
+    @property
+    def path(self) -> Path:
+        """The file (once the trainer has set this callback up)."""
+        assert self.dirpath is not None, "setup() has not run"
+        return Path(self.dirpath) / self.filename
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._use_run_folder(trainer)
-        super().setup(trainer, pl_module, stage)
-        self._last_written_at: int | None = None
+        self.dirpath = str(checkpoint_folder(trainer.default_root_dir, self.dirpath))
 
-    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
-        self._use_run_folder(trainer)
-        return super()._find_last_checkpoints(trainer)
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._written_at = self.clock()
 
-    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        self._last_written_at = trainer.global_step
-
-    def _refresh_last(self, trainer: L.Trainer) -> None:
-        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and not trainer.fast_dev_run
-        if self.save_last and fitting and trainer.global_step > 0 and self._last_written_at != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.every_minutes is None or trainer.global_step == self._step_seen:
+            return  # no timer, or a batch that only accumulated gradients
+        self._step_seen = trainer.global_step
+        due = self.clock() - self._written_at >= 60 * self.every_minutes
+        if trainer.strategy.broadcast(due, src=0):
+            self.save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return  # the validation that ends an epoch: on_train_epoch_end writes next
+        self.save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
+        self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        """Write ``last.ckpt`` now (on every rank: saving is a collective)."""
+        if trainer.sanity_checking or trainer.fast_dev_run or trainer.global_step == 0:
+            return
+        trainer.save_checkpoint(self.path)
+        self._written_at = self.clock()
 
 
 class MetricHistory(L.Callback):

@@ -7,6 +7,7 @@ network) and ``wandb sync`` uploads the run later.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -18,14 +19,16 @@ from typing import Any
 
 import lightning as L
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
 from ssast.checkpoints import CheckpointError
 from ssast.data.reader import NoReadableShards, TooManySkipped
+from ssast.train.callbacks import LastCheckpoint
 from ssast.train.module import NonFiniteLossError
 from ssast.train.recovery import (
-    ResumeError, check_resumable, install_recovery, last_checkpoint, read_resumable,
-    resume_wandb_run,
+    ResumeError, check_resumable, install_recovery, last_checkpoint, read_resumable, wandb_run_id,
 )
 
 log = logging.getLogger(__name__)
@@ -101,38 +104,49 @@ class RunCLI(LightningCLI):
     """LightningCLI with what both ssast programs need to survive a killed node: checkpoints
     written atomically and recording their W&B run (:func:`~ssast.train.recovery.install_recovery`),
     and ``fit --ckpt_path`` continuing that W&B run. ``--ckpt_path last`` resumes from the
-    newest ``last.ckpt`` of the run folder and starts afresh when there is none yet, so a job
-    script can pass it on its first start and on every restart alike.
+    newest of ``last.ckpt`` and SLURM's requeue checkpoints
+    (:func:`~ssast.train.recovery.last_checkpoint`) and starts afresh when there is none yet,
+    so a job script can pass it on its first start and on every restart alike.
     """
 
-    def _parse_ckpt_path(self) -> None:
-        # Lightning reads the model's hyperparameters from --ckpt_path here, while parsing:
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # Lightning reads the model's hyperparameters from --ckpt_path right after parsing:
         # the file is checked first, so a bad one is one clear line, not a traceback.
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        ckpt_path = self._command_config().get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
             read_resumable(ckpt_path)
-        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        config = self._command_config()
+        if config.get("ckpt_path") == "last":
+            # Resolved here, once, so that the W&B run and the weights come from the same file.
+            root = config.trainer.get("default_root_dir") or os.getcwd()
+            config.ckpt_path = last_checkpoint(root, _last_checkpoint_dirpath(config.trainer.get("callbacks")))
+            if config.ckpt_path is None:
+                log.warning("--ckpt_path last: no last checkpoint in %s yet; starting from scratch", root)
+            else:
+                read_resumable(config.ckpt_path)
+        if self.config.get("subcommand") == "fit" and config.get("ckpt_path"):
+            run_id = wandb_run_id(config.ckpt_path)
+            if run_id is None:
+                log.warning("%s records no W&B run: a W&B logger starts a new one", config.ckpt_path)
+            else:
+                _continue_wandb_run(config.trainer.get("logger"), run_id)
+
+    def _command_config(self) -> Namespace:
+        subcommand = self.config.get("subcommand")
+        return self.config[subcommand] if subcommand else self.config
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         install_recovery(trainer)
         return trainer
 
+    # A checkpoint is checked against the model before Lightning builds the data loaders.
     def fit(self, model: L.LightningModule, **kwargs: Any) -> None:
-        ckpt_path = kwargs.get("ckpt_path")
-        if ckpt_path == "last":
-            # Resolved here, once, so the W&B run and the weights come from the same file.
-            kwargs["ckpt_path"] = ckpt_path = last_checkpoint(self.trainer)
-            if ckpt_path is None:
-                log.warning("--ckpt_path last: no last checkpoint in %s yet; starting from scratch",
-                            self.trainer.default_root_dir)
-        if ckpt_path:
-            check_resumable(model, ckpt_path)
-            resume_wandb_run(self.trainer, ckpt_path)
-        self.trainer.fit(model, **kwargs)
+        self.trainer.fit(model, **self._checked(model, kwargs))
 
-    # A checkpoint handed to the other subcommands is checked as early as fit's.
     def validate(self, model: L.LightningModule, **kwargs: Any) -> Any:
         return self.trainer.validate(model, **self._checked(model, kwargs))
 
@@ -147,3 +161,34 @@ class RunCLI(LightningCLI):
         if kwargs.get("ckpt_path") not in (None, "last", "best", "hpc"):
             check_resumable(model, kwargs["ckpt_path"])
         return kwargs
+
+
+def _classes(config: Any) -> list[tuple[type, Namespace]]:
+    """``(class, init_args)`` of each ``class_path`` entry of a parsed ``callbacks`` or
+    ``logger`` value (one entry or a list; ``None`` and ``False`` have none)."""
+    entries = config if isinstance(config, list) else [config]
+    found = []
+    for entry in entries:
+        if isinstance(entry, Namespace) and entry.get("class_path"):
+            module, _, name = entry.class_path.rpartition(".")
+            found.append((getattr(importlib.import_module(module), name), entry))
+    return found
+
+
+def _last_checkpoint_dirpath(callbacks: Any) -> str | None:
+    """The ``dirpath`` of the recipe's :class:`~ssast.train.callbacks.LastCheckpoint`, if it names one."""
+    for cls, entry in _classes(callbacks):
+        if issubclass(cls, LastCheckpoint) and entry.get("init_args") and entry.init_args.get("dirpath"):
+            return entry.init_args.dirpath
+    return None
+
+
+def _continue_wandb_run(loggers: Any, run_id: str) -> None:
+    """Point the recipe's W&B loggers at ``run_id`` before they are built (``id``; their
+    ``resume="allow"`` default continues it). An id or version the recipe gives is kept."""
+    for cls, entry in _classes(loggers):
+        if issubclass(cls, WandbLogger):
+            if entry.get("init_args") is None:
+                entry.init_args = Namespace()
+            if entry.init_args.get("id") is None and entry.init_args.get("version") is None:
+                entry.init_args.id = run_id

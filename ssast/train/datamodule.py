@@ -12,6 +12,7 @@ ends.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import torch
 
 from ssast.checkpoints import Preprocessing
 from ssast.data.reader import (
-    FIX_REASONS, SHARD_EVENTS, SKIP_REASONS, EpochLoader, EvalLoader, ShardStream, SkipCounter, list_shards, read_classes,
+    FIX_REASONS, SHARD_EVENTS, SKIP_REASONS, EpochLoader, EvalLoader, ReaderOptions, ShardStream, SkipCounter,
+    list_shards, read_classes,
 )
 from ssast.data.stats import read_stats
 from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames
@@ -56,16 +58,12 @@ class AudioDataModule(L.LightningDataModule):
         classes: ``classes.txt`` for labeled data; ``"auto"`` finds it like ``stats``;
             ``None`` for unlabeled data.
         multi_label: labels as multi-hot vectors instead of class indices.
-        shuffle_buffer: samples held for shuffling in each training worker.
         seed: seed of shard order, shuffling and crops.
         fbank_in_workers: compute the fbank in the loader workers; ``None``: when the
             trainer runs on CPU.
-        max_skip_ratio: stop with ``TooManySkipped`` when more than this share of the
-            samples read could not be used (``None``: never stop).
-        skip_ratio_after: samples read before ``max_skip_ratio`` is checked.
-        shard_retries: how often a shard that fails to open or read is tried again before
-            it is skipped.
-        retry_delay: seconds before the first retry; each next one waits twice as long.
+        reader: the readers' shuffle buffer and what bad data may cost
+            (:class:`~ssast.data.reader.ReaderOptions`: ``max_skip_ratio``,
+            ``skip_ratio_after``, ``shard_retries``, ``retry_delay``).
     """
 
     def __init__(
@@ -81,21 +79,21 @@ class AudioDataModule(L.LightningDataModule):
         stats: str | None = "auto",
         classes: str | None = None,
         multi_label: bool = False,
-        shuffle_buffer: int = 1000,
         seed: int = 0,
         fbank_in_workers: bool | None = None,
-        max_skip_ratio: float | None = 0.1,
-        skip_ratio_after: int = 1000,
-        shard_retries: int = 3,
-        retry_delay: float = 1.0,
+        reader: ReaderOptions = ReaderOptions(),
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.reader = reader
+        self.save_hyperparameters(ignore="reader")
+        self.hparams["reader"] = dataclasses.asdict(reader)  # checkpoints hold plain values only (weights_only loads)
         self.fbank = Fbank()
         self.clip_samples = self.fbank.num_samples(target_length)
         self.train_skips, self.eval_skips = SkipCounter(), SkipCounter()
         self.normalize: Normalize | None = None
         self._class_names: list[str] | None = None
+        self._train_loader: EpochLoader | None = None
+        self._train_state: dict | None = None  # from a checkpoint, for the training loader to come
 
     @property
     def _first_train_source(self) -> str:
@@ -162,11 +160,9 @@ class AudioDataModule(L.LightningDataModule):
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         return ShardStream(
             list_shards(source), clip_samples=self.clip_samples, batch_size=hp.batch_size, training=training,
-            classes=self.class_names if labeled else None, multi_label=hp.multi_label,
-            shuffle_buffer=hp.shuffle_buffer, seed=hp.seed,
+            classes=self.class_names if labeled else None, multi_label=hp.multi_label, seed=hp.seed,
             rank=rank, world_size=world_size, skips=self.train_skips if training else self.eval_skips,
-            fbank=Fbank() if self._workers_compute_fbank else None, max_skip_ratio=hp.max_skip_ratio,
-            skip_ratio_after=hp.skip_ratio_after, shard_retries=hp.shard_retries, retry_delay=hp.retry_delay,
+            fbank=Fbank() if self._workers_compute_fbank else None, options=self.reader,
         )
 
     def _loader_options(self) -> dict:
@@ -175,13 +171,28 @@ class AudioDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> EpochLoader:
         stream = self._stream(self.hparams.train, training=True)
-        return EpochLoader(stream, self.hparams.batches_per_epoch, **self._loader_options())
+        self._train_loader = EpochLoader(stream, self.hparams.batches_per_epoch, **self._loader_options())
+        if self._train_state is not None:
+            self._train_loader.load_state_dict(self._train_state)
+        return self._train_loader
 
-    def _eval_loader(self, source: str | list[str] | None, labeled: bool = True) -> EvalLoader | list:
+    # The training loader's passes (what seeds its draws, see EpochLoader) go into checkpoints
+    # here: Lightning restores a data module before the model's configure_optimizers, which
+    # builds the loaders when it asks for trainer.estimated_stepping_batches; it would hand a
+    # loader its own state only after that, too late.
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_state = state.get("train_loader")
+        if self._train_loader is not None and self._train_state is not None:
+            self._train_loader.load_state_dict(self._train_state)
+
+    def _eval_loader(self, source: str | list[str] | None, predicting: bool = False) -> EvalLoader | list:
         if source is None:
             return []
-        stream = self._stream(source, training=False, labeled=labeled)
-        return EvalLoader(stream, batch_size=None, **self._loader_options())
+        stream = self._stream(source, training=False, labeled=not predicting)
+        return EvalLoader(stream, padding=not predicting, **self._loader_options())
 
     def val_dataloader(self) -> EvalLoader | list:
         return self._eval_loader(self.hparams.val)
@@ -190,7 +201,7 @@ class AudioDataModule(L.LightningDataModule):
         return self._eval_loader(self.hparams.test)
 
     def predict_dataloader(self) -> EvalLoader | list:
-        return self._eval_loader(self.hparams.predict, labeled=False)
+        return self._eval_loader(self.hparams.predict, predicting=True)
 
     def teardown(self, stage: str) -> None:
         """A paragraph per kind of data on what its readers skipped, fixed and retried, so
@@ -203,7 +214,6 @@ class AudioDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if "fbank" not in batch:
-            self.fbank.to(batch["audio"].device)
             batch["fbank"] = self.fbank(batch.pop("audio"), batch["lengths"])
         batch["fbank"] = self.normalize(fit_frames(batch["fbank"], self.hparams.target_length))
         return batch

@@ -8,7 +8,6 @@ re-implement:
 * state that moves with the weights outside the optimizer (an EMA teacher, running centers)
   moves in :meth:`~EncoderModule.after_optimizer_step`, only when the step was taken;
 * the data's health (samples read, skipped and fixed, shards retried) is logged;
-* the endless training stream is told the epoch, so a resumed run draws new shards;
 * Lightning checkpoints carry what ``ssast.load_encoder`` needs to read the encoder back.
 """
 
@@ -24,7 +23,6 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from ssast.checkpoints import lightning_metadata
-from ssast.data.reader import EpochLoader
 from ssast.encoder import ASTEncoder
 from ssast.train.datamodule import AudioDataModule, log_data_counts
 from ssast.train.recovery import newest_checkpoint
@@ -95,11 +93,6 @@ class EncoderModule(L.LightningModule):
         log_picture(self, key, picture, caption)
 
     # --- data -----------------------------------------------------------------------------
-
-    def on_train_epoch_start(self) -> None:
-        loader = self.trainer.train_dataloader
-        if isinstance(loader, EpochLoader):  # the endless stream reseeds its shard draws by epoch
-            loader.set_epoch(self.current_epoch)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Summed over ranks, so only on logging steps (every rank reaches the same ones).

@@ -3,10 +3,10 @@
 * Checkpoints are never half-written (:class:`AtomicCheckpointIO`, through
   :func:`ssast.files.written_atomically`): a node killed while saving leaves the previous
   checkpoint intact.
-* A fit resumed from a checkpoint continues its W&B run instead of starting a new one
-  (:class:`WandbRunId`, :func:`resume_wandb_run`), and ``--ckpt_path last`` finds the newest
-  ``last.ckpt`` (:func:`last_checkpoint`). ``ssast.train.cli.RunCLI`` installs all of this in
-  both programs.
+* ``--ckpt_path last`` finds the newest of ``last.ckpt`` and SLURM's requeue checkpoints
+  (:func:`last_checkpoint`), and a fit resumed from a checkpoint continues its W&B run
+  instead of starting a new one (:class:`WandbRunId`, :func:`wandb_run_id`).
+  ``ssast.train.cli.RunCLI`` installs all of this in both programs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from ssast.checkpoints import refusal_reason
 from ssast.files import written_atomically
+from ssast.train.callbacks import LastCheckpoint, checkpoint_folder
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class WandbRunId(L.Callback):
     """Keeps the id of the trainer's W&B run in every checkpoint (``wandb_run_id``), so that
-    a fit resumed from it continues that run (:func:`resume_wandb_run`) rather than starting
-    a new one beside it."""
+    a fit resumed from it continues that run (``ssast.train.cli.RunCLI`` hands the id to the
+    logger) rather than starting a new one beside it."""
 
     key = "wandb_run_id"
 
@@ -72,49 +73,36 @@ class WandbRunId(L.Callback):
                 return
 
 
-def resume_wandb_run(trainer: L.Trainer, checkpoint_path: str | Path) -> str | None:
-    """Points the trainer's W&B loggers at the run that wrote ``checkpoint_path`` (``id`` and
-    ``resume="allow"``, as ``wandb.init`` takes them); returns that run's id, or ``None`` when
-    the checkpoint records none (or the trainer logs elsewhere).
-
-    Must be called before the fit starts: Lightning creates the W&B run in its setup, before
-    it reads the checkpoint. An id given in the recipe is kept.
-    """
-    loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-    if not loggers:
+def wandb_run_id(checkpoint_path: str | Path) -> str | None:
+    """The W&B run that wrote ``checkpoint_path`` (:class:`WandbRunId`), read without loading
+    its weights; ``None`` when it records none or is not a local file."""
+    if fsspec.utils.get_protocol(str(checkpoint_path)) != "file":
         return None
-    saved = None
-    if fsspec.utils.get_protocol(str(checkpoint_path)) == "file":
-        try:  # memory-mapped: the id without reading the weights
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", mmap=True, weights_only=True)
-            saved = checkpoint.get(WandbRunId.key)
-        except pickle.UnpicklingError as error:
-            log.warning("could not read the W&B run id from %s: %s", checkpoint_path, error)
-    if saved is None:
-        log.warning("%s records no W&B run: the resumed fit logs to a new one", checkpoint_path)
+    try:  # memory-mapped: the id without reading the weights
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", mmap=True, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError) as error:
+        log.warning("could not read the W&B run id from %s: %s", checkpoint_path, error)
         return None
-    for logger in loggers:
-        if logger._experiment is not None:  # a run that exists cannot change its id
-            raise RuntimeError(f"cannot resume W&B run {saved}: the logger already started run {logger.version} "
-                               "(resume_wandb_run must come before the fit)")
-        if logger._id is None:  # WandbLogger passes these to wandb.init when it creates the run
-            logger._id = logger._wandb_init["id"] = saved
-            logger._wandb_init["resume"] = "allow"
-    return saved
+    return checkpoint.get(WandbRunId.key) if isinstance(checkpoint, dict) else None
 
 
-def last_checkpoint(trainer: L.Trainer) -> str | None:
-    """What ``ckpt_path="last"`` means: the newest ``last*.ckpt`` the trainer's checkpoint
-    callbacks find in their folders, or ``None`` when there is none yet."""
-    found = [Path(path) for callback in trainer.checkpoint_callbacks if isinstance(callback, ModelCheckpoint)
-             for path in callback._find_last_checkpoints(trainer)]
-    return str(max(found, key=lambda path: path.stat().st_mtime)) if found else None
+def last_checkpoint(default_root_dir: str | Path, dirpath: str | Path | None = None) -> str | None:
+    """What ``--ckpt_path last`` means: the newer of :class:`~ssast.train.callbacks.LastCheckpoint`'s
+    ``last.ckpt`` (in ``dirpath``, by default ``<default_root_dir>/checkpoints``) and the
+    ``hpc_ckpt_<n>.ckpt`` files Lightning saves in ``default_root_dir`` when SLURM asks a job
+    to requeue; ``None`` when there is none yet."""
+    found = [checkpoint_folder(default_root_dir, dirpath) / LastCheckpoint.filename,
+             *Path(default_root_dir).glob("hpc_ckpt_*.ckpt")]
+    existing = [path for path in found if path.is_file()]
+    return str(max(existing, key=lambda path: path.stat().st_mtime)) if existing else None
 
 
 def newest_checkpoint(trainer: L.Trainer) -> str | None:
     """The most recently written checkpoint file the trainer's checkpoint callbacks know of."""
     paths = {path for callback in trainer.checkpoint_callbacks if isinstance(callback, ModelCheckpoint)
              for path in (callback.last_model_path, callback.best_model_path, *callback.best_k_models) if path}
+    paths |= {str(callback.path) for callback in trainer.callbacks
+              if isinstance(callback, LastCheckpoint) and callback.dirpath is not None}
     existing = [path for path in paths if os.path.exists(path)]
     return max(existing, key=os.path.getmtime) if existing else None
 
