@@ -1,5 +1,6 @@
 """Pretraining step speed: our batched MSPM step against the official SSAST step's structure,
-and (``--method distill``) the ASiT step beside MSPM's.
+(``--method distill``) the ASiT step beside MSPM's, and (``--method eat``) the EAT step beside
+ASiT's and MSPM's, all on the same clips in one run.
 
 One optimizer step is timed: ``zero_grad`` + masking + forward + losses + backward +
 ``optimizer.step()`` (Adam, lr 1e-4, betas (0.95, 0.999), weight decay 5e-7, as SSAST).
@@ -26,13 +27,27 @@ slow spell of a shared machine hits all of them alike. ``step_s`` is the median 
   and the EMA teacher updated; the MSPM variants run beside it on the same clips, and
   ``ratio_distill_vs_passes{1,2}`` compare them.
 
+* ``eat`` (with ``--method eat``): one EAT step, ``pretrain.eat.EAT`` as its paper recipe
+  sets it (configs/pretrain/eat_base.yaml) at ``--size``: ``--clone-batch`` masked clones of
+  each clip (80% inverse block masks), one teacher pass per clip, the student on the visible
+  tokens, the CNN decoder, both losses, AdamW (0.9, 0.95), then the EMA teacher; ASiT and the
+  MSPM variants run beside it, and ``ratio_eat_vs_{distill,passes1,passes2}`` compare them.
+  (The recipe's global-norm gradient clip is the trainer's and is not timed.)
+
+Precision and compilation: ``--precision fp32,bf16`` and ``--compile eager,compiled`` time
+every method in every combination (``compiled``: the ``compile`` option of the methods,
+``torch.compile`` on the transformer blocks; the compilation happens in the untimed first
+step, whose FLOPs are then not counted). The first combination fills the top-level fields
+as before; ``variants`` holds them all, keyed ``"<precision>/<eager|compiled>"``.
+
 ``ratio_passes{1,2}_vs_official`` are ``step_s`` over ``official_style_step_s``, measured in
 the same run (lower is better). ``official_reference_s`` is a constant, not a measurement:
 the task's figure for the official code itself, about 1.95 s per step on a 2-core CPU
 machine like ours (tiny, batch 4, 1024 frames); compare with it only on such a machine.
 
 ``tflop_per_step`` counts one training step with ``FlopCounterMode`` outside the timed
-steps (on CPU with the math attention kernel, whose matmuls the counter sees). On CUDA,
+steps (on CPU with the math attention kernel, whose matmuls the counter sees; grouped
+convolutions' weight gradients counted per group, which torch's own formula does not). On CUDA,
 fp32 uses TF32 matmuls, bf16 runs under ``torch.autocast``, ``peak_mem_mb`` is
 ``torch.cuda.max_memory_allocated`` while the variant is built and warmed up, less what was
 allocated before (the input and the other variants), and ``mfu`` (bf16 only) is achieved
@@ -59,10 +74,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 
 from pretrain.base import PretrainModule, optimization_step
 from pretrain.distill import ASiT
+from pretrain.eat import EAT
 from pretrain.mspm import MSPM, patchify
 from ssast.encoder import SIZES
 from ssast.heads import PatchPredictionHead
@@ -75,15 +91,24 @@ GEOMETRIES: dict[str, dict[str, int]] = {"patch": {"fshape": 16, "tshape": 16}, 
 Step = Callable[[torch.Tensor], None]
 
 
-def build_mspm(size: str, geometry: str, frames: int, mask_patches: int, passes: int) -> MSPM:
-    return MSPM(size=size, input_tdim=frames, mask_patches=mask_patches, passes=passes, **GEOMETRIES[geometry])
+def build_mspm(size: str, geometry: str, frames: int, mask_patches: int, passes: int, compile: bool = False) -> MSPM:
+    return MSPM(size=size, input_tdim=frames, mask_patches=mask_patches, passes=passes, compile=compile,
+                **GEOMETRIES[geometry])
 
 
-def build_asit(size: str, geometry: str, frames: int, view_frames: int, align: int) -> ASiT:
+def build_asit(size: str, geometry: str, frames: int, view_frames: int, align: int, compile: bool = False) -> ASiT:
     """ASiT as its paper recipe sets it (configs/pretrain/asit_base.yaml), at this size."""
     return ASiT(size=size, input_tdim=frames, view_frames=view_frames, gmml=GmmlOptions(align=align),
                 num_lead_tokens=1, drop_path=0.1, optimizer="adamw", decay_norms_and_biases=False,
-                weight_decay=0.04, weight_decay_end=0.4, gradient_clip_per_tensor=3.0, **GEOMETRIES[geometry])
+                weight_decay=0.04, weight_decay_end=0.4, gradient_clip_per_tensor=3.0, compile=compile,
+                **GEOMETRIES[geometry])
+
+
+def build_eat(size: str, geometry: str, frames: int, clone_batch: int, compile: bool = False) -> EAT:
+    """EAT as its paper recipe sets it (configs/pretrain/eat_base.yaml), at this size."""
+    return EAT(size=size, input_tdim=frames, clone_batch=clone_batch, num_lead_tokens=1, optimizer="adamw",
+               betas=(0.9, 0.95), weight_decay=0.05, decay_norms_and_biases=False, compile=compile,
+               **GEOMETRIES[geometry])
 
 
 def adam(model: nn.Module) -> torch.optim.Optimizer:
@@ -159,23 +184,42 @@ def method_step(model: PretrainModule, optimizer: torch.optim.Optimizer, fbank: 
     optimization_step(model, optimizer, fbank, autocast)
 
 
-def prepare(build: Callable[[], Step], fbank: torch.Tensor, warmup: int) -> tuple[Step, int, float]:
-    """Build a variant, count one step's FLOPs (also its first warm-up step) and warm it up;
-    returns the step, its FLOPs and its peak memory in MiB."""
+def conv_backward_flop_with_groups(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+                                   output_padding, groups, output_mask, out_shape=None) -> int:
+    """torch's count of a convolution's backward, corrected for groups: its weight-gradient
+    term pairs every input with every output channel, where a grouped convolution pairs them
+    within groups only (``groups`` times fewer; EAT's decoder has 16). The input gradient is
+    counted right."""
+    count = conv_backward_flop.__wrapped__  # torch's formula on shapes (the registered one takes tensors)
+    args = (grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed, output_padding, groups)
+    grad_input = count(*args, [output_mask[0], False, False], out_shape=out_shape)
+    grad_weight = count(*args, [False, output_mask[1], False], out_shape=out_shape)
+    return grad_input + grad_weight // groups
+
+
+def prepare(build: Callable[[], Step], fbank: torch.Tensor, warmup: int,
+            count_flops: bool = True) -> tuple[Step, int | None, float]:
+    """Build a variant, count one step's FLOPs (also its first warm-up step; a compiled
+    variant's first step compiles instead, uncounted) and warm it up; returns the step, its
+    FLOPs and its peak memory in MiB."""
     cuda = fbank.device.type == "cuda"
     if cuda:
         before = torch.cuda.memory_allocated(fbank.device)
         torch.cuda.reset_peak_memory_stats(fbank.device)
     step = build()
     kernel = sdpa_kernel(SDPBackend.MATH) if not cuda else contextlib.nullcontext()
-    with kernel, FlopCounterMode(display=False) as counter:
+    counter = (FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward:
+                                                              conv_backward_flop_with_groups})
+               if count_flops else contextlib.nullcontext())
+    with kernel, counter:
         step(fbank)
+    flops = counter.get_total_flops() if count_flops else None
     for _ in range(warmup):
         step(fbank)
     if cuda:
         torch.cuda.synchronize(fbank.device)
-        return step, counter.get_total_flops(), (torch.cuda.max_memory_allocated(fbank.device) - before) / 2**20
-    return step, counter.get_total_flops(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB
+        return step, flops, (torch.cuda.max_memory_allocated(fbank.device) - before) / 2**20
+    return step, flops, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB
 
 
 def time_round_robin(steps: dict[str, Step], fbank: torch.Tensor, rounds: int) -> dict[str, float]:
@@ -204,27 +248,32 @@ def peak_bf16_tflops(device_name: str) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", choices=("mspm", "distill"), default="mspm",
-                        help="distill: time ASiT's step beside MSPM's")
+    parser.add_argument("--method", choices=("mspm", "distill", "eat"), default="mspm",
+                        help="distill: time ASiT's step beside MSPM's; eat: EAT's beside ASiT's and MSPM's")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default="patch")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--frames", type=int, default=1024)
     parser.add_argument("--mask-patches", type=int, default=400)
     parser.add_argument("--passes", default="1,2", help="1, 2 or a comma list such as 1,2")
-    parser.add_argument("--view-frames", type=int, default=592, help="distill: frames of each of the two views")
-    parser.add_argument("--align", type=int, default=1, help="distill: GMML block alignment (1 or 16)")
+    parser.add_argument("--view-frames", type=int, default=592, help="distill, eat: frames of each of ASiT's two views")
+    parser.add_argument("--align", type=int, default=1, help="distill, eat: GMML block alignment (1 or 16)")
+    parser.add_argument("--clone-batch", type=int, default=16, help="eat: masked clones of each clip (paper: 16)")
     parser.add_argument("--skip-official", action="store_true",
-                        help="do not time the official-style step (always skipped with --method distill)")
+                        help="do not time the official-style step (always skipped with --method distill or eat)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), help="default bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--precision", help="fp32, bf16 or fp32,bf16; default bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--compile", default="eager", help="eager, compiled or eager,compiled")
     parser.add_argument("--warmup", type=int, help="untimed steps after the FLOP count; default 3 on CUDA, 1 on CPU")
     parser.add_argument("--steps", type=int, help="timed steps, median reported; default 20 on CUDA, 3 on CPU")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    precision = args.precision or ("bf16" if cuda else "fp32")
-    autocast = precision == "bf16"
+    precisions = [p.strip() for p in (args.precision or ("bf16" if cuda else "fp32")).split(",") if p.strip()]
+    modes = [m.strip() for m in args.compile.split(",") if m.strip()]
+    if not precisions or set(precisions) - {"fp32", "bf16"} or not modes or set(modes) - {"eager", "compiled"}:
+        parser.error("--precision takes fp32 and/or bf16, --compile eager and/or compiled")
+    combos = [(precision, mode) for precision in precisions for mode in modes]
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     steps = args.steps or (20 if cuda else 3)
     passes = [int(p) for p in args.passes.split(",") if p.strip()]
@@ -232,44 +281,70 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    peak_tflops = peak_bf16_tflops(device_name) if cuda and autocast else None
+    peak_tflops = peak_bf16_tflops(device_name) if cuda and "bf16" in precisions else None
     fbank = torch.randn(args.batch, args.frames, MEL_BINS, generator=torch.Generator().manual_seed(0)).to(device)
 
-    def builder(official: bool, num_passes: int = 2) -> Callable[[], Step]:
+    def builder(official: bool, num_passes: int, autocast: bool, compiled: bool) -> Callable[[], Step]:
         def build() -> Step:
             torch.manual_seed(0)
             random.seed(0)
-            model = build_mspm(args.size, args.geometry, args.frames, args.mask_patches, num_passes).to(device)
+            model = build_mspm(args.size, args.geometry, args.frames, args.mask_patches, num_passes,
+                               compiled).to(device)
             optimizer = adam(model.train())
             variant = official_style_step if official else method_step
             return lambda x: variant(model, optimizer, x, autocast)
         return build
 
-    def build_distill() -> Step:
-        torch.manual_seed(0)
-        model = build_asit(args.size, args.geometry, args.frames, args.view_frames, args.align).to(device).train()
-        optimizer = torch.optim.AdamW(model.param_groups(), lr=5e-4, betas=(0.9, 0.999), weight_decay=0.04)
-        return lambda x: method_step(model, optimizer, x, autocast)
+    def build_distill(autocast: bool, compiled: bool) -> Callable[[], Step]:
+        def build() -> Step:
+            torch.manual_seed(0)
+            model = build_asit(args.size, args.geometry, args.frames, args.view_frames, args.align,
+                               compiled).to(device).train()
+            optimizer = torch.optim.AdamW(model.param_groups(), lr=5e-4, betas=(0.9, 0.999), weight_decay=0.04)
+            return lambda x: method_step(model, optimizer, x, autocast)
+        return build
 
-    builders = {f"passes{p}": builder(official=False, num_passes=p) for p in passes}
-    if args.method == "distill":
-        builders["distill"] = build_distill
-    elif not args.skip_official:
-        builders["official_style"] = builder(official=True)
-    prepared = {name: prepare(build, fbank, warmup) for name, build in builders.items()}
-    medians = time_round_robin({name: step for name, (step, _, _) in prepared.items()}, fbank, steps)
-    results: dict[str, dict[str, Any]] = {}
-    for name, (_, flops, memory) in prepared.items():
-        results[name] = {"step_s": round(medians[name], 4), "peak_mem_mb": round(memory, 1),
-                         "tflop_per_step": round(flops / 1e12, 4)}
-        if peak_tflops is not None:
-            results[name]["mfu"] = round(flops / 1e12 / medians[name] / peak_tflops, 4)
+    def build_eat_step(autocast: bool, compiled: bool) -> Callable[[], Step]:
+        def build() -> Step:
+            torch.manual_seed(0)
+            model = build_eat(args.size, args.geometry, args.frames, args.clone_batch, compiled).to(device).train()
+            optimizer = torch.optim.AdamW(model.param_groups(), lr=5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+            return lambda x: method_step(model, optimizer, x, autocast)
+        return build
 
+    # Every variant of every combination, timed round-robin together.
+    builders: dict[tuple[str, str], Callable[[], Step]] = {}
+    for precision, mode in combos:
+        combo, autocast, compiled = f"{precision}/{mode}", precision == "bf16", mode == "compiled"
+        for p in passes:
+            builders[combo, f"passes{p}"] = builder(False, p, autocast, compiled)
+        if args.method in ("distill", "eat"):
+            builders[combo, "distill"] = build_distill(autocast, compiled)
+        if args.method == "eat":
+            builders[combo, "eat"] = build_eat_step(autocast, compiled)
+        elif args.method == "mspm" and not args.skip_official and not compiled:
+            builders[combo, "official_style"] = builder(True, 2, autocast, False)
+    prepared = {key: prepare(build, fbank, warmup, count_flops=key[0].endswith("eager"))
+                for key, build in builders.items()}
+    medians = time_round_robin({key: step for key, (step, _, _) in prepared.items()}, fbank, steps)
+    variants: dict[str, dict[str, dict[str, Any]]] = {f"{p}/{m}": {} for p, m in combos}
+    for (combo, name), (_, flops, memory) in prepared.items():
+        eager_flops = prepared.get((combo.split("/")[0] + "/eager", name), (None, None))[1]
+        flops = flops if flops is not None else eager_flops  # compiling changes how, not what, is computed
+        result = {"step_s": round(medians[combo, name], 4), "peak_mem_mb": round(memory, 1)}
+        if flops is not None:
+            result["tflop_per_step"] = round(flops / 1e12, 4)
+            if peak_tflops is not None and combo.startswith("bf16"):
+                result["mfu"] = round(flops / 1e12 / medians[combo, name] / peak_tflops, 4)
+        variants[combo][name] = result
+
+    first = f"{combos[0][0]}/{combos[0][1]}"
+    results = variants[first]
     report: dict[str, Any] = {
         "benchmark": "pretrain_step", "method": args.method, "device": str(device), "device_name": device_name,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "size": args.size,
         "geometry": args.geometry, "batch": args.batch, "frames": args.frames, "mask_patches": args.mask_patches,
-        "precision": precision, "warmup": warmup, "steps": steps,
+        "precision": combos[0][0], "compile": combos[0][1], "warmup": warmup, "steps": steps,
         "peak_mem_kind": "cuda_max_memory_allocated" if cuda else "process_peak_rss_so_far",
         "load_avg_1m_after": round(os.getloadavg()[0], 2),  # above ~threads: other processes shared the CPU
     }
@@ -280,12 +355,19 @@ def main() -> None:
         report |= {"view_frames": args.view_frames, "align": args.align, "distill": results["distill"]}
         for p in passes:
             report[f"ratio_distill_vs_passes{p}"] = round(results["distill"]["step_s"] / results[f"passes{p}"]["step_s"], 3)
+    if "eat" in results:
+        report |= {"clone_batch": args.clone_batch, "eat": results["eat"],
+                   "ratio_eat_vs_distill": round(results["eat"]["step_s"] / results["distill"]["step_s"], 3)}
+        for p in passes:
+            report[f"ratio_eat_vs_passes{p}"] = round(results["eat"]["step_s"] / results[f"passes{p}"]["step_s"], 3)
     if "official_style" in results:
         official = results["official_style"]
         report |= {"official_style": official, "official_style_step_s": official["step_s"]}
         for p in passes:
             report[f"ratio_passes{p}_vs_official"] = round(results[f"passes{p}"]["step_s"] / official["step_s"], 3)
         report["official_reference_s"] = OFFICIAL_REFERENCE_S
+    if len(combos) > 1:
+        report["variants"] = variants
     print(json.dumps(report))
 
 

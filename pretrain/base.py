@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from ssast.encoder import ASTEncoder, EncoderConfig
+from ssast.encoder import ASTEncoder, EncoderConfig, compile_blocks
 from ssast.train.module import EncoderModule
 from ssast.train.schedules import WarmupCosine, WarmupPlateau, cosine_ramp
 
@@ -71,6 +71,10 @@ class PretrainModule(EncoderModule):
         plateau_patience: validation checks without improvement that are tolerated.
         max_nonfinite_steps: consecutive optimizer steps skipped for a NaN or infinite loss
             that stop the run (1: the first one does).
+        compile: compile the transformer blocks of every encoder (student, teacher) with
+            ``torch.compile`` before training (:meth:`configure_model`); the first steps
+            then take the compilation time. Mixed precision is the trainer's
+            (``trainer.precision: bf16-mixed``).
     """
 
     # Step outputs shown in the progress bar, and averaged over each validation.
@@ -101,6 +105,7 @@ class PretrainModule(EncoderModule):
         plateau_factor: float = 0.5,
         plateau_patience: int = 2,
         max_nonfinite_steps: int = 20,
+        compile: bool = False,
     ) -> None:
         super().__init__(max_nonfinite_steps)
         self.save_hyperparameters()
@@ -117,6 +122,7 @@ class PretrainModule(EncoderModule):
         # What step() left for apply_updates() since the last optimizer step (e.g. teacher means).
         self.pending_updates: list[Any] = []
         self._last_batch_start: float | None = None
+        self._compiled = False
 
     # --- the method -----------------------------------------------------------------------
 
@@ -145,6 +151,12 @@ class PretrainModule(EncoderModule):
 
     # --- Lightning hooks ------------------------------------------------------------------
 
+    def configure_model(self) -> None:
+        # After the method's constructor has built every encoder; once, however often called.
+        if self.hparams.get("compile") and not self._compiled:
+            compile_blocks(self)
+            self._compiled = True
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.step(batch["fbank"])
         size = len(batch["fbank"])
@@ -156,8 +168,9 @@ class PretrainModule(EncoderModule):
         # Randomness seeded by the batch index: every validation sees the same masks and views.
         out = self.step(batch["fbank"], torch.Generator(self.device).manual_seed(batch_idx))
         size = len(batch["fbank"])
+        weight = 0 if batch.get("padding") else size  # a DDP rank's placeholder batch (no data) counts for nothing
         for name, metric in self.val_figures.items():
-            metric.update(out[name], size)
+            metric.update(out[name], weight)
             self.log(f"val/{name}", metric, prog_bar=name in self.progress_bar, batch_size=size)
 
     def on_validation_epoch_end(self) -> None:
@@ -228,7 +241,9 @@ def optimization_step(module: PretrainModule, optimizer: torch.optim.Optimizer, 
                       autocast: bool = False) -> dict[str, torch.Tensor]:
     """One training step of ``module`` without Lightning, as the Lightning hooks run it:
     :meth:`~PretrainModule.step`, backward, the gradient hooks, the optimizer, then
-    :meth:`~PretrainModule.apply_updates` (``autocast``: bf16 mixed precision)."""
+    :meth:`~PretrainModule.apply_updates` (``autocast``: bf16 mixed precision; with
+    ``compile`` set, the blocks are compiled at the first call, as Lightning does)."""
+    module.configure_model()
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(fbank.device.type, dtype=torch.bfloat16, enabled=autocast):
         out = module.step(fbank)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 # size -> (embed_dim, depth, num_heads); all with 4x MLPs and 64-dim heads.
@@ -147,8 +147,15 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_ffn(x)[0]
+
+    def forward_with_ffn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's output and its feed-forward output before the residual addition
+        (data2vec 2.0's ``ffn_targets``). :meth:`forward` is this without the second output,
+        so there is one code path to compile and the normal forward costs nothing extra."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        ffn = self.mlp(self.norm2(x))
+        return x + self.drop_path(ffn), ffn
 
 
 class PatchEmbed(nn.Module):
@@ -171,6 +178,10 @@ class ASTEncoder(nn.Module):
 
     With ``mask``, the embeddings of the patches marked ``True`` are replaced by the learned
     ``mask_embed`` before the position embedding is added, as in SSAST's MSPM.
+
+    With ``visible`` (token dropping, as MAE and EAT), only the leading tokens and the listed
+    patch tokens run through the blocks, their position embedding added first; see
+    :meth:`keep_patches`.
     """
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -231,11 +242,44 @@ class ASTEncoder(nn.Module):
         tokens = torch.cat([self.lead_tokens(len(fbank)).to(patches.dtype), patches], dim=1)
         return tokens + self.pos_embed
 
-    def forward(self, fbank: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, fbank: torch.Tensor, mask: torch.Tensor | None = None, visible: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``fbank [B, T, F]`` -> tokens after the final norm: ``[B, lead + N, D]``, or with
+        ``visible [B * c, K]`` only the kept ones, ``[B * c, lead + K, D]``."""
         x = self.embed(fbank, mask)
+        if visible is not None:
+            x = self.keep_patches(x, visible)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def keep_patches(self, tokens: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """The leading tokens and the patch tokens at ``visible`` of embedded ``tokens
+        [B, lead + N, D]``: ``[B * c, lead + K, D]``.
+
+        ``visible [B * c, K]`` holds patch indices in ``0 .. N-1`` (frequency-major). It may have
+        ``c`` rows per clip (EAT's masked clones): rows ``i * c .. i * c + c - 1`` belong to clip
+        ``i``, so the patches are embedded once per clip however many clones read them.
+        """
+        batch, lead = tokens.shape[0], self.num_lead_tokens
+        if visible.dim() != 2 or visible.shape[0] % batch:
+            raise ValueError(f"visible must be [B * clones, K] for a batch of {batch}, got {list(visible.shape)}")
+        clones = visible.shape[0] // batch
+        clip = torch.arange(batch, device=visible.device).repeat_interleave(clones)
+        patches = tokens[:, lead:][clip[:, None], visible]
+        return torch.cat([repeat(tokens[:, :lead], "b l d -> (b c) l d", c=clones), patches], dim=1)
+
+    def block_ffn_outputs(self, fbank: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's feed-forward output before its residual addition, ``[B, lead + N, D]``
+        per block, first block first: the features data2vec 2.0 and EAT regress to
+        (``ffn_targets``). The final norm is not applied (nothing here passes through it)."""
+        x = self.embed(fbank)
+        outputs = []
+        for block in self.blocks:
+            x, ffn = block.forward_with_ffn(x)
+            outputs.append(ffn)
+        return outputs
 
     def patch_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """The patch part of ``forward``'s output, ``[B, N, D]``."""
@@ -282,3 +326,19 @@ def adapt_pos_embed(
     grid = _fit_axis(grid, new_grid[1], dim=-1)
     grid = _fit_axis(grid, new_grid[0], dim=-2)
     return torch.cat([lead, rearrange(grid, "1 d f t -> 1 (f t) d")], dim=1)
+
+
+def compile_blocks(module: nn.Module, **options: Any) -> int:
+    """Compile, in place, every transformer :class:`Block` inside ``module`` (every encoder it
+    holds: a student, an EMA teacher) with ``torch.compile(**options)``; returns how many.
+
+    The blocks are where the time goes, their shapes stay fixed within a run, and compiling
+    them rather than a whole training step keeps masking, random draws and losses eager
+    (free to sync with the host). Parameters and ``state_dict`` keys are untouched, so
+    checkpoints and EMA updates are the same as eager.
+    """
+    blocks = [block for block in module.modules() if isinstance(block, Block)]
+    for block in blocks:
+        # forward() calls forward_with_ffn(), so one compiled function serves both paths.
+        block.forward_with_ffn = torch.compile(block.forward_with_ffn, **options)
+    return len(blocks)

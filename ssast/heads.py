@@ -90,3 +90,51 @@ class SpectrogramReconstructionHead(nn.Module):
         """``patches [B, n_freq * n_time, D]`` (frequency-major) -> ``[B, T, F]``."""
         image = rearrange(self.mlp(patches), "b (f t) c -> b c f t", f=grid[0], t=grid[1])
         return rearrange(self.paint(image), "b 1 f t -> b t f")
+
+
+class ConvDecoder(nn.Module):
+    """EAT's light CNN decoder (data2vec 2.0's ``Decoder2d``): tokens laid on the
+    (frequency, time) patch grid, ``layers`` blocks of ``Conv2d(kernel, padding kernel // 2,
+    groups)`` -> LayerNorm over channels (no affine) -> GELU, each block added to its input
+    when their widths match, then ``Linear(width, embed_dim)`` on every token.
+
+    On a grid with one row (frame tokens, ``1 x T``) the kernel is 1 tall, and on one column 1
+    wide: a square kernel would only ever see the zero padding beyond that axis, so the
+    decoder is then a 1-D convolution along time (as data2vec 2.0's ``Decoder1d``) without the
+    dead weights.
+
+    Args:
+        embed_dim: width of the encoder's tokens, in and out.
+        grid: patches along frequency and along time.
+        width: channels of the convolutions (``None``: ``embed_dim``; EAT-Base 768).
+        layers: convolution blocks (EAT: 6).
+        kernel: odd kernel size (EAT: 3).
+        groups: convolution groups (EAT: 16); must divide ``embed_dim`` and ``width``.
+    """
+
+    def __init__(
+        self, embed_dim: int, grid: tuple[int, int], width: int | None = None, layers: int = 6, kernel: int = 3,
+        groups: int = 16,
+    ) -> None:
+        super().__init__()
+        width = width or embed_dim
+        if kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd (the grid keeps its size), got {kernel}")
+        if embed_dim % groups or width % groups:
+            raise ValueError(f"groups ({groups}) must divide embed_dim ({embed_dim}) and width ({width})")
+        self.grid = tuple(grid)
+        size = (kernel if grid[0] > 1 else 1, kernel if grid[1] > 1 else 1)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(embed_dim if i == 0 else width, width, size, padding=(size[0] // 2, size[1] // 2), groups=groups)
+            for i in range(layers)
+        )
+        self.proj = nn.Linear(width, embed_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens [B, n_freq * n_time, embed_dim]`` (frequency-major) -> the same shape."""
+        x = rearrange(tokens, "b (f t) d -> b d f t", f=self.grid[0], t=self.grid[1])
+        for conv in self.convs:
+            y = conv(x)
+            y = F.gelu(F.layer_norm(y.movedim(1, -1), y.shape[1:2]).movedim(-1, 1))
+            x = y + x if y.shape[1] == x.shape[1] else y  # a residual wherever the widths allow
+        return self.proj(rearrange(x, "b d f t -> b (f t) d"))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -70,3 +74,22 @@ class CenteredDistillation(nn.Module):
 
     def update_center(self, teacher_logits: torch.Tensor) -> None:
         self.move_center(self.teacher_mean(teacher_logits))
+
+
+def layer_averaged_targets(layer_outputs: list[torch.Tensor]) -> torch.Tensor:
+    """data2vec 2.0's ``make_targets`` as EAT configures it (``instance_norm_target_layer``,
+    ``layer_norm_targets``): each layer's ``[B, N, D]`` output is instance-normalised (over the
+    ``N`` tokens, per clip and channel), the layers are averaged, and the average is
+    layer-normalised (over the ``D`` channels, per token). No affine parameters, eps 1e-5,
+    float32; no gradient flows (the teacher's outputs are targets)."""
+    with torch.no_grad():
+        total = sum(F.instance_norm(rearrange(y.float(), "b n d -> b d n")) for y in layer_outputs)
+        average = rearrange(total / len(layer_outputs), "b d n -> b n d")
+        return F.layer_norm(average, average.shape[-1:])
+
+
+def scaled_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``sum((prediction - target) ** 2) / sqrt(D)`` over the last axis ``D``, in float32:
+    data2vec 2.0's ``d2v_loss`` (L2, default scale) summed over channels, one value per row."""
+    error = (prediction.float() - target.float()).square().sum(dim=-1)
+    return error / math.sqrt(prediction.shape[-1])

@@ -1,5 +1,6 @@
-"""Masks for masked spectrogram modeling: which patches SSAST's MSPM masks, and the GMML
-corruption ASiT's student sees (:func:`gmml_corrupt`).
+"""Masks for masked spectrogram modeling: which patches SSAST's MSPM masks, the GMML
+corruption ASiT's student sees (:func:`gmml_corrupt`), and the inverse block masks of
+EAT / data2vec 2.0 (:func:`inverse_block_mask`).
 
 Every clip gets exactly ``num_masked`` masked patches, as a boolean ``[B, n_freq * n_time]``
 tensor in the encoder's frequency-major patch order (``index = f_row * n_time + t_col``).
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 # Block index of a position that no block covers (yet).
 _UNCOVERED = torch.iinfo(torch.int64).max
@@ -280,3 +282,70 @@ def gmml_corrupt(
         filler = torch.zeros_like(fbank)
     filler = torch.where(replaced[:, None, None], fbank.roll(1, dims=0), filler)
     return torch.where(mask, filler, fbank), mask
+
+
+def inverse_block_kept(num_patches: int, mask_ratio: float) -> int:
+    """Patches an :func:`inverse_block_mask` leaves visible: ``int(P * (1 - mask_ratio))``,
+    rounded down as data2vec 2.0 does (410 of 512 masked at 0.8)."""
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+    return int(num_patches * (1 - mask_ratio))
+
+
+def inverse_block_mask(
+    batch_size: int,
+    grid: tuple[int, int],
+    mask_ratio: float = 0.8,
+    block: int = 5,
+    adjust: float = 0.07,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """EAT's inverse block mask (data2vec 2.0's ``compute_block_mask_2d`` with
+    ``inverse_mask=True``, ``require_same_masks=True``): ``[B, n_freq * n_time]`` bool,
+    ``True`` = masked.
+
+    Blocks mark what stays *visible*. With ``keep = 1 - mask_ratio``, each clip draws
+    ``int(P * (keep + adjust) / block**2)`` centres uniformly over the grid (with replacement)
+    and keeps the ``block x block`` square around each (offset ``block // 2``, clipped at the
+    grid's edges). ``adjust`` makes up for overlaps, so about the right area is covered; then
+    exactly :func:`inverse_block_kept` patches are kept: a random subset of the covered ones
+    when they are too many, or random uncovered ones added when too few. The rest is masked.
+
+    On a grid with one row (frame tokens, ``1 x T``) a square is a ``1 x block`` span and the
+    centres are counted with ``block``, not ``block**2``: data2vec 2.0's
+    ``compute_block_mask_1d``, which the 2-D rule reduces to (squares cut to one row would
+    cover a fifth of their area, and most of the kept patches would be the random top-up).
+    A grid with one column is treated the same way along frequency.
+    """
+    n_freq, n_time = _check_grid(grid)
+    num_patches = n_freq * n_time
+    if block < 1:
+        raise ValueError(f"block must be a positive int, got {block}")
+    kept = inverse_block_kept(num_patches, mask_ratio)
+    height = block if n_freq > 1 else 1
+    width = block if n_time > 1 else 1
+    num_centres = int(num_patches * ((1 - mask_ratio) + adjust) / (height * width))
+
+    centres = torch.zeros(batch_size, num_patches, device=device)
+    picks = torch.randint(num_patches, (batch_size, num_centres), device=device, generator=generator)
+    centres.scatter_(1, picks, 1.0)
+    # A patch is covered when a centre lies within (block - 1 - offset, offset) of it on each
+    # axis: a max over that window, with the grid padded by uncovered (zero) cells.
+    top, left = height // 2, width // 2
+    padded = F.pad(centres.view(batch_size, 1, n_freq, n_time), (width - 1 - left, left, height - 1 - top, top))
+    covered = F.max_pool2d(padded, (height, width), stride=1).view(batch_size, num_patches)
+    # Covered patches rank above uncovered ones, random within each: the top `kept` are a
+    # random subset of the covered, or all of them plus random uncovered ones.
+    keys = covered + torch.rand(batch_size, num_patches, device=device, generator=generator)
+    keep_index = keys.topk(kept, dim=1).indices
+    mask = torch.ones(batch_size, num_patches, dtype=torch.bool, device=device)
+    return mask.scatter_(1, keep_index, False)
+
+
+def true_positions(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The positions where each row of ``mask [B, P]`` is ``True``, in increasing order, as
+    ``[B, count]`` (every row holds exactly ``count``); no host sync, unlike ``nonzero``."""
+    # A stable sort puts each row's True positions first, in order.
+    return mask.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :count]

@@ -130,3 +130,60 @@ def test_adapted_embedding_is_what_a_wider_encoder_uses():
                            mode="bilinear")
     manual = F.interpolate(manual, size=(12, 9), mode="bilinear")
     assert torch.allclose(adapted[:, 2:], rearrange(manual, "1 d f t -> 1 (f t) d"))
+
+
+# --- token dropping (MAE / EAT) and feed-forward outputs -----------------------------------
+
+
+@pytest.mark.parametrize("lead", [1, 2])
+def test_every_token_visible_is_the_full_forward(lead):
+    encoder = ASTEncoder(small_config(num_lead_tokens=lead)).eval()
+    fbank = torch.randn(2, 64, 128)
+    everything = torch.arange(encoder.config.num_patches).expand(2, -1)
+    assert torch.allclose(encoder(fbank, visible=everything), encoder(fbank), atol=1e-5)
+    clones = torch.arange(encoder.config.num_patches).expand(6, -1)  # three clones of each clip
+    assert torch.allclose(encoder(fbank, visible=clones), encoder(fbank).repeat_interleave(3, dim=0), atol=1e-5)
+
+
+def test_dropped_tokens_do_not_reach_the_visible_ones():
+    encoder = ASTEncoder(small_config()).eval()  # 8 x 4 grid of 16 x 16 patches
+    fbank = torch.randn(1, 64, 128)
+    visible = torch.tensor([[0, 5, 6, 17, 31]])  # (f, t) = (0,0), (1,1), (1,2), (4,1), (7,3)
+    changed = fbank.clone()
+    changed[:, 16:32, 0:16] = 100.0  # patch (0, 1) = index 1, dropped
+    changed[:, 48:64, 112:128] += torch.randn(16, 16)  # patch (7, 3) = index 31, kept
+    kept_before, kept_after = encoder(fbank, visible=visible), encoder(changed, visible=visible)
+    assert kept_before.shape == (1, 2 + 5, 32)
+    changed[:, 48:64, 112:128] = fbank[:, 48:64, 112:128]  # undo the kept patch's change only
+    assert torch.equal(encoder(changed, visible=visible), kept_before)  # the dropped patch changes nothing
+    assert not torch.allclose(kept_after, kept_before)
+    # ... and they are the encoder run on that sub-sequence, position embedding added first.
+    x = encoder.embed(fbank)[:, [0, 1] + [2 + i for i in visible[0].tolist()]]
+    for block in encoder.blocks:
+        x = block(x)
+    assert torch.allclose(kept_before, encoder.norm(x), atol=1e-6)
+
+
+def test_clone_rows_read_their_own_clip():
+    encoder = ASTEncoder(small_config(num_lead_tokens=1)).eval()
+    fbank = torch.randn(2, 64, 128)
+    visible = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]])  # clip 0: rows 0-1, clip 1: rows 2-3
+    out = encoder(fbank, visible=visible)
+    for row, clip in enumerate([0, 0, 1, 1]):
+        alone = encoder(fbank[clip : clip + 1], visible=visible[row : row + 1])
+        assert torch.allclose(out[row], alone[0], atol=1e-6)
+    with pytest.raises(ValueError, match="visible"):
+        encoder(fbank, visible=torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_block_ffn_outputs_are_the_mlp_outputs_before_the_residual():
+    encoder = ASTEncoder(small_config()).eval()
+    fbank = torch.randn(2, 64, 128)
+    outputs = encoder.block_ffn_outputs(fbank)
+    assert len(outputs) == 2 and outputs[0].shape == (2, 2 + 32, 32)
+    x = encoder.embed(fbank)
+    for block, ffn in zip(encoder.blocks, outputs):
+        x = x + block.attn(block.norm1(x))
+        assert torch.allclose(ffn, block.mlp(block.norm2(x)), atol=1e-6)
+        x = x + ffn
+    assert torch.allclose(encoder.norm(x), encoder(fbank), atol=1e-5)  # the normal forward is the same path
