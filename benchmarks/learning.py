@@ -1,0 +1,297 @@
+"""Learning per minute (DESIGN.md §12): probe accuracy against pretraining wall-clock time.
+
+Pretrains each method on the demo corpus's unlabeled pool for the same training time, one
+after the other in this process, through the real ``ssast-pretrain`` program
+(``pretrain.cli.main``) with each method's demo recipe:
+
+* ``mspm``: ``configs/pretrain/demo.yaml`` with ``passes: 1`` (one shared encoder pass);
+* ``asit``: ``configs/pretrain/asit_demo.yaml``;
+* ``eat``: ``configs/pretrain/eat_demo.yaml``, when ``pretrain.eat`` and its recipe exist.
+
+Each run gets a :class:`~ssast.train.probe.ProbeMonitor` on the demo's keywords, speakers
+and events train -> test sets (kNN and linear probe on the frozen exported encoder: at the
+start, every ``--probe-minutes`` of training or ``--probe-steps`` steps, and at the end)
+and a :class:`~ssast.train.probe.TrainingBudget` that stops it after ``--minutes`` of
+training, the probes' time left out, so every method gets the same budget whatever its
+probes cost. What the recipes do besides training is switched off so that it does not eat
+into the budget: validation, checkpoints, pictures and the W&B logger (a CSV log is written
+instead). The recipes' schedules are kept (``--epochs`` overrides their length); a method
+whose recipe ends before the budget is reported as ``"ended": "recipe"``.
+
+The floor (DESIGN.md §12) is printed beside: a linear probe on the per-bin mean and
+standard deviation of each clip's log-mel (``logmel_stats``); the step-0 probes of each
+method are its untrained encoder's.
+
+Prints ONE JSON line: per method the steps done, clips/s, training and probing minutes,
+the probe accuracies at the start and the end per task, and the series
+``[minutes, knn, linear]`` per task; and writes a PNG (``--picture``): linear-probe (top)
+and kNN (bottom) accuracy against training minutes, one panel per task, one line per
+method, the log-mel-statistics floor beside.
+
+    ssast-demo corpus --out demo_data
+    python benchmarks/learning.py --data demo_data --minutes 3
+    python benchmarks/learning.py --data demo_data --minutes 1 --methods mspm,eat --out runs/learning
+
+Timings are only comparable within one run on one machine (a shared CPU slows every
+method, not necessarily alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+log = logging.getLogger("benchmarks.learning")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: pretrain/ and ssast/ from this checkout
+
+from ssast.probe import load_clips, logmel_baseline  # noqa: E402
+from ssast.visualize import line_chart  # noqa: E402
+
+# name -> (recipe, options on top of it)
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "mspm": ("configs/pretrain/demo.yaml", ["--model.init_args.passes", "1"]),
+    "asit": ("configs/pretrain/asit_demo.yaml", []),
+    "eat": ("configs/pretrain/eat_demo.yaml", []),
+}
+TASKS = ("keywords", "speakers", "events")
+COLOURS = {"mspm": (31, 119, 180), "asit": (255, 127, 14), "eat": (44, 160, 44)}
+FLOOR = "log-mel stats"
+FLOOR_COLOUR = (128, 128, 128)
+
+
+def available_methods() -> list[str]:
+    """The methods this checkout can run: EAT once ``pretrain/eat.py`` and its recipe exist."""
+    return [name for name, (recipe, _) in METHODS.items()
+            if (REPO / recipe).is_file() and (name != "eat" or importlib.util.find_spec("pretrain.eat") is not None)]
+
+
+def task_lengths(data: Path) -> dict[str, int | None]:
+    """Each task's clip length in frames, from the corpus's ``demo.json`` (``None``: the
+    encoder's input length)."""
+    path = data / "demo.json"
+    tasks = json.loads(path.read_text()).get("tasks", {}) if path.is_file() else {}
+    return {task: tasks.get(task, {}).get("target_length") for task in TASKS}
+
+
+def probe_tasks(data: Path) -> list[dict[str, Any]]:
+    """The demo's labeled sets as :class:`~ssast.train.probe.ProbeTask` values."""
+    lengths = task_lengths(data)
+    return [{"name": task, "train": str(data / task / "train"), "test": str(data / task / "test"),
+             "target_length": lengths[task]} for task in TASKS]
+
+
+def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace) -> list[str]:
+    """The ``ssast-pretrain fit`` command line of one method's run.
+
+    Args:
+        method: a key of :data:`METHODS`.
+        data: the demo corpus.
+        run: the run's folder.
+        args: the benchmark's options.
+    """
+    recipe, options = METHODS[method]
+    probe = {"class_path": "ssast.train.probe.ProbeMonitor", "init_args": {
+        "tasks": probe_tasks(data), "every_n_steps": args.probe_steps,
+        "every_minutes": args.probe_minutes or args.minutes / 6, "max_clips": args.max_clips,
+        "history_file": str(run / "probes.json"),
+    }}
+    budget = {"class_path": "ssast.train.probe.TrainingBudget", "init_args": {"minutes": args.minutes}}
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "csv"}}
+    command = [
+        "fit", "--config", str(REPO / recipe), *options,
+        "--data.init_args.train", str(data / "unlabeled"),
+        "--trainer.default_root_dir", str(run),
+        "--trainer.logger", json.dumps(logger),
+        # The probes and the budget replace the recipe's callbacks (checkpoints, pictures,
+        # export): nothing but training counts against the budget. No validation either.
+        "--trainer.callbacks", json.dumps([probe, budget]),
+        "--trainer.enable_checkpointing", "false",
+        "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]
+    if args.epochs:
+        command += ["--trainer.max_epochs", str(args.epochs)]
+    return command + shlex.split(args.cli_args)
+
+
+def recipe_settings(method: str, args: argparse.Namespace) -> tuple[int, int]:
+    """``(batch_size, planned_steps)`` of a method's recipe (with ``--epochs``, and the
+    batch size of ``--cli-args`` when it sets one)."""
+    recipe = yaml.safe_load((REPO / METHODS[method][0]).read_text())
+    data = recipe["data"]["init_args"]
+    batch_size = data["batch_size"]
+    extra = shlex.split(args.cli_args)
+    if "--data.init_args.batch_size" in extra:
+        batch_size = int(extra[extra.index("--data.init_args.batch_size") + 1])
+    epochs = args.epochs or recipe["trainer"]["max_epochs"]
+    return batch_size, epochs * data["batches_per_epoch"]
+
+
+def run_method(method: str, data: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Pretrain one method under the budget and summarize its probes (``{"error": ...}``
+    when the run failed: the other methods still run)."""
+    from pretrain.cli import main
+
+    run = out / method
+    history_path = run / "probes.json"
+    history_path.unlink(missing_ok=True)  # never report an earlier run's probes
+    started = time.perf_counter()
+    try:
+        main(pretrain_args(method, data, run, args))
+    except (Exception, SystemExit) as error:  # the program reports its users' errors by exiting
+        log.exception("%s failed", method)
+        return {"error": f"{type(error).__name__}: {error}"}
+    if not history_path.is_file():
+        return {"error": f"the run left no {history_path}"}
+    history = json.loads(history_path.read_text())
+    tasks = history["tasks"]
+    points = next(iter(tasks.values()))["probes"]
+    steps, seconds = points[-1]["step"], points[-1]["seconds"]
+    batch_size, planned = recipe_settings(method, args)
+    return {
+        "recipe": METHODS[method][0],
+        "steps": steps,
+        "clips_per_s": round(steps * batch_size / max(seconds, 1e-9), 2),
+        "train_minutes": round(seconds / 60, 3),
+        "probe_minutes": round(history["probe_seconds"] / 60, 3),
+        "wall_minutes": round((time.perf_counter() - started) / 60, 3),
+        "ended": "recipe" if steps >= planned else "budget",
+        "tasks": {
+            name: {
+                "start": {"knn": round(task["probes"][0]["knn"], 4), "linear": round(task["probes"][0]["linear"], 4)},
+                "end": {"knn": round(task["probes"][-1]["knn"], 4), "linear": round(task["probes"][-1]["linear"], 4)},
+            }
+            for name, task in tasks.items()
+        },
+        "series": {
+            name: [[round(p["seconds"] / 60, 3), round(p["knn"], 4), round(p["linear"], 4)] for p in task["probes"]]
+            for name, task in tasks.items()
+        },
+    }
+
+
+def logmel_floor(data: Path, max_clips: int) -> dict[str, float]:
+    """Linear-probe accuracy on each task's log-mel statistics (DESIGN.md §12's floor)."""
+    lengths = task_lengths(data)
+    floor = {}
+    for task in TASKS:
+        options = dict(classes=data / task / "classes.txt", max_clips=max_clips,
+                       target_length=lengths[task] or 1024)
+        stats = data / task / "stats.json"
+        train = load_clips(data / task / "train", stats=stats if stats.is_file() else None, **options)
+        test = load_clips(data / task / "test", stats=train.normalize, **options)
+        floor[task] = round(logmel_baseline(train, test), 4)
+    return floor
+
+
+def on_grid(series: list[list[float]], grid: np.ndarray, column: int) -> list[float]:
+    """A probe series ``[[minutes, knn, linear], ...]`` read at the ``grid`` minutes
+    (linear between probes), up to its last probe: a run that ended early draws shorter."""
+    minutes = np.array([point[0] for point in series])
+    values = np.array([point[column] for point in series])
+    kept = grid[grid <= minutes[-1] + 1e-9]
+    return np.interp(kept, minutes, values).tolist()
+
+
+def picture(results: dict[str, dict], floor: dict[str, float], minutes: float, path: Path, points: int = 13) -> None:
+    """Linear-probe (top row) and kNN (bottom row) accuracy against training minutes, a
+    panel per task, a line per method, the log-mel-statistics floor in grey, as a PNG.
+
+    ``line_chart`` draws values at x = 1, 2, ...: the series are read on an even grid of
+    ``points`` minutes from 0 to ``minutes``, so point ``i`` is minute ``(i - 1) * step``.
+    """
+    from PIL import Image, ImageDraw
+
+    grid = np.linspace(0, minutes, points)
+    finished = {name: result for name, result in results.items() if "series" in result}
+    rows = []
+    for column, kind in ((2, "linear"), (1, "kNN")):
+        panels = {}
+        for task in TASKS:
+            series = {name: on_grid(result["series"][task], grid, column) for name, result in finished.items()}
+            if kind == "linear" and task in floor:
+                series[FLOOR] = [floor[task]] * points
+            panels[f"{task}: {kind} probe"] = series
+        colours = {name: COLOURS.get(name, (0, 0, 0)) for name in finished}
+        if kind == "linear":
+            colours[FLOOR] = FLOOR_COLOUR
+        rows.append(line_chart(panels, colours, y_label=f"(0 to {minutes:g} min)"))
+    header = Image.new("RGB", (rows[0].shape[1], 34), "white")
+    draw = ImageDraw.Draw(header)
+    draw.text((8, 4), f"Probe accuracy against pretraining minutes (probes left out), {minutes:g} min per method",
+              fill="black")
+    draw.text((8, 18), f"point i = minute {minutes / (points - 1):.3g} x (i - 1); top: linear probe, bottom: kNN",
+              fill=(80, 80, 80))
+    image = np.concatenate([np.asarray(header), *rows])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("demo_data"), help="the demo corpus (ssast-demo corpus)")
+    parser.add_argument("--minutes", type=float, default=3.0, help="training minutes per method, probes left out")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated, of {', '.join(METHODS)} (default: all this checkout has)")
+    parser.add_argument("--probe-minutes", type=float, default=None,
+                        help="probe every this many training minutes (default: a sixth of --minutes)")
+    parser.add_argument("--probe-steps", type=int, default=0, help="also probe every this many steps (0: off)")
+    parser.add_argument("--max-clips", type=int, default=1000, help="clips per probe train and test set at most")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipes' max_epochs")
+    parser.add_argument("--cli-args", default="", help="more ssast-pretrain options for every method, one string")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=Path("runs/learning"), help="the runs' folders")
+    parser.add_argument("--picture", type=Path, default=None, help="the PNG (default: OUT/learning.png)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = args.data.resolve()
+    if not (data / "unlabeled").is_dir():
+        sys.exit(f"learning.py: error: {data} is not a demo corpus (no unlabeled/); make one with "
+                 f"`ssast-demo corpus --out {args.data}`")
+    methods = args.methods.split(",") if args.methods else available_methods()
+    unknown = [name for name in methods if name not in available_methods()]
+    if unknown:
+        sys.exit(f"learning.py: error: unknown or unavailable methods {unknown}; this checkout has "
+                 f"{available_methods()}")
+    out = args.out.resolve()
+    floor = logmel_floor(data, args.max_clips)
+    results = {}
+    for method in methods:
+        print(f"learning.py: pretraining {method} for {args.minutes:g} training minutes", file=sys.stderr, flush=True)
+        results[method] = run_method(method, data, out, args)
+    picture_path = (args.picture or out / "learning.png").resolve()
+    picture(results, floor, args.minutes, picture_path)
+    report = {
+        "benchmark": "learning",
+        "minutes": args.minutes,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "data": str(data),
+        "logmel_stats": floor,
+        "methods": results,
+        "picture": str(picture_path),
+    }
+    print(json.dumps(report), flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()

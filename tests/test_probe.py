@@ -1,0 +1,261 @@
+"""Probes: kNN and linear-probe accuracy on synthetic embeddings, the log-mel statistics
+against a hand computation, reading labeled shards, and the ProbeMonitor callback in a real
+``Trainer.fit`` of a mini MSPM."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from helpers import tiny_encoder
+from ssast.probe import (
+    embed, knn_accuracy, linear_probe_accuracy, load_clips, logmel_baseline, logmel_statistics, probe,
+)
+from ssast.train.probe import ProbeMonitor, ProbePoint, ProbeTask, TrainingBudget
+
+
+@pytest.fixture
+def one_thread():
+    """A mini model's ops are too small for threads; on a shared CPU threads only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def clusters(per_class: int, classes: int, dim: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian blobs around random unit centres: ``[per_class * classes, dim]`` and labels."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(99))
+    centres = torch.nn.functional.normalize(centres, dim=1)
+    labels = torch.arange(classes).repeat(per_class)
+    return centres[labels] + spread * torch.randn(len(labels), dim, generator=generator), labels
+
+
+def test_probes_separate_separable_embeddings():
+    train, train_labels = clusters(20, 8, 32, spread=0.05, seed=0)
+    test, test_labels = clusters(10, 8, 32, spread=0.05, seed=1)
+    assert knn_accuracy(train, train_labels, test, test_labels) == 1.0
+    assert linear_probe_accuracy(train, train_labels, test, test_labels) == 1.0
+
+
+def test_probes_are_at_chance_on_random_labels():
+    generator = torch.Generator().manual_seed(0)
+    train, test = torch.randn(400, 16, generator=generator), torch.randn(2000, 16, generator=generator)
+    train_labels = torch.randint(0, 4, (400,), generator=generator)
+    test_labels = torch.randint(0, 4, (2000,), generator=generator)
+    for accuracy in (knn_accuracy(train, train_labels, test, test_labels),
+                     linear_probe_accuracy(train, train_labels, test, test_labels)):
+        assert abs(accuracy - 0.25) < 0.05  # chance is 1/4; 2000 test clips: sd about 0.01
+
+
+def test_linear_probe_is_deterministic_and_ignores_feature_scale():
+    train, train_labels = clusters(6, 5, 40, spread=0.8, seed=2)
+    test, test_labels = clusters(6, 5, 40, spread=0.8, seed=3)
+    first = linear_probe_accuracy(train, train_labels, test, test_labels)
+    assert linear_probe_accuracy(train, train_labels, test, test_labels) == first
+    scale = torch.logspace(-3, 3, 40)  # standardized first, so no feature dominates by its units
+    assert linear_probe_accuracy(train * scale + 7, train_labels, test * scale + 7, test_labels) == pytest.approx(first)
+
+
+def test_knn_weights_near_neighbours_more():
+    # Test point at 0 degrees; one neighbour of class 1 right on it, two of class 0 further off.
+    angles = torch.tensor([0.0, 0.6, -0.6])
+    train = torch.stack([angles.cos(), angles.sin()], dim=1)
+    labels, test = torch.tensor([1, 0, 0]), torch.tensor([[1.0, 0.0]])
+    assert knn_accuracy(train, labels, test, torch.tensor([1]), k=3) == 1.0  # a plain majority would say 0
+    assert knn_accuracy(train, labels, test, torch.tensor([0]), k=3, temperature=100.0) == 1.0  # flat weights: majority
+
+
+def test_logmel_statistics_by_hand():
+    fbank = torch.tensor([[[1.0, 2.0], [3.0, 6.0], [5.0, 0.0], [0.0, 0.0]]])  # one clip, 4 frames, 2 bins
+    everything = logmel_statistics(fbank)
+    assert everything.shape == (1, 4)
+    assert everything[0, :2].tolist() == pytest.approx([9 / 4, 2.0])
+    assert everything[0, 2].item() == pytest.approx(math.sqrt(((1 - 2.25) ** 2 + 0.75**2 + 2.75**2 + 2.25**2) / 4))
+    valid = logmel_statistics(fbank, torch.tensor([3]))  # the padding frame left out
+    assert valid[0].tolist() == pytest.approx([3.0, 8 / 3, math.sqrt(8 / 3), math.sqrt(56 / 9)], rel=1e-5)
+    batch = torch.randn(5, 7, 128)
+    stats = logmel_statistics(batch)
+    assert stats.shape == (5, 256)
+    torch.testing.assert_close(stats[:, :128], batch.mean(dim=1))
+    torch.testing.assert_close(stats[:, 128:], batch.std(dim=1, correction=0))
+
+
+def test_load_clips_and_probe_an_encoder(tiny_corpus, one_thread):
+    events = tiny_corpus / "events"
+    train = load_clips(events / "train", classes=events / "classes.txt", stats="audioset", target_length=40)
+    test = load_clips(events / "test", classes=train.classes, stats=train.normalize, target_length=40, max_clips=5)
+    assert len(train) == 8 and len(test) == 5 and train.fbank.shape == (8, 40, 128)
+    assert train.labels.tolist() == [0, 1] * 4 and train.keys[0] == "events/train/0"
+    assert (train.frames == 40).all()  # 0.6 s clips: 58 frames, cut to 40
+    encoder = tiny_encoder(input_tdim=64).train()
+    assert train.features(64).shape == (8, 64, 128)  # padded to the encoder's input
+    result = probe(encoder, train, test, k=3)
+    assert set(result) == {"knn", "linear"} and all(0 <= value <= 1 for value in result.values())
+    assert encoder.training  # put back in the mode it was in
+    embeddings = embed(encoder, train.features(64), batch_size=3)
+    assert embeddings.shape == (8, 128) and embeddings.dtype == torch.float32
+    assert logmel_baseline(train, test) == 1.0  # a low and a high tone: the statistics separate them
+
+
+def test_probe_task_finds_classes_and_stats_beside_the_shards(tmp_path):
+    (tmp_path / "kw/train").mkdir(parents=True)
+    (tmp_path / "kw/classes.txt").write_text("a\nb\n")
+    task = ProbeTask(name="kw", train=str(tmp_path / "kw/train"), test=str(tmp_path / "kw/test"))
+    assert task.resolve("classes") == str(tmp_path / "kw/classes.txt")
+    assert task.resolve("stats") is None  # -> the AudioSet stats, with a warning
+    assert ProbeTask(name="x", train="t", test="t", stats="esc50").resolve("stats") == "esc50"
+    with pytest.raises(ValueError, match="differ"):
+        ProbeMonitor([task, task])
+
+
+def test_probe_monitor_in_a_real_fit(tiny_corpus, tmp_path, one_thread):
+    from pretrain.mspm import MSPM
+    from ssast.train.datamodule import AudioDataModule
+
+    L.seed_everything(0)
+    model = MSPM(size="mini", fshape=128, tshape=2, input_tdim=32, mask_patches=8, passes=1, warmup_steps=1)
+    data = AudioDataModule(train=str(tiny_corpus / "unlabeled"), target_length=32, batch_size=4, num_workers=0,
+                           batches_per_epoch=2, stats="audioset")
+    task = {"name": "events", "train": str(tiny_corpus / "events/train"), "test": str(tiny_corpus / "events/test")}
+    monitor = ProbeMonitor([task], every_n_steps=2, k=3)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=CSVLogger(tmp_path, name="csv"),
+                        default_root_dir=tmp_path,
+                        callbacks=[monitor], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(model, data)
+
+    history = monitor.history["events"]
+    assert [point.step for point in history] == [0, 2, 4]  # the start, every 2 steps, the end (once)
+    assert all(isinstance(point, ProbePoint) and 0 <= point.knn <= 1 and 0 <= point.linear <= 1 for point in history)
+    seconds = [point.seconds for point in history]
+    assert seconds == sorted(seconds) and seconds[0] < 5
+    assert monitor.probe_seconds > 0 and model.encoder.training  # train mode restored after each probe
+    rows = list(csv.DictReader((Path(trainer.logger.log_dir) / "metrics.csv").open()))
+    logged = {int(row["step"]): float(row["probe/events/linear"]) for row in rows if row.get("probe/events/linear")}
+    assert logged == {point.step: point.linear for point in history}
+    assert any(row.get("probe/events/knn") for row in rows if int(row["step"]) == 0)
+    minutes = [float(row["probe/minutes"]) for row in rows if row.get("probe/minutes")]
+    assert minutes == pytest.approx([point.seconds / 60 for point in history])
+    written = json.loads((tmp_path / "probes.json").read_text())["tasks"]["events"]
+    assert written["train_clips"] == written["test_clips"] == 8
+    assert [ProbePoint(**point) for point in written["probes"]] == history
+
+    state = monitor.state_dict()  # a resumed run keeps the curve and the clock
+    resumed = ProbeMonitor([task])
+    resumed.load_state_dict(state)
+    assert resumed.history == monitor.history and resumed._last_step == 4
+    assert resumed.training_seconds() >= state["training_seconds"] - 1e-6
+
+
+def test_training_budget_leaves_probe_time_out(tiny_corpus, monkeypatch, one_thread):
+    import ssast.train.probe
+    from pretrain.mspm import MSPM
+    from ssast.train.datamodule import AudioDataModule
+
+    now = [0.0]
+    monitor = ProbeMonitor([{"name": "events", "train": str(tiny_corpus / "events/train"),
+                             "test": str(tiny_corpus / "events/test")}], every_n_steps=0, k=3, history_file=None)
+    budget = TrainingBudget(minutes=1.0)
+    monitor.clock = budget.clock = lambda: now[0]
+    real_probe = ssast.train.probe.probe
+
+    def slow_probe(*args, **kwargs):  # each probe "takes" 10 minutes
+        now[0] += 600.0
+        return real_probe(*args, **kwargs)
+
+    monkeypatch.setattr(ssast.train.probe, "probe", slow_probe)
+
+    class Tick(L.Callback):  # each step "takes" 40 s
+        def on_train_batch_start(self, *args) -> None:
+            now[0] += 40.0
+
+    model = MSPM(size="mini", fshape=128, tshape=2, input_tdim=32, mask_patches=8, passes=1, warmup_steps=1)
+    data = AudioDataModule(train=str(tiny_corpus / "unlabeled"), target_length=32, batch_size=4, num_workers=0,
+                           batches_per_epoch=50, stats="audioset")
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, callbacks=[Tick(), monitor, budget],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, data)
+    assert trainer.global_step == 2  # 80 s >= 60 s of training; the 10-minute probe did not count
+    assert [point.step for point in monitor.history["events"]] == [0, 2]
+    assert [point.seconds for point in monitor.history["events"]] == [0.0, 80.0]
+
+
+@pytest.mark.slow
+def test_probes_under_ddp_on_two_cpu_processes(tiny_corpus, tmp_path):
+    """Rank 0 probes alone while rank 1 waits at the gradient all-reduce: no hang, one
+    history, and the budget stops both ranks at the same step."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    probe_callback = {"class_path": "ssast.train.probe.ProbeMonitor", "init_args": {
+        "every_n_steps": 2, "k": 3, "tasks": [{"name": "events", "train": str(tiny_corpus / "events/train"),
+                                               "test": str(tiny_corpus / "events/test")}]}}
+    budget = {"class_path": "ssast.train.probe.TrainingBudget", "init_args": {"minutes": 10}}
+    args = [
+        "fit", "--config", str(repo / "configs/pretrain/demo.yaml"),
+        "--model.init_args.mask_patches", "8", "--model.init_args.warmup_steps", "1",
+        "--data.init_args.train", str(tiny_corpus / "unlabeled"), "--data.init_args.val", "null",
+        "--data.init_args.stats", "audioset", "--data.init_args.target_length", "32",
+        "--data.init_args.batch_size", "2", "--data.init_args.batches_per_epoch", "3",
+        "--data.init_args.num_workers", "0", "--trainer.max_epochs", "2",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false",
+        "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks", json.dumps([probe_callback, budget]),
+    ]
+    env = dict(os.environ, PYTHONPATH=str(repo), WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "pretrain.cli", *args], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probes = json.loads((tmp_path / "run/probes.json").read_text())["tasks"]["events"]["probes"]
+    assert [point["step"] for point in probes] == [0, 2, 4, 6]
+
+
+def learning_benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks/learning.py"
+    spec = importlib.util.spec_from_file_location("learning_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_learning_benchmark_reads_series_on_a_minute_grid(tmp_path):
+    learning = learning_benchmark()
+    series = [[0.0, 0.1, 0.2], [0.5, 0.3, 0.6], [1.0, 0.5, 0.4]]  # [minutes, knn, linear]
+    grid = torch.linspace(0, 2, 5).numpy()  # 0, 0.5, 1, 1.5, 2
+    assert learning.on_grid(series, grid, 2) == pytest.approx([0.2, 0.6, 0.4])  # ends with its last probe
+    assert learning.on_grid(series, grid[:3] / 2, 1) == pytest.approx([0.1, 0.2, 0.3])  # linear in between
+    result = {"series": {task: series for task in learning.TASKS}}
+    learning.picture({"mspm": result, "asit": {"error": "failed"}}, {"keywords": 0.7}, 2.0, tmp_path / "p.png")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "p.png").size[0] == 3 * 320
+
+
+@pytest.mark.slow
+def test_learning_benchmark_end_to_end(small_demo_corpus, tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "benchmarks/learning.py", "--data", str(small_demo_corpus), "--minutes", "0.1",
+               "--methods", "mspm", "--out", str(tmp_path), "--threads", "1"]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    mspm = report["methods"]["mspm"]
+    assert mspm["steps"] > 0 and mspm["ended"] == "budget" and mspm["train_minutes"] >= 0.1
+    assert set(mspm["tasks"]) == set(report["logmel_stats"]) == {"keywords", "speakers", "events"}
+    assert all(len(series) >= 2 for series in mspm["series"].values())
+    assert Path(report["picture"]).is_file()
