@@ -38,6 +38,21 @@ def line_chart(
     """Small line charts side by side, one per panel (``{title: {series: values}}``), each
     series in its colour, x = 1..len(values), y from 0 to the largest value; a legend under
     them. An ``[H, W, 3]`` uint8 picture."""
+    longest = max((len(values) for series in panels.values() for values in series.values()), default=1)
+    points = {title: {name: [(i + 1.0, value) for i, value in enumerate(values)] for name, values in series.items()}
+              for title, series in panels.items()}
+    return xy_chart(points, colours, x_label=f"1 ... {longest} {y_label}", size=size)
+
+
+def xy_chart(
+    panels: dict[str, dict[str, list[tuple[float, float]]]],
+    colours: dict[str, tuple[int, int, int]],
+    x_label: str = "",
+    size: tuple[int, int] = (320, 240),
+) -> np.ndarray:
+    """Small line charts side by side, one per panel (``{title: {series: [(x, y), ...]}}``),
+    each series in its colour; x from the smallest to the largest x of the panel, y from 0 to
+    the largest y; a legend under them. An ``[H, W, 3]`` uint8 picture."""
     from PIL import Image, ImageDraw
 
     width, height = size
@@ -48,17 +63,18 @@ def line_chart(
     for index, (title, series) in enumerate(panels.items()):
         left = index * width + margin_left
         right, top, bottom = (index + 1) * width - 10, margin_top, height - margin_bottom
-        top_value = max((max(values) for values in series.values() if values), default=1.0) or 1.0
+        xs = [x for values in series.values() for x, _ in values] or [0.0, 1.0]
+        x_low, x_high = min(xs), max(xs)
+        top_value = max((y for values in series.values() for _, y in values), default=1.0) or 1.0
         draw.rectangle((left, top, right, bottom), outline=(120, 120, 120))
         draw.text((left, 4), title, fill="black")
         for fraction in (0.0, 0.5, 1.0):
             y = bottom - fraction * (bottom - top)
             draw.text((index * width + 4, y - 6), f"{fraction * top_value:.2f}", fill=(80, 80, 80))
-        longest = max((len(values) for values in series.values()), default=1)
-        draw.text((left, bottom + 6), f"1 ... {longest} {y_label}", fill=(80, 80, 80))
+        draw.text((left, bottom + 6), x_label, fill=(80, 80, 80))
         for name, values in series.items():
-            step = (right - left) / max(1, longest - 1)
-            points = [(left + i * step, bottom - value / top_value * (bottom - top)) for i, value in enumerate(values)]
+            span = (right - left) / max(x_high - x_low, 1e-9)
+            points = [(left + (x - x_low) * span, bottom - y / top_value * (bottom - top)) for x, y in values]
             if len(points) > 1:
                 draw.line(points, fill=colours[name], width=2)
             for x, y in points:

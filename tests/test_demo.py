@@ -48,9 +48,12 @@ def test_another_seed_gives_other_audio():
     assert not torch.equal(make_clip(spec), make_clip(ClipSpec("events", "train", 0, "tone", seed=1)))
 
 
-def test_refuses_to_overwrite_by_accident(corpus):
+def test_keeps_the_same_corpus_and_refuses_to_overwrite_another(corpus):
+    made = (corpus / "demo.json").stat().st_mtime_ns
+    assert "already there" in str(build_demo(corpus, scale=0.02, seed=3, progress=False))
+    assert (corpus / "demo.json").stat().st_mtime_ns == made
     with pytest.raises(FileExistsError, match="overwrite"):
-        build_demo(corpus, scale=0.02, seed=3, progress=False)
+        build_demo(corpus, scale=0.02, seed=4, progress=False)
 
 
 def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor) -> float:

@@ -1,5 +1,6 @@
 """ssast-demo end to end with tiny step counts: pretrain, six finetunes, table, report, plot."""
 
+import json
 import re
 
 import numpy as np
@@ -23,12 +24,19 @@ def test_demo_writes_the_table_report_and_curves(small_demo_corpus, tmp_path, ca
         "--finetune-arg=--data.batches_per_epoch", "--finetune-arg=2",
     ])
     printed = capsys.readouterr().out
-    rows = re.findall(r"^\| (events|keywords|speakers) \| test acc \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([+-][\d.]+) \|$",
-                      printed, flags=re.M)
+    number = r"([+-]?[\d.]+)"
+    row = r"^\| (events|keywords|speakers) \| test acc \| " + r" \| ".join([number] * 8) + r" \|$"
+    rows = re.findall(row, printed, flags=re.M)
     assert [row[0] for row in rows] == ["events", "keywords", "speakers"]
-    for _, chance, scratch, pretrained, difference in rows:
-        assert 0 < float(chance) < 1 and 0 <= float(scratch) <= 1 and 0 <= float(pretrained) <= 1
-        assert float(difference) == pytest.approx(float(pretrained) - float(scratch), abs=2e-3)
+    for _, *cells in rows:
+        chance, scratch, pretrained, difference, untrained, probed, gain, logmel = map(float, cells)
+        assert 0 < chance < 1 and all(0 <= value <= 1 for value in (scratch, pretrained, untrained, probed, logmel))
+        assert difference == pytest.approx(pretrained - scratch, abs=2e-3)
+        assert gain == pytest.approx(probed - untrained, abs=2e-3)
+    probes = json.loads((out / "pretrain/probes.json").read_text())["tasks"]
+    assert sorted(probes) == ["events", "keywords", "speakers"]
+    assert all(len(task["probes"]) == 2 for task in probes.values())  # the untrained encoder, and the end
+    assert np.asarray(Image.open(out / "learning.png")).std() > 0
     assert (out / "pretrain/encoder.safetensors").exists()
     for task in ("events", "keywords", "speakers"):
         for start in ("scratch", "pretrained"):

@@ -16,6 +16,7 @@ import yaml
 import ssast
 from pretrain.cli import main
 from pretrain.eat import EAT
+from ssast.demo.runner import recipe_for
 from ssast.heads import ConvDecoder
 from ssast.losses import layer_averaged_targets, scaled_squared_error
 
@@ -274,10 +275,10 @@ def logged(run: Path, name: str) -> list[float]:
 def test_demo_recipe_trains_and_exports_the_student(small_demo_corpus, tmp_path):
     corpus, run = small_demo_corpus, tmp_path / "run"
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "csv"}}
+    # The recipe as ssast-demo runs it: its demo_data/ paths (data and probes) moved to the corpus.
+    recipe = recipe_for(REPO / "configs/pretrain/eat_demo.yaml", corpus, tmp_path)
     main([
-        "fit", "--config", str(REPO / "configs/pretrain/eat_demo.yaml"),
-        "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
-        "--data.init_args.batch_size", "8", "--data.init_args.batches_per_epoch", "10",
+        "fit", "--config", str(recipe), "--data.init_args.batch_size", "8", "--data.init_args.batches_per_epoch", "10",
         "--data.init_args.num_workers", "1", "--model.init_args.warmup_steps", "5",
         "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(run),
         "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
@@ -289,9 +290,11 @@ def test_demo_recipe_trains_and_exports_the_student(small_demo_corpus, tmp_path)
     assert frame[-1] < frame[0], frame  # the decoder learns the targets within 20 steps
     decays = logged(run, "train/ema_decay")
     assert decays == sorted(decays) and decays[-1] > decays[0]
+    probes = json.loads((run / "probes.json").read_text())["tasks"]
+    assert [point["step"] for point in probes["keywords"]["probes"]] == [0, 20]  # the untrained encoder, the end
 
     exported = ssast.load_checkpoint(run / "encoder.safetensors")
-    assert exported.encoder.config.input_tdim == 256 and exported.encoder.grid == (1, 128)
+    assert exported.encoder.config.input_tdim == 298 and exported.encoder.grid == (1, 149)
     state = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
     student = ssast.load_encoder(run / "checkpoints/last.ckpt")
     for name, tensor in exported.encoder.state_dict().items():

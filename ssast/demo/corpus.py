@@ -36,8 +36,12 @@ from ssast.data.writer import (
 )
 from ssast.features import Fbank
 
-SPLITS = {"train": 24, "val": 6, "test": 6}  # clips per class at scale 1
-UNLABELED_CLIPS = 600  # at scale 1
+# Clips per class at scale 1: few labels to learn from (the point of pretraining), and
+# validation and test sets large enough that a difference of a few points is not noise.
+SPLITS = {"train": 24, "val": 12, "test": 30}
+UNLABELED_CLIPS = 2000  # at scale 1: unlabeled audio is cheap, here as anywhere
+# Raised whenever what a seed and scale produce changes, so an older corpus is not reused.
+CORPUS_VERSION = 2
 NUM_SPEAKERS = 10
 SHARD_SIZE = 64
 
@@ -179,16 +183,23 @@ class DemoSummary:
 def build_demo(
     out: str | Path, *, scale: float = 1.0, seed: int = 0, workers: int = 1, overwrite: bool = False, progress: bool = True
 ) -> DemoSummary:
-    """Generate the demo corpus into ``out`` (see the module docstring)."""
+    """Generate the demo corpus into ``out`` (see the module docstring). A complete corpus
+    already there, made by this version with the same ``scale`` and ``seed``, is kept as it
+    is; any other is an error unless ``overwrite``."""
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     out = Path(out)
+    if not overwrite and (out / "demo.json").is_file():
+        made = json.loads((out / "demo.json").read_text())
+        if (made.get("version"), made.get("seed"), made.get("scale")) == (CORPUS_VERSION, seed, scale):
+            return DemoSummary(out, ["  already there (same version, seed and scale); kept"])
     existing = [out / name for name in [*TASKS, "demo.json"] if (out / name).exists()]
     # demo.json is written last: without it, task folders that our shard writer made are
     # the leftovers of an interrupted build, to be built again.
     interrupted = not (out / "demo.json").exists() and all(any(path.rglob(SHARD_INDEX)) for path in existing)
     if existing and not (overwrite or interrupted):
-        raise FileExistsError(f"{out} already holds a demo corpus ({existing[0].name}); pass overwrite to replace it")
+        raise FileExistsError(f"{out} already holds another demo corpus ({existing[0].name}: an older version, or "
+                              "another seed or scale); pass overwrite (--overwrite) to replace it")
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -201,7 +212,7 @@ def build_demo(
         writer.close()
 
     summary = DemoSummary(out)
-    manifest = {"seed": seed, "scale": scale, "sample_rate": SAMPLE_RATE, "tasks": {}}
+    manifest = {"version": CORPUS_VERSION, "seed": seed, "scale": scale, "sample_rate": SAMPLE_RATE, "tasks": {}}
     for task in TASKS.values():
         folder = out / task.name
         write_classes(folder, task.classes)

@@ -1,17 +1,24 @@
-"""``ssast-demo``: the whole story on the built-in demo corpus, in one command.
+"""``ssast-demo``: what self-supervision is for, shown on the built-in demo corpus in one command.
 
-    ssast-demo [--out runs/demo] [--corpus demo_data] [--pretrain configs/pretrain/asit_demo.yaml]
+    ssast-demo [--out runs/demo] [--corpus demo_data] [--pretrain configs/pretrain/eat_demo.yaml]
     ssast-demo corpus [--out demo_data] [--scale 1] [--seed 0]    # only make the corpus
 
 1. generates the demo corpus when it is missing (``ssast-demo corpus``);
-2. pretrains a small encoder on its unlabeled pool (the ``--pretrain`` recipe);
-3. finetunes that encoder on the events, keywords and speakers tasks (24 labeled clips per
-   class), and the same tasks from scratch, with the same recipe and seed;
-4. prints a table (task, metric, chance, from scratch, pretrained, difference) and writes
-   ``<out>/report.md`` with it, and ``<out>/val_curves.png`` with the validation curves.
+2. pretrains an encoder on its unlabeled pool with the ``--pretrain`` recipe (by default the
+   method that learns most per minute, EAT), whose probe callback measures, on the events,
+   keywords and speakers sets, how well a linear probe and a kNN vote do on the frozen
+   encoder's embeddings: untrained at step 0, then as it learns;
+3. finetunes that encoder on the three tasks (few labeled clips per class), and the same
+   tasks from scratch, with the same recipe and seed;
+4. prints a table (finetuned from scratch and from pretrained; linear probes on the
+   untrained encoder, on the pretrained one, and on log-mel statistics, the honest simple
+   baseline) and writes ``<out>/report.md`` with it, ``<out>/learning.png`` (probe accuracy
+   against pretraining minutes) and ``<out>/val_curves.png`` (the finetunes' validation).
 
 Every stage runs the same code as ``ssast-pretrain`` / ``ssast-finetune`` (in this process),
-with its progress bar; each run keeps its folder under ``--out``.
+with its progress bar; each run keeps its folder under ``--out``. The recipes name the
+corpus as ``demo_data/``; with another ``--corpus`` the pretraining recipe is copied to
+``<out>/pretrain.yaml`` with its paths moved there.
 """
 
 from __future__ import annotations
@@ -29,33 +36,56 @@ from PIL import Image
 from finetune.cli import fit_then_test
 from pretrain.cli import main as pretrain_main
 from ssast.data.reader import read_classes
-from ssast.demo.corpus import build_demo
+from ssast.demo.corpus import CORPUS_VERSION, build_demo
+from ssast.probe import load_clips, logmel_baseline
 from ssast.train.callbacks import MetricHistory
 from ssast.train.cli import default_wandb_to_offline
-from ssast.visualize import line_chart
+from ssast.visualize import line_chart, xy_chart
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASKS = ("events", "keywords", "speakers")
 STARTS = ("scratch", "pretrained")
 COLOURS = {"scratch": (230, 120, 30), "pretrained": (40, 90, 200)}
+PROBE_COLOURS = {"linear probe": (40, 90, 200), "kNN": (120, 170, 230), "log-mel statistics": (128, 128, 128)}
+RECIPE_CORPUS = "demo_data/"  # how the demo recipes name the corpus
 
 
 @dataclass
 class TaskResult:
     task: str
-    metric: str
     chance: float
-    test: dict[str, float] = field(default_factory=dict)
-    curves: dict[str, list[float]] = field(default_factory=dict)
+    metric: str = "acc"
+    test: dict[str, float] = field(default_factory=dict)  # finetuned test metric by start
+    curves: dict[str, list[float]] = field(default_factory=dict)  # validation metric by start
+    probes: list[dict[str, float]] = field(default_factory=list)  # the pretraining run's probes, in order
+    logmel: float | None = None  # linear probe on log-mel statistics
+
+    @property
+    def probe_gain(self) -> float | None:
+        return self.probes[-1]["linear"] - self.probes[0]["linear"] if self.probes else None
 
 
-def pretrain(recipe: Path, corpus: Path, out: Path, extra: list[str]) -> Path:
+def recipe_for(recipe: Path, corpus: Path, out: Path) -> Path:
+    """``recipe`` with its ``demo_data/`` paths moved to ``corpus`` (the recipe itself when
+    the corpus is ``demo_data``)."""
+    text = recipe.read_text()
+    if corpus == Path(RECIPE_CORPUS) or RECIPE_CORPUS not in text:
+        return recipe
+    moved = out / recipe.name
+    moved.parent.mkdir(parents=True, exist_ok=True)
+    moved.write_text(text.replace(RECIPE_CORPUS, f"{corpus.resolve()}/"))
+    return moved
+
+
+def pretrain(recipe: Path, corpus: Path, out: Path, extra: list[str]) -> tuple[Path, dict]:
+    """The exported encoder and the probes the run's ``ProbeMonitor`` wrote (``{}`` when its
+    recipe has none)."""
     pretrain_main([
-        "fit", "--config", str(recipe),
-        "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
+        "fit", "--config", str(recipe_for(recipe, corpus, out)),
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out), *extra,
     ])
-    return out / "encoder.safetensors"
+    probes = out / "probes.json"
+    return out / "encoder.safetensors", json.loads(probes.read_text())["tasks"] if probes.is_file() else {}
 
 
 def finetune(task: str, encoder: Path | None, corpus: Path, out: Path, configs: Path,
@@ -73,41 +103,90 @@ def finetune(task: str, encoder: Path | None, corpus: Path, out: Path, configs: 
     return scores, history.history[f"val/{metric}"], metric
 
 
+def logmel_floor(corpus: Path, task: str) -> float:
+    """A linear probe on the per-bin mean and std of each clip's log-mel (DESIGN.md §12)."""
+    frames = json.loads((corpus / "demo.json").read_text())["tasks"][task]["target_length"]
+    options = dict(classes=corpus / task / "classes.txt", target_length=frames)
+    train = load_clips(corpus / task / "train", stats=corpus / task / "stats.json", **options)
+    return logmel_baseline(train, load_clips(corpus / task / "test", stats=train.normalize, **options))
+
+
+def _cell(value: float | None, signed: bool = False) -> str:
+    return "–" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
+
+
 def table(results: list[TaskResult]) -> str:
-    lines = ["| task | metric | chance | from scratch | pretrained | difference |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | metric | chance | finetuned: scratch | finetuned: pretrained | difference "
+        "| linear probe: untrained | linear probe: pretrained | difference | linear probe: log-mel stats |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         scratch, pretrained = r.test["scratch"], r.test["pretrained"]
-        lines.append(f"| {r.task} | test {r.metric} | {r.chance:.3f} | {scratch:.3f} | {pretrained:.3f} | "
-                     f"{pretrained - scratch:+.3f} |")
+        untrained = r.probes[0]["linear"] if r.probes else None
+        probed = r.probes[-1]["linear"] if r.probes else None
+        lines.append(
+            f"| {r.task} | test {r.metric} | {r.chance:.3f} | {scratch:.3f} | {pretrained:.3f} | "
+            f"{pretrained - scratch:+.3f} | {_cell(untrained)} | {_cell(probed)} | {_cell(r.probe_gain, True)} | "
+            f"{_cell(r.logmel)} |")
     return "\n".join(lines)
+
+
+def learning_chart(results: list[TaskResult]) -> Image.Image:
+    """Probe accuracy against pretraining minutes (probes left out), a panel per task, with
+    the log-mel-statistics floor."""
+    panels = {}
+    for r in results:
+        minutes = [point["seconds"] / 60 for point in r.probes]
+        panels[r.task] = {
+            "linear probe": [(m, point["linear"]) for m, point in zip(minutes, r.probes)],
+            "kNN": [(m, point["knn"]) for m, point in zip(minutes, r.probes)],
+            "log-mel statistics": [(minutes[0], r.logmel), (minutes[-1], r.logmel)],
+        }
+    return Image.fromarray(xy_chart(panels, PROBE_COLOURS, x_label="pretraining minutes"))
 
 
 def write_report(results: list[TaskResult], out: Path, recipe: Path, corpus: Path, seconds: dict[str, float]) -> str:
     chart = line_chart({r.task: {start: r.curves[start] for start in STARTS} for r in results}, COLOURS,
                        y_label="validations")
     Image.fromarray(chart).save(out / "val_curves.png")
+    probed = all(r.probes for r in results)
+    if probed:
+        learning_chart(results).save(out / "learning.png")
     demo = json.loads((corpus / "demo.json").read_text())
     budget = ", ".join(f"{task} {demo['tasks'][task]['clips']['train']} clips ({demo['tasks'][task]['classes']} classes)"
                        for task in TASKS)
     better = sum(r.test["pretrained"] > r.test["scratch"] for r in results)
-    text = "\n".join([
-        "# ssast demo: pretrained vs from scratch", "",
+    gained = sum(r.probe_gain is not None and r.probe_gain >= 0.10 for r in results)
+    text = [
+        "# ssast demo: what pretraining on unlabeled audio buys", "",
         f"Pretraining: `{recipe.name}` on {demo['tasks']['unlabeled']['clips']['all']} unlabeled clips. "
-        f"Labeled training clips: {budget}. The same finetuning recipe and seed for both starts; "
-        "the test metric is of the checkpoint with the best validation metric.", "",
+        f"Labeled training clips: {budget}. Finetuning: the same recipe and seed from scratch and from the "
+        "pretrained encoder; the test metric is of the checkpoint with the best validation metric. Linear probes: "
+        "a logistic regression on the frozen encoder's mean token, before pretraining (the untrained encoder) "
+        "and after it, and on the per-bin mean and standard deviation of the log-mel (no encoder at all).", "",
         table(results), "",
-        f"Pretraining helps on {better} of {len(results)} tasks in this run.", "",
-        "![validation curves](val_curves.png)", "",
-        "Wall time: " + ", ".join(f"{stage} {value / 60:.1f} min" for stage, value in seconds.items()), "",
-    ])
-    (out / "report.md").write_text(text)
-    return text
+        f"Finetuned from the pretrained encoder, the test metric is higher than from scratch on {better} of "
+        f"{len(results)} tasks in this run.",
+    ]
+    if probed:
+        text += [f"Pretraining raised the linear probe by at least 0.10 on {gained} of {len(results)} tasks.", "",
+                 "![probe accuracy against pretraining minutes](learning.png)"]
+    text += ["", "![validation curves of the finetunes](val_curves.png)", "",
+             "Wall time: " + ", ".join(f"{stage} {value / 60:.1f} min" for stage, value in seconds.items()), ""]
+    (out / "report.md").write_text("\n".join(text))
+    return "\n".join(text)
 
 
 def ensure_corpus(corpus: Path, workers: int = 2) -> None:
-    """Make the demo corpus in ``corpus`` unless it is there."""
-    if not (corpus / "demo.json").exists():
+    """Make the demo corpus in ``corpus`` unless it is there (at any scale and seed), and
+    refuse one that an older version made: its figures would not be this version's."""
+    manifest = corpus / "demo.json"
+    if not manifest.exists():
         print(build_demo(corpus, workers=workers))
+    elif json.loads(manifest.read_text()).get("version") != CORPUS_VERSION:
+        sys.exit(f"ssast-demo: error: {corpus} holds a demo corpus made by an older version of ssast; make it "
+                 f"again with: ssast-demo corpus --out {corpus} --overwrite")
 
 
 def corpus_main(argv: list[str]) -> None:
@@ -130,10 +209,10 @@ def main(argv: list[str] | None = None) -> None:
         corpus_main(argv[1:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="runs, report.md and val_curves.png")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="runs, report.md and the pictures")
     parser.add_argument("--corpus", type=Path, default=Path("demo_data"), help="the demo corpus (made when missing)")
-    parser.add_argument("--pretrain", type=Path, default=REPO / "configs/pretrain/asit_demo.yaml",
-                        help="pretraining recipe (configs/pretrain/demo.yaml: MSPM)")
+    parser.add_argument("--pretrain", type=Path, default=REPO / "configs/pretrain/eat_demo.yaml",
+                        help="pretraining recipe (also asit_demo.yaml: ASiT, demo.yaml: MSPM)")
     parser.add_argument("--configs", type=Path, default=REPO / "configs/finetune",
                         help="folder of the demo_{events,keywords,speakers}.yaml finetuning recipes")
     parser.add_argument("--pretrain-arg", action="append", default=[], metavar="ARG",
@@ -141,33 +220,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--finetune-arg", action="append", default=[], metavar="ARG", help="extra ssast-finetune argument")
     args = parser.parse_args(argv)
     default_wandb_to_offline()
-    ensure_corpus(args.corpus)
-    args.out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    stages = 1 + len(TASKS) * len(STARTS)
+    stages = 2 + len(TASKS) * len(STARTS)
+
+    start = time.perf_counter()
+    ensure_corpus(args.corpus)
+    seconds["corpus"] = time.perf_counter() - start
+    args.out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
     print(f"[1/{stages}] pretraining with {args.pretrain.name}", flush=True)
-    encoder = pretrain(args.pretrain, args.corpus, args.out / "pretrain", args.pretrain_arg)
+    encoder, probes = pretrain(args.pretrain, args.corpus, args.out / "pretrain", args.pretrain_arg)
     seconds["pretraining"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    results = []
-    stage = 1
-    for task in TASKS:
-        classes = len(read_classes(args.corpus / task / "classes.txt"))
-        result = TaskResult(task, "", 1.0 / classes)
+    print(f"[2/{stages}] linear probes on log-mel statistics", flush=True)
+    results = [TaskResult(task, 1.0 / len(read_classes(args.corpus / task / "classes.txt")),
+                          probes=probes.get(task, {}).get("probes", []), logmel=logmel_floor(args.corpus, task))
+               for task in TASKS]
+    stage = 2
+    for result in results:
         for start_from in STARTS:
             stage += 1
-            print(f"[{stage}/{stages}] finetuning {task} from {start_from}", flush=True)
-            scores, curve, metric = finetune(task, encoder if start_from == "pretrained" else None, args.corpus,
-                                             args.out / f"{task}-{start_from}", args.configs, args.finetune_arg)
+            print(f"[{stage}/{stages}] finetuning {result.task} from {start_from}", flush=True)
+            scores, curve, metric = finetune(result.task, encoder if start_from == "pretrained" else None,
+                                             args.corpus, args.out / f"{result.task}-{start_from}", args.configs,
+                                             args.finetune_arg)
             result.metric, result.test[start_from], result.curves[start_from] = metric, scores[f"test/{metric}"], curve
-        results.append(result)
     seconds["finetuning"] = time.perf_counter() - start
 
     write_report(results, args.out, args.pretrain, args.corpus, seconds)
-    print(f"\n{table(results)}\n\nreport: {args.out / 'report.md'}, curves: {args.out / 'val_curves.png'}")
+    print(f"\n{table(results)}\n\nreport: {args.out / 'report.md'}, pictures: {args.out / 'learning.png'}, "
+          f"{args.out / 'val_curves.png'}")
 
 
 if __name__ == "__main__":
