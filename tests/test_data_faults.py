@@ -420,5 +420,6 @@ def test_a_killed_demo_build_is_built_again_without_overwrite(tmp_path):
     build_demo(out, scale=0.1, seed=3, progress=False)  # no overwrite needed: it was never finished
     assert (out / "demo.json").exists()
     assert not any(interrupted_output(folder) for folder in out.rglob("*") if folder.is_dir())
+    assert "already there" in str(build_demo(out, scale=0.1, seed=3, progress=False))  # finished: kept
     with pytest.raises(FileExistsError, match="overwrite"):
-        build_demo(out, scale=0.1, seed=3, progress=False)
+        build_demo(out, scale=0.1, seed=4, progress=False)
