@@ -4,6 +4,7 @@ checkpoints in their published layouts, and a local HTTP server. Fixtures live i
 
 from __future__ import annotations
 
+import csv
 import functools
 import http.server
 import io
@@ -230,3 +231,9 @@ def http_server(folder: Path, handler: type[http.server.BaseHTTPRequestHandler] 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def logged(run: Path, name: str) -> list[float]:
+    """Every value of ``name`` a run's CSVLogger (``<run>/csv/version_0``) wrote, in order."""
+    rows = list(csv.DictReader((run / "csv/version_0/metrics.csv").open()))
+    return [float(row[name]) for row in rows if row.get(name)]

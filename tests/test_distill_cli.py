@@ -1,7 +1,6 @@
 """ssast-pretrain with the ASiT recipe end to end on a small demo corpus, and the centers
 averaged across two real processes."""
 
-import csv
 import json
 from pathlib import Path
 
@@ -15,12 +14,9 @@ from finetune.module import Finetune
 from pretrain.cli import main
 from ssast.losses import CenteredDistillation
 
+from helpers import logged
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def logged(run: Path, name: str) -> list[float]:
-    rows = list(csv.DictReader((run / "csv/version_0/metrics.csv").open()))
-    return [float(row[name]) for row in rows if row.get(name)]
 
 
 @pytest.mark.slow

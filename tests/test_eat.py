@@ -3,7 +3,6 @@ the EMA schedule, the recipes' published values, and the demo recipe end to end.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -19,6 +18,8 @@ from pretrain.eat import EAT
 from ssast.demo.runner import recipe_for
 from ssast.heads import ConvDecoder
 from ssast.losses import layer_averaged_targets, scaled_squared_error
+
+from helpers import logged
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -264,11 +265,6 @@ def test_demo_recipe_uses_frame_tokens_on_a_mini_model(capsys):
     model, data = config["model"]["init_args"], config["data"]["init_args"]
     assert (model["size"], model["fshape"], model["tshape"]) == ("mini", 128, 2)
     assert data["train"] == "demo_data/unlabeled"
-
-
-def logged(run: Path, name: str) -> list[float]:
-    rows = list(csv.DictReader((run / "csv/version_0/metrics.csv").open()))
-    return [float(row[name]) for row in rows if row.get(name)]
 
 
 @pytest.mark.slow

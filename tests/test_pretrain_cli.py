@@ -1,7 +1,6 @@
 """ssast-pretrain end to end on a small demo corpus: loss falls, exports load, resume
 continues, and DDP over two CPU processes neither hangs nor drifts."""
 
-import csv
 import json
 import os
 import subprocess
@@ -13,6 +12,8 @@ import torch
 
 import ssast
 from pretrain.cli import main
+
+from helpers import logged
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -34,11 +35,6 @@ def cli_args(corpus: Path, run: Path, epochs: int, *extra: str) -> list[str]:
         "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(run),
         "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false", *extra,
     ]
-
-
-def logged(run: Path, name: str) -> list[float]:
-    rows = list(csv.DictReader((run / "csv/version_0/metrics.csv").open()))
-    return [float(row[name]) for row in rows if row.get(name)]
 
 
 def test_demo_recipe_learns_exports_and_resumes(corpus, tmp_path):
