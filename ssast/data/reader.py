@@ -219,6 +219,16 @@ def _is_local(url: str) -> bool:
     return url.startswith("file:") or re.match(r"^[a-zA-Z][\w+.-]*:", url) is None
 
 
+def find_beside(shards: str | Path, name: str) -> Path | None:
+    """The file ``name`` (``classes.txt``, ``stats.json``) in the shards' folder or the folder
+    above it (a dataset root holding split folders); ``None`` when neither has it."""
+    folder = Path(shards)
+    for candidate in (folder / name, folder.parent / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def read_classes(path: str | Path) -> list[str]:
     """Class names from a ``classes.txt`` (one per line; the line number is the index)."""
     classes = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -22,21 +21,12 @@ import torch
 from ssast.checkpoints import Preprocessing
 from ssast.data.reader import (
     FIX_REASONS, SHARD_EVENTS, SKIP_REASONS, EpochLoader, EvalLoader, ReaderOptions, ShardStream, SkipCounter,
-    list_shards, read_classes,
+    find_beside, list_shards, read_classes,
 )
 from ssast.data.stats import read_stats
 from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames
 
 log = logging.getLogger(__name__)
-
-
-def _beside(shards: str, name: str) -> Path | None:
-    """``name`` in the shards' folder or the folder above (a dataset root with split folders)."""
-    folder = Path(shards)
-    for candidate in (folder / name, folder.parent / name):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 class AudioDataModule(L.LightningDataModule):
@@ -107,7 +97,7 @@ class AudioDataModule(L.LightningDataModule):
         if self._class_names is None and self.hparams.classes is not None:
             path = self.hparams.classes
             if path == "auto":
-                path = _beside(self._first_train_source, "classes.txt")
+                path = find_beside(self._first_train_source, "classes.txt")
             if path is None:
                 raise FileNotFoundError(f"classes='auto' but there is no classes.txt beside {self._first_train_source}")
             self._class_names = read_classes(path)
@@ -140,7 +130,7 @@ class AudioDataModule(L.LightningDataModule):
         if self.normalize is not None:
             return
         hp = self.hparams
-        stats_path = _beside(self._first_train_source, "stats.json") if hp.stats == "auto" else hp.stats
+        stats_path = find_beside(self._first_train_source, "stats.json") if hp.stats == "auto" else hp.stats
         if stats_path in PUBLISHED_STATS:
             self.normalize = Normalize.published(stats_path)
         elif stats_path is None:

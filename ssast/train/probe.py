@@ -34,9 +34,9 @@ from typing import Any, NamedTuple
 
 import lightning as L
 
+from ssast.data.reader import find_beside
 from ssast.files import written_atomically
 from ssast.probe import DEFAULT_L2, LabeledClips, load_clips, probe
-from ssast.train.datamodule import _beside
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ProbeTask:
         if value != "auto":
             return value
         first = self.train if isinstance(self.train, str) else self.train[0]
-        found = _beside(first, f"{name}.txt" if name == "classes" else f"{name}.json")
+        found = find_beside(first, f"{name}.txt" if name == "classes" else f"{name}.json")
         return str(found) if found is not None else None
 
 
