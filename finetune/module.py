@@ -26,7 +26,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
 
 from ssast.augment import roll_frames
-from ssast.checkpoints import Checkpoint, CheckpointError, adapt_encoder, load_checkpoint
+from ssast.checkpoints import Checkpoint, CheckpointError, load_checkpoint
 from ssast.encoder import ASTEncoder, EncoderConfig, Pooling
 from ssast.heads import ClassificationHead
 from ssast.train.module import EncoderModule
@@ -80,9 +80,10 @@ def build_encoder(hp: Any) -> ASTEncoder:
             input_tdim=hp.input_tdim, drop_path=hp.drop_path,
         )
         return ASTEncoder(config.replace(**strides))
-    checkpoint = load_checkpoint(hp.init_from)
+    # Adapted while loading: an ImageNet ViT has no audio grid to adapt from afterwards.
+    checkpoint = load_checkpoint(hp.init_from, input_tdim=hp.input_tdim, drop_path=hp.drop_path, **strides)
     check_recipe_fits(checkpoint, hp)
-    return adapt_encoder(checkpoint.encoder, input_tdim=hp.input_tdim, drop_path=hp.drop_path, **strides)
+    return checkpoint.encoder
 
 
 def check_recipe_fits(checkpoint: Checkpoint, hp: Any) -> None:
@@ -110,7 +111,8 @@ class Finetune(EncoderModule):
     Args:
         num_classes: number of classes (linked from the data by the CLI).
         task: ``multiclass`` (cross-entropy, accuracy) or ``multilabel`` (BCE, mAP).
-        init_from: checkpoint to start from (ours, official SSAST, Hugging Face AST, ASiT);
+        init_from: checkpoint to start from (ours, official SSAST, Hugging Face AST, ASiT, or
+            an ImageNet ViT/DeiT, adapted as AST does);
             ``None`` trains from scratch (the baseline).
         size: encoder size from scratch (``None``: ``base``); with ``init_from``, ``None``
             or the checkpoint's size, which is checked.
@@ -185,6 +187,12 @@ class Finetune(EncoderModule):
             self.test_metric = MultilabelAveragePrecision(num_classes, average="macro")
             self.confusion = None
         self.metric_name = "acc" if task == "multiclass" else "mAP"
+
+    def exported_classifier(self) -> dict[str, Any]:
+        # Checkpoints carry the head, its pooling and class names: load_checkpoint reads the
+        # finetuned model back whole, and ssast-export publishes it.
+        return {"head": self.head, "head_attribute": "head", "pooling": self.hparams.pooling,
+                "labels": self.hparams.class_names}
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` of normalized log-mels ``[B, T, F]``."""

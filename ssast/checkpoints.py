@@ -11,15 +11,19 @@ looked like and the keys at fault; nothing is ever loaded partially.
 
 Formats:
 
-* ``ssast-encoder``: written by :func:`save_encoder` (``.pt`` or ``.safetensors``);
+* ``ssast-encoder``: written by :func:`save_encoder` (``.pt`` or ``.safetensors``), or a
+  ``save_pretrained`` folder of :class:`ssast.hub.HubEncoder` (with its classifier, if any);
 * ``ssast-lightning``: a Lightning checkpoint of this project (``state_dict`` with the
-  ``encoder_prefix`` beside it, ``encoder.`` or ASiT's ``teacher.``, and ``encoder_config``);
+  ``encoder_prefix`` beside it, ``encoder.`` or ASiT's ``teacher.``, and ``encoder_config``;
+  a finetuning run's also its ``classifier``: see :func:`lightning_metadata`);
 * ``ssast-official``: the official SSAST ``.pth`` files, pretrained (``module.v.*``,
   ``mask_embed``, ``cpredlayer``/``gpredlayer``, ``p_input_fdim/tdim``) or finetuned
   (``module.v.*``, ``module.mlp_head.*``), with or without DataParallel's ``module.``;
 * ``huggingface-ast``: ``ASTModel`` / ``ASTForAudioClassification``, as a
   ``save_pretrained`` folder or a bare state dict, in transformers 4 or 5 names;
-* ``asit``: an ASiT ``.pt`` with timm ViT keys, possibly under ``teacher``/``student``.
+* ``asit``: an ASiT ``.pt`` with timm ViT keys, possibly under ``teacher``/``student``;
+* ``imagenet-vit``: a timm/DeiT ImageNet ViT (RGB patch projection), adapted to audio as
+  AST does (:func:`imagenet_to_audio`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import json
 import pickle
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,12 +111,16 @@ def load_checkpoint(
     (finetuned SSAST, bare Hugging Face state dicts, ASiT) are read as stride 10 (AST's
     finetuning) or stride = patch shape, whichever fits; pass ``stored_strides`` when
     neither is right. ``num_heads`` is read as ``embed_dim // 64`` unless given.
+
+    An ImageNet ViT (format ``imagenet-vit``) has no audio geometry of its own: it is
+    converted straight to the one asked for, AST's ``fstride=10, tstride=10,
+    input_tdim=1024`` unless ``overrides`` say otherwise (see :func:`imagenet_to_audio`).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     _check_adjustable(overrides)
-    parsed = _parse(path, _Hints(stored_strides, num_heads))
+    parsed = _parse(path, _Hints(stored_strides, num_heads, overrides))
     encoder = adapt_encoder(_load_strict(path, parsed), **overrides)
     target = encoder.config
     head = None
@@ -170,15 +179,32 @@ def save_encoder(encoder: ASTEncoder, path: str | Path, preprocessing: Preproces
 
 
 def lightning_metadata(
-    encoder: ASTEncoder, attribute: str = "encoder", preprocessing: Preprocessing | None = None
+    encoder: ASTEncoder,
+    attribute: str = "encoder",
+    preprocessing: Preprocessing | None = None,
+    *,
+    head: ClassificationHead | None = None,
+    head_attribute: str = "head",
+    pooling: Pooling = "mean",
+    labels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """What a Lightning checkpoint of a module holding ``encoder`` as ``module.<attribute>``
     needs beside its ``state_dict`` for :func:`load_checkpoint` to read that encoder back
     (format ``ssast-lightning``): the prefix of its weights, its config and, when known, the
-    input preprocessing."""
+    input preprocessing.
+
+    A module with a classifier ``head`` (as ``module.<head_attribute>``) records it too, with
+    the ``pooling`` it reads and its class ``labels``, so that the checkpoint loads as a whole
+    model (``Checkpoint.head``) and exports as one (``ssast-export``). Checkpoints without
+    this record load as an encoder alone, as they always did."""
     metadata: dict[str, Any] = {"encoder_prefix": f"{attribute}.", "encoder_config": encoder.config.to_dict()}
     if preprocessing is not None:
         metadata["preprocessing"] = dict(preprocessing.__dict__)
+    if head is not None:
+        metadata["classifier"] = {
+            "prefix": f"{head_attribute}.", "pooling": pooling, "layer_norm_eps": head.norm.eps,
+            "labels": None if labels is None else [str(label) for label in labels],
+        }
     return metadata
 
 
@@ -190,6 +216,8 @@ def lightning_metadata(
 class _Hints:
     stored_strides: tuple[int, int] | None
     num_heads: int | None
+    # The geometry asked for: a file without an audio geometry (an ImageNet ViT) is converted to it.
+    target: dict[str, Any] = field(default_factory=dict)
 
 
 def refusal_reason(error: pickle.UnpicklingError) -> str:
@@ -238,7 +266,7 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 
 def _parse(path: Path, hints: _Hints) -> _Parsed:
     if path.is_dir():
-        return _parse_huggingface_folder(path, hints)
+        return _parse_folder(path, hints)
     if path.suffix == ".safetensors":
         tensors, metadata = _read_safetensors(path)
         if metadata.get("format") == OUR_FORMAT:
@@ -256,7 +284,15 @@ def _parse(path: Path, hints: _Hints) -> _Parsed:
         prefix = obj.get("encoder_prefix", "encoder.")  # "teacher." for ASiT runs
         state = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
         preprocessing = Preprocessing(**obj.get("preprocessing", {}))
-        return _Parsed("ssast-lightning", EncoderConfig(**obj["encoder_config"]), state, preprocessing)
+        # Finetuning runs record their classifier; pretraining runs, and runs from before the
+        # record existed, load as an encoder alone.
+        classifier = {}
+        if (record := obj.get("classifier")) is not None:
+            head_prefix = record["prefix"]
+            head_state = {k[len(head_prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(head_prefix)}
+            classifier = _classifier(path, "ssast-lightning", record, head_state)
+            classifier["pooling"] = _pooling(path, "ssast-lightning", record.get("pooling", "mean"))
+        return _Parsed("ssast-lightning", EncoderConfig(**obj["encoder_config"]), state, preprocessing, **classifier)
     for branch in ("teacher", "student"):  # the teacher, an EMA of the student, transfers better
         if isinstance(obj.get(branch), dict):
             return _parse_asit(path, _tensors(obj[branch]), hints)
@@ -268,6 +304,9 @@ def _parse(path: Path, hints: _Hints) -> _Parsed:
         return _parse_official_ssast(path, state, hints)
     if any(key.endswith("embeddings.patch_embeddings.projection.weight") for key in state):
         return _parse_huggingface(path, state, None, hints)
+    projection = state.get("patch_embed.proj.weight")
+    if projection is not None and projection.shape[1] == 3:  # RGB input channels: an image model
+        return _parse_imagenet(path, state, hints)
     if "patch_embed.proj.weight" in _strip(state, "backbone."):
         return _parse_asit(path, state, hints)
     sample = ", ".join(sorted(obj)[:8])
@@ -354,57 +393,87 @@ def _parse_official_ssast(path: Path, state: dict[str, torch.Tensor], hints: _Hi
                    "mean", None, extra)
 
 
-# Transformers 4 names -> transformers 5 names, then 5 -> ours.
-_HF4_TO_HF5 = [
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"layers.\1.attention.q_proj."),
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"layers.\1.attention.k_proj."),
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"layers.\1.attention.v_proj."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attention.o_proj."),
-    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.mlp.fc1."),
-    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.mlp.fc2."),
-    (r"^encoder\.layer\.(\d+)\.layernorm_", r"layers.\1.layernorm_"),
+# The Hugging Face AST parameter names, one table read both ways (loading them here, writing
+# them in ssast.hub): ours, transformers 5's, transformers 4's. Transformers 4's are those of
+# the Hub's files, and transformers 5 still reads and writes them. Name prefixes, "{i}" standing
+# for a block index; a classifier is ours under "head.". Our fused qkv is three tensors there:
+# "qkv.q." and so on name its thirds.
+HF_AST_NAMES: list[tuple[str, str, str]] = [
+    ("cls_token", "embeddings.cls_token", "embeddings.cls_token"),
+    ("dist_token", "embeddings.distillation_token", "embeddings.distillation_token"),
+    ("pos_embed", "embeddings.position_embeddings", "embeddings.position_embeddings"),
+    ("patch_embed.proj.", "embeddings.patch_embeddings.projection.", "embeddings.patch_embeddings.projection."),
+    ("blocks.{i}.attn.qkv.q.", "layers.{i}.attention.q_proj.", "encoder.layer.{i}.attention.attention.query."),
+    ("blocks.{i}.attn.qkv.k.", "layers.{i}.attention.k_proj.", "encoder.layer.{i}.attention.attention.key."),
+    ("blocks.{i}.attn.qkv.v.", "layers.{i}.attention.v_proj.", "encoder.layer.{i}.attention.attention.value."),
+    ("blocks.{i}.attn.proj.", "layers.{i}.attention.o_proj.", "encoder.layer.{i}.attention.output.dense."),
+    ("blocks.{i}.norm1.", "layers.{i}.layernorm_before.", "encoder.layer.{i}.layernorm_before."),
+    ("blocks.{i}.norm2.", "layers.{i}.layernorm_after.", "encoder.layer.{i}.layernorm_after."),
+    ("blocks.{i}.mlp.fc1.", "layers.{i}.mlp.fc1.", "encoder.layer.{i}.intermediate.dense."),
+    ("blocks.{i}.mlp.fc2.", "layers.{i}.mlp.fc2.", "encoder.layer.{i}.output.dense."),
+    ("norm.", "layernorm.", "layernorm."),
+    ("head.norm.", "classifier.layernorm.", "classifier.layernorm."),
+    ("head.linear.", "classifier.dense.", "classifier.dense."),
 ]
-_HF5_TO_OURS = [
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.distillation_token$", "dist_token"),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^layers\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
-    (r"^layers\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-    (r"^layers\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-    (r"^layers\.(\d+)\.mlp\.", r"blocks.\1.mlp."),
-    (r"^layernorm\.", "norm."),
-]
+OURS, HF5, HF4 = 0, 1, 2  # the columns
+# Transformers' classifier model keeps its encoder under this prefix (its base model's name).
+HF_ENCODER_PREFIX = "audio_spectrogram_transformer."
+_QKV = re.compile(r"^(blocks\.\d+\.attn\.qkv)\.(weight|bias)$")
+_QKV_PART = re.compile(r"^(blocks\.\d+\.attn\.qkv)\.([qkv])\.(weight|bias)$")
 
 
-def _rename(key: str, rules: list[tuple[str, str]]) -> str:
-    for pattern, replacement in rules:
-        key, count = re.subn(pattern, replacement, key)
-        if count:
-            break
-    return key
+def _hf_rename(key: str, source: int, target: int) -> str | None:
+    """``key`` moved from one column of :data:`HF_AST_NAMES` to another; ``None`` when no row
+    names it."""
+    for row in HF_AST_NAMES:
+        if match := re.match(re.escape(row[source]).replace(r"\{i\}", r"(?P<i>\d+)"), key):
+            return row[target].replace("{i}", match.groupdict().get("i") or "") + key[match.end() :]
+    return None
+
+
+def to_huggingface_state(encoder: ASTEncoder, head: ClassificationHead | None = None) -> dict[str, torch.Tensor]:
+    """The weights of ``encoder`` (and of its classifier ``head``) under the names of a
+    transformers AST file: ``ASTModel``'s, or ``ASTForAudioClassification``'s when there is a
+    head. Transformers 4 names, as the Hub's AST files have. The geometry must be one
+    transformers has (``ssast.hub`` checks it); the mask token, used only to pretrain, stays
+    behind."""
+    state = {name: tensor for name, tensor in encoder.state_dict().items() if name != "mask_embed"}
+    if head is not None:
+        state |= {f"head.{name}": tensor for name, tensor in head.state_dict().items()}
+    renamed: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if match := _QKV.match(key):  # one tensor here, three there
+            parts = {f"{match[1]}.{part}.{match[2]}": third for part, third in zip("qkv", tensor.chunk(3))}
+        else:
+            parts = {key: tensor}
+        for part, value in parts.items():
+            name = _hf_rename(part, OURS, HF4)
+            if name is None:
+                raise ValueError(f"{key} has no counterpart in a transformers AST")
+            if head is not None and not name.startswith("classifier."):
+                name = HF_ENCODER_PREFIX + name
+            # Own storage for each (safetensors refuses tensors that share memory).
+            renamed[name] = value.detach().cpu().clone().contiguous()
+    return renamed
 
 
 def _parse_huggingface(
     path: Path, state: dict[str, torch.Tensor], hf_config: dict | None, hints: _Hints
 ) -> _Parsed:
     format = "huggingface-ast"
-    state = {k.removeprefix("audio_spectrogram_transformer."): v for k, v in state.items()}
-    head_state = {
-        {"classifier.layernorm.weight": "norm.weight", "classifier.layernorm.bias": "norm.bias",
-         "classifier.dense.weight": "linear.weight", "classifier.dense.bias": "linear.bias"}[k]: v
-        for k, v in state.items() if k.startswith("classifier.")
-    } or None
     encoder_state: dict[str, torch.Tensor] = {}
+    head_state: dict[str, torch.Tensor] = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
-        if key.startswith("classifier."):
-            continue
-        key = _rename(_rename(key, _HF4_TO_HF5), _HF5_TO_OURS)
-        if match := re.match(r"^layers\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$", key):
-            qkv.setdefault(f"blocks.{match.group(1)}.attn.qkv.{match.group(3)}", {})[match.group(2)] = value
+        key = key.removeprefix(HF_ENCODER_PREFIX)
+        # A name no row knows is kept as it is, and the strict load below names it.
+        name = _hf_rename(key, HF5, OURS) or _hf_rename(key, HF4, OURS) or key
+        if match := _QKV_PART.match(name):
+            qkv.setdefault(f"{match[1]}.{match[3]}", {})[match[2]] = value
+        elif name.startswith("head."):
+            head_state[name.removeprefix("head.")] = value
         else:
-            encoder_state[key] = value
+            encoder_state[name] = value
     for key, parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise CheckpointError(path, format, f"{key}: only {sorted(parts)} of q, k, v are present")
@@ -426,14 +495,70 @@ def _parse_huggingface(
         grid = _grid_geometry(path, format, num_patches, geometry["fshape"], geometry["tshape"], candidates)
         config = EncoderConfig(**geometry, **grid, layer_norm_eps=1e-12)  # transformers' default eps
     return _Parsed(format, config, encoder_state, Preprocessing(target_length=config.input_tdim),
-                   frozenset({"mask_embed"}), head_state, config.layer_norm_eps, "cls")
+                   frozenset({"mask_embed"}), head_state or None, config.layer_norm_eps, "cls")
 
 
-def _parse_huggingface_folder(path: Path, hints: _Hints) -> _Parsed:
+def _parse_folder(path: Path, hints: _Hints) -> _Parsed:
+    """A ``save_pretrained`` folder: this project's (:class:`ssast.hub.HubEncoder`) or a
+    Hugging Face AST's, told apart by their ``config.json``."""
     config_file = path / "config.json"
     if not config_file.exists():
-        raise CheckpointError(path, "folder", "a folder checkpoint must be a Hugging Face save_pretrained folder")
-    hf_config = json.loads(config_file.read_text())
+        raise CheckpointError(path, "folder", "a folder checkpoint must be a save_pretrained folder (config.json "
+                                              "beside the weights) of a Hugging Face AST or of ssast.hub")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(path, "folder", f"config.json is not JSON ({error})") from None
+    if config.get("format") == OUR_FORMAT:
+        return _parse_our_folder(path, config)
+    return _parse_huggingface_folder(path, config, hints)
+
+
+def _classifier(path: Path, format: str, record: dict[str, Any], head_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The :class:`_Parsed` fields of a classifier this project recorded (in a Lightning
+    checkpoint or a :class:`ssast.hub.HubEncoder` folder), checked against its weights."""
+    if not head_state:
+        raise CheckpointError(path, format, "records a classifier but holds none of its weights")
+    labels = record.get("labels")
+    weight = head_state.get("linear.weight")
+    if labels is not None and weight is not None and len(labels) != weight.shape[0]:
+        raise CheckpointError(path, format, f"{len(labels)} labels for a classifier of {weight.shape[0]} classes")
+    return {"head_state": head_state, "head_eps": float(record.get("layer_norm_eps", 1e-5)),
+            "labels": None if labels is None else list(labels)}
+
+
+def _pooling(path: Path, format: str, pooling: Any) -> Pooling:
+    if pooling not in ("mean", "cls"):
+        raise CheckpointError(path, format, f"records pooling {pooling!r}, not 'mean' or 'cls'")
+    return pooling
+
+
+def _parse_our_folder(path: Path, config: dict[str, Any]) -> _Parsed:
+    """A folder :class:`ssast.hub.HubEncoder` saved: ``config.json`` (``encoder``,
+    ``preprocessing``, ``pooling``, ``classifier`` or null) and ``model.safetensors``
+    (``encoder.*``, ``head.*``)."""
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise CheckpointError(path, OUR_FORMAT, "no model.safetensors beside its config.json")
+    tensors, _ = _read_safetensors(weights)
+    unexpected = sorted(key for key in tensors if not key.startswith(("encoder.", "head.")))
+    if unexpected:
+        raise CheckpointError(path, OUR_FORMAT, f"unexpected keys: {', '.join(unexpected[:10])}")
+    encoder_state = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
+    head_state = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
+    try:
+        encoder_config = EncoderConfig(**config["encoder"])
+        preprocessing = Preprocessing(**config["preprocessing"])
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(path, OUR_FORMAT, f"config.json lacks or garbles {error}") from None
+    if head_state and not config.get("classifier"):
+        raise CheckpointError(path, OUR_FORMAT, "holds classifier weights (head.*) that config.json does not record")
+    classifier = _classifier(path, OUR_FORMAT, config["classifier"], head_state) if config.get("classifier") else {}
+    pooling = _pooling(path, OUR_FORMAT, config.get("pooling", "mean"))
+    return _Parsed(OUR_FORMAT, encoder_config, encoder_state, preprocessing, pooling=pooling, **classifier)
+
+
+def _parse_huggingface_folder(path: Path, hf_config: dict[str, Any], hints: _Hints) -> _Parsed:
     if hf_config.get("model_type") != "audio-spectrogram-transformer":
         raise CheckpointError(path, "huggingface", f"model_type is {hf_config.get('model_type')!r}, not an AST")
     if (path / "model.safetensors").exists():
@@ -471,6 +596,45 @@ def _parse_asit(path: Path, state: dict[str, torch.Tensor], hints: _Hints) -> _P
     config = EncoderConfig(**geometry, **grid)
     return _Parsed(format, config, encoder_state, Preprocessing(target_length=config.input_tdim),
                    frozenset({"mask_embed"}), extra=extra)
+
+
+# AST's finetuning geometry, what an ImageNet ViT becomes unless told otherwise.
+IMAGENET_AUDIO_DEFAULTS = {"fstride": 10, "tstride": 10, "input_tdim": 1024}
+
+
+def imagenet_to_audio(
+    state: dict[str, torch.Tensor], config: EncoderConfig, num_lead_tokens: int
+) -> dict[str, torch.Tensor]:
+    """An ImageNet ViT's weights (timm names, RGB patch projection, square grid of position
+    embeddings) made into those of an audio encoder of geometry ``config``, as the official
+    AST code does: the projection's three input channels summed into one (its bias kept), and
+    the grid of position embeddings cut from the middle or bilinearly stretched along time,
+    then along frequency (:func:`~ssast.encoder.adapt_pos_embed`); the leading tokens kept."""
+    state = dict(state)
+    state["patch_embed.proj.weight"] = state["patch_embed.proj.weight"].sum(dim=1, keepdim=True)
+    num_patches = state["pos_embed"].shape[1] - num_lead_tokens
+    side = round(num_patches**0.5)
+    if side * side != num_patches:
+        raise ValueError(f"{num_patches} position embeddings do not form a square image grid")
+    state["pos_embed"] = adapt_pos_embed(state["pos_embed"], num_lead_tokens, (side, side), config.grid)
+    return state
+
+
+def _parse_imagenet(path: Path, state: dict[str, torch.Tensor], hints: _Hints) -> _Parsed:
+    format = "imagenet-vit"
+    encoder_state = {k: v for k, v in state.items() if not _UNUSED_VIT_HEADS.match(k)}
+    geometry = _geometry(path, format, encoder_state, hints)
+    if geometry["fshape"] != geometry["tshape"]:
+        raise CheckpointError(path, format, f"patches of {geometry['fshape']}x{geometry['tshape']} are not square")
+    target = {**IMAGENET_AUDIO_DEFAULTS, **hints.target}
+    try:
+        config = EncoderConfig(**geometry, **target, layer_norm_eps=1e-6)  # timm's ViT eps
+        encoder_state = imagenet_to_audio(encoder_state, config, geometry["num_lead_tokens"])
+    except ValueError as error:
+        raise CheckpointError(path, format, str(error)) from None
+    # ImageNet statistics mean nothing for log-mels: AudioSet's, as AST uses.
+    return _Parsed(format, config, encoder_state, Preprocessing(target_length=config.input_tdim),
+                   frozenset({"mask_embed"}))
 
 
 def _load_module(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, format: str, what: str) -> None:

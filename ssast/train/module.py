@@ -8,7 +8,8 @@ re-implement:
 * state that moves with the weights outside the optimizer (an EMA teacher, running centers)
   moves in :meth:`~EncoderModule.after_optimizer_step`, only when the step was taken;
 * the data's health (samples read, skipped and fixed, shards retried) is logged;
-* Lightning checkpoints carry what ``ssast.load_encoder`` needs to read the encoder back.
+* Lightning checkpoints carry what ``ssast.load_checkpoint`` needs to read the encoder (and a
+  finetuned classifier) back.
 """
 
 from __future__ import annotations
@@ -171,7 +172,15 @@ class EncoderModule(L.LightningModule):
         checkpoint["nonfinite_steps"] = {"total": self.nonfinite_steps, "consecutive": self.consecutive_nonfinite}
         datamodule = self.attached_datamodule()
         preprocessing = datamodule.preprocessing if datamodule is not None and datamodule.normalize is not None else None
-        checkpoint.update(lightning_metadata(self.exported_encoder, self.exported, preprocessing))
+        checkpoint.update(lightning_metadata(self.exported_encoder, self.exported, preprocessing,
+                                             **self.exported_classifier()))
+
+    def exported_classifier(self) -> dict[str, Any]:
+        """The classifier that checkpoints carry beside the exported encoder, as keyword
+        arguments of :func:`~ssast.checkpoints.lightning_metadata` (``head``,
+        ``head_attribute``, ``pooling``, ``labels``); a module with a head returns them so that
+        ``load_checkpoint`` and ``ssast-export`` read the whole model. None here."""
+        return {}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         counts = checkpoint.get("nonfinite_steps", {})
