@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python benchmarks/encoder.py
 	$(BIN)/python benchmarks/pretrain_step.py
 	$(BIN)/python benchmarks/pretrain_step.py --method distill
+	$(BIN)/python benchmarks/embed.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs .pytest_cache

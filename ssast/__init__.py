@@ -1,12 +1,12 @@
 """ssast: self-supervised pretraining of Audio Spectrogram Transformers."""
 
 from ssast.checkpoints import Checkpoint, CheckpointError, Preprocessing, load_checkpoint, load_encoder, save_encoder
-from ssast.embed import Embedder, Embeddings
+from ssast.embed import Embedder, Embeddings, WindowEmbeddings, Windowing
 from ssast.encoder import ASTEncoder, EncoderConfig
 from ssast.hub import HubEncoder
 
 __version__ = "0.1.0.dev0"
 __all__ = [
     "ASTEncoder", "Checkpoint", "CheckpointError", "Embedder", "Embeddings", "EncoderConfig", "HubEncoder",
-    "Preprocessing", "load_checkpoint", "load_encoder", "save_encoder",
+    "Preprocessing", "WindowEmbeddings", "Windowing", "load_checkpoint", "load_encoder", "save_encoder",
 ]

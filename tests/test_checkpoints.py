@@ -5,14 +5,12 @@ import os
 import re
 
 import pytest
-import soundfile
 import torch
 import transformers  # a [dev] dependency, for the parity tests only
 
-from ssast import CheckpointError, Embedder, load_checkpoint, load_encoder, save_encoder
+from ssast import CheckpointError, load_checkpoint, load_encoder, save_encoder
 from ssast.checkpoints import Preprocessing
 from ssast.encoder import ASTEncoder, adapt_pos_embed
-from ssast.features import Fbank, Normalize, fit_frames
 
 from helpers import hf_config, ssast_state, tiny_encoder
 
@@ -200,27 +198,3 @@ def test_errors_name_the_file_the_format_and_the_keys(tmp_path):
         load_encoder(tmp_path / "garbage.pth")
     with pytest.raises(FileNotFoundError):
         load_encoder(tmp_path / "nowhere.pth")
-
-
-# --- embeddings -----------------------------------------------------------------------
-
-def test_embedder_from_waveforms_and_files(tmp_path):
-    encoder = tiny_encoder()
-    save_encoder(encoder, tmp_path / "enc.pt", Preprocessing(-5.0, 4.0, 96))
-    generator = torch.Generator().manual_seed(0)
-    waveforms = [0.1 * torch.randn(n, generator=generator) for n in (16000, 9000)]
-    for index, waveform in enumerate(waveforms):
-        soundfile.write(tmp_path / f"{index}.wav", waveform.numpy(), 16000, subtype="FLOAT")
-    embedder = Embedder(tmp_path / "enc.pt")
-    from_files = embedder([tmp_path / "0.wav", str(tmp_path / "1.wav")])
-    from_tensors = embedder(waveforms)
-    assert from_files.clip.shape == (2, 128) and from_files.tokens.shape == (2, 48, 128)
-    assert torch.allclose(from_files.clip, from_tensors.clip, atol=1e-6)
-    # What it computes: Kaldi fbank, padding in the fbank, the checkpoint's normalization.
-    features = Normalize(-5.0, 4.0)(fit_frames(Fbank()(waveforms[1]), 96))
-    expected = encoder.pool(encoder(features[None]), "mean")
-    assert torch.allclose(from_tensors.clip[1], expected[0], atol=1e-5)
-    assert torch.allclose(Embedder(tmp_path / "enc.pt", batch_size=1)(waveforms).clip, from_tensors.clip, atol=1e-5)
-    assert torch.allclose(Embedder(tmp_path / "enc.pt", pooling="cls")(waveforms[:1]).clip,
-                          encoder.pool(encoder(Normalize(-5.0, 4.0)(fit_frames(Fbank()(waveforms[0]), 96))[None]), "cls"),
-                          atol=1e-5)

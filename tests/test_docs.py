@@ -41,8 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 # In reading order, but the README last: its commands reuse what the guides made.
 GUIDES = [
     "docs/index.md", "docs/quickstart.md", "docs/data.md", "docs/pretraining.md", "docs/finetuning.md",
-    "docs/checkpoints.md", "docs/tracking.md", "docs/scaling.md", "docs/reproducing.md", "docs/reliability.md",
-    "README.md",
+    "docs/checkpoints.md", "docs/embeddings.md", "docs/tracking.md", "docs/scaling.md", "docs/reproducing.md",
+    "docs/reliability.md", "README.md",
 ]
 LANGUAGES = {"bash", "python", "yaml", "text", "csv"}
 DIRECTIVE = re.compile(r"^<!--\s*docs-test:\s*(.*?)\s*-->$")

@@ -401,7 +401,7 @@ class _ShardSamples:
     ``stream.options.shard_retries`` times with a doubling delay, and a retry picks up after the
     samples already given, so none is given twice (nor the end of a shard lost to a
     dropped connection). A shard that still fails is skipped with a warning naming it,
-    counted, and marked ``failed``. Reading is strict (:func:`_shard_members`): a shard
+    counted, and marked ``failed``. Reading is strict (:func:`shard_samples`): a shard
     cut short fails rather than end early."""
 
     def __init__(self, stream: ShardStream, url: str) -> None:
@@ -412,7 +412,7 @@ class _ShardSamples:
         stream, options, given = self.stream, self.stream.options, 0
         for attempt in range(options.shard_retries + 1):
             try:
-                for index, sample in enumerate(group_by_keys(_shard_members(self.url))):
+                for index, sample in enumerate(shard_samples(self.url)):
                     if index >= given:
                         given += 1
                         yield sample
@@ -444,6 +444,13 @@ class _CompleteTarInfo(tarfile.TarInfo):
             raise
         except tarfile.HeaderError as error:
             raise tarfile.ReadError(f"the tar is cut short or corrupt ({error})") from error
+
+
+def shard_samples(url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one shard, ``{"__key__": ..., "flac": bytes, "json": bytes, ...}``, read
+    strictly: a truncated or broken shard raises (``tarfile.TarError``, ``OSError``) instead
+    of ending early, as webdataset's own reader would (see :func:`_shard_members`)."""
+    return group_by_keys(_shard_members(url))
 
 
 def _shard_members(url: str) -> Iterator[dict[str, Any]]:
