@@ -201,11 +201,17 @@ def lightning_metadata(
     if preprocessing is not None:
         metadata["preprocessing"] = dict(preprocessing.__dict__)
     if head is not None:
-        metadata["classifier"] = {
-            "prefix": f"{head_attribute}.", "pooling": pooling, "layer_norm_eps": head.norm.eps,
-            "labels": None if labels is None else [str(label) for label in labels],
-        }
+        metadata["classifier"] = {"prefix": f"{head_attribute}.", "pooling": pooling, **classifier_record(head, labels)}
     return metadata
+
+
+def classifier_record(head: ClassificationHead, labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """What a file records of a classifier beside its weights (read back by
+    :func:`load_checkpoint`): its classes, LayerNorm epsilon and class names."""
+    if labels is not None and len(labels) != head.num_classes:
+        raise ValueError(f"{len(labels)} labels for a classifier of {head.num_classes} classes")
+    return {"num_classes": head.num_classes, "layer_norm_eps": head.norm.eps,
+            "labels": None if labels is None else [str(label) for label in labels]}
 
 
 # --------------------------------------------------------------------------------------
@@ -257,6 +263,11 @@ def _tensors(mapping: dict) -> dict[str, torch.Tensor]:
     return {key: value for key, value in mapping.items() if isinstance(value, torch.Tensor)}
 
 
+def _under(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` whose keys start with ``prefix``, without it."""
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+
+
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Drop ``prefix`` from the keys when every key has it."""
     if state and all(key.startswith(prefix) for key in state):
@@ -282,15 +293,13 @@ def _parse(path: Path, hints: _Hints) -> _Parsed:
         return _Parsed(OUR_FORMAT, EncoderConfig(**obj["config"]), obj["state_dict"], preprocessing)
     if "encoder_config" in obj and "state_dict" in obj:
         prefix = obj.get("encoder_prefix", "encoder.")  # "teacher." for ASiT runs
-        state = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
+        state = _under(obj["state_dict"], prefix)
         preprocessing = Preprocessing(**obj.get("preprocessing", {}))
         # Finetuning runs record their classifier; pretraining runs, and runs from before the
         # record existed, load as an encoder alone.
         classifier = {}
         if (record := obj.get("classifier")) is not None:
-            head_prefix = record["prefix"]
-            head_state = {k[len(head_prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(head_prefix)}
-            classifier = _classifier(path, "ssast-lightning", record, head_state)
+            classifier = _classifier(path, "ssast-lightning", record, _under(obj["state_dict"], record["prefix"]))
             classifier["pooling"] = _pooling(path, "ssast-lightning", record.get("pooling", "mean"))
         return _Parsed("ssast-lightning", EncoderConfig(**obj["encoder_config"]), state, preprocessing, **classifier)
     for branch in ("teacher", "student"):  # the teacher, an EMA of the student, transfers better
@@ -544,8 +553,7 @@ def _parse_our_folder(path: Path, config: dict[str, Any]) -> _Parsed:
     unexpected = sorted(key for key in tensors if not key.startswith(("encoder.", "head.")))
     if unexpected:
         raise CheckpointError(path, OUR_FORMAT, f"unexpected keys: {', '.join(unexpected[:10])}")
-    encoder_state = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
-    head_state = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
+    encoder_state, head_state = _under(tensors, "encoder."), _under(tensors, "head.")
     try:
         encoder_config = EncoderConfig(**config["encoder"])
         preprocessing = Preprocessing(**config["preprocessing"])

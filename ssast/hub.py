@@ -36,7 +36,8 @@ from torch import nn
 
 from ssast.audio import SAMPLE_RATE
 from ssast.checkpoints import (
-    OUR_FORMAT, Checkpoint, CheckpointError, Preprocessing, load_checkpoint, to_huggingface_state,
+    OUR_FORMAT, Checkpoint, CheckpointError, Preprocessing, classifier_record, load_checkpoint,
+    to_huggingface_state,
 )
 from ssast.encoder import ASTEncoder, EncoderConfig, Pooling
 from ssast.heads import ClassificationHead
@@ -211,12 +212,7 @@ class HubEncoder(nn.Module, PyTorchModelHubMixin, library_name="ssast", tags=["a
         the ``preprocessing`` it was trained on (AudioSet's statistics and its input length
         when not given)."""
         preprocessing = preprocessing or Preprocessing(target_length=encoder.config.input_tdim)
-        classifier = None
-        if head is not None:
-            if labels is not None and len(labels) != head.num_classes:
-                raise ValueError(f"{len(labels)} labels for a classifier of {head.num_classes} classes")
-            classifier = {"num_classes": head.num_classes, "layer_norm_eps": head.norm.eps,
-                          "labels": None if labels is None else [str(label) for label in labels]}
+        classifier = None if head is None else classifier_record(head, labels)
         config = {"format": OUR_FORMAT, "version": 1, "encoder": encoder.config.to_dict(),
                   "preprocessing": dict(preprocessing.__dict__), "pooling": pooling, "classifier": classifier}
         model = cls(config)
