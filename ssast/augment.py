@@ -1,11 +1,16 @@
-"""Batched time-axis transforms of log-mel batches ``[B, T, F]``, on their device.
+"""Batched augmentations, on the batch's device: time-axis transforms of log-mel batches
+``[B, T, F]``, and mixup of waveform batches ``[B, N]`` as AST and SSAST mix clips.
 
-Every clip of the batch gets its own offset or shift; one ``gather`` does the whole batch.
+Every clip of the batch gets its own offset, shift or mix; one ``gather`` or one
+broadcast does the whole batch.
 """
 
 from __future__ import annotations
 
 import torch
+
+MIX_BETA = 10
+"""Mixup weights are drawn from Beta(MIX_BETA, MIX_BETA), as AST and SSAST draw them."""
 
 
 def _take_frames(fbank: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
@@ -41,3 +46,39 @@ def random_roll(
     shifts = torch.randint(frames, (batch,), device=fbank.device, generator=generator)
     applies = torch.rand(batch, device=fbank.device, generator=generator) < probability
     return roll_frames(fbank, torch.where(applies, shifts, torch.zeros_like(shifts)))
+
+
+def mix_waveforms(
+    audio: torch.Tensor, lengths: torch.Tensor, probability: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixup of waveforms before the fbank, as AST/SSAST's ``_wav2fbank``: with
+    ``probability`` per clip, clip ``i`` becomes ``λ c_i + (1 - λ) c_j``, ``c`` being the
+    clips with their mean (over their ``lengths``) removed, ``j = partner[i]`` from a random
+    permutation of the batch (at times ``i`` itself; the official code draws ``j`` from the
+    whole set), cut or zero-padded to clip ``i``'s length, λ ~ Beta(10, 10). The mix's own mean is
+    removed by :class:`ssast.features.Fbank`, as the official code removes it.
+
+    Returns ``(mixed [B, N], partner [B], lam [B])``: clips not drawn keep their audio
+    untouched and ``lam = 1``; the targets are to be mixed alike, ``lam t + (1 - lam)
+    t[partner]``. With ``probability`` 0, ``audio`` itself comes back.
+    """
+    batch, samples = audio.shape
+    if probability <= 0:
+        return audio, torch.arange(batch, device=audio.device), torch.ones(batch, device=audio.device)
+    device = generator.device if generator is not None else audio.device
+    partner = torch.randperm(batch, generator=generator, device=device).to(audio.device)
+    applies = (torch.rand(batch, generator=generator, device=device) < probability).to(audio.device)
+    lam = torch.where(applies, _beta(MIX_BETA, MIX_BETA, batch, generator, device).to(audio.device), 1.0)
+    lengths = lengths.to(audio.device)[:, None]
+    is_audio = torch.arange(samples, device=audio.device) < lengths
+    centered = (audio - (audio * is_audio).sum(dim=-1, keepdim=True) / lengths.clamp_min(1)) * is_audio
+    mixed = (lam[:, None] * centered + (1 - lam[:, None]) * centered[partner]) * is_audio
+    return torch.where(applies[:, None], mixed, audio), partner, lam
+
+
+def _beta(a: int, b: int, count: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """``count`` draws from Beta(a, b) for whole ``a``, ``b``, from ``generator`` (which
+    ``torch.distributions.Beta`` does not take): ``X / (X + Y)`` with ``X ~ Gamma(a)``,
+    ``Y ~ Gamma(b)``, each a sum of unit exponentials."""
+    exponentials = -torch.log1p(-torch.rand(count, a + b, generator=generator, device=device))
+    return exponentials[:, :a].sum(dim=-1) / exponentials.sum(dim=-1)

@@ -3,9 +3,13 @@
 One :class:`ShardStream` serves pretraining and finetuning alike. It follows the rules
 that keep sharded training correct under DDP:
 
-* training draws shards at random with replacement, differently on every rank, worker
-  and epoch, forever; :class:`EpochLoader` cuts that stream into epochs of a fixed number
-  of batches, so every rank steps the same number of times;
+* training with the shards' ``sizes`` (:func:`shard_sizes`) makes each epoch one exact,
+  shuffled pass over the clips, as a DataLoader with ``shuffle=True, drop_last=True``: every
+  clip once, the same number of batches on every rank, a reader that loses clips to bad
+  data making up for them with clips it gave already (counted as ``repeated``);
+* training without sizes draws shards at random with replacement, differently on every
+  rank, worker and epoch, forever; :class:`EpochLoader` cuts either into epochs, so every
+  rank steps the same number of times;
 * evaluation hands each shard to exactly one (rank, worker) reader, or, when there are
   fewer shards than readers, each sample to exactly one reader, so every sample is seen
   exactly once; a DDP rank left with no sample gets one placeholder batch instead, so the
@@ -23,11 +27,13 @@ that keep sharded training correct under DDP:
 
 Batches are dicts: ``audio`` ``[B, N]`` float32 waveforms (zero-padded), ``lengths``
 ``[B]`` valid samples, ``key`` list of sample keys, and with ``classes`` given ``labels``:
-``[B]`` class indices, or ``[B, C]`` multi-hot with ``multi_label``. The placeholder batch
-has ``padding: True``: modules must not count it. Features are best left
-to :class:`ssast.features.Fbank` on the accelerator; with no accelerator, pass ``fbank``
-and the workers compute a batch's raw log-mel (``fbank`` ``[B, T, F]``, in place of
-``audio``) in parallel.
+``[B]`` class indices, or ``[B, C]`` multi-hot with ``multi_label``. Training batches of a
+stream with ``mixup`` hold mixed waveforms (:func:`ssast.augment.mix_waveforms`) and
+``mix_partner`` ``[B]``, ``mix_lambda`` ``[B]``: targets are to be mixed as ``λ t + (1 - λ)
+t[partner]``. The placeholder batch has ``padding: True``: modules must not count it.
+Features are best left to :class:`ssast.features.Fbank` on the accelerator; with no
+accelerator, pass ``fbank`` and the workers compute a batch's raw log-mel (``fbank``
+``[B, T, F]``, in place of ``audio``) in parallel.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ import random
 import re
 import tarfile
 import time
+from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -48,10 +56,12 @@ from typing import Any
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
 from webdataset.tariterators import group_by_keys
 
 from ssast.audio import SAMPLE_RATE, AudioDecodeError, AudioFile, pad_or_crop, random_start
-from ssast.data.writer import interrupted_output
+from ssast.augment import mix_waveforms
+from ssast.data.writer import SHARD_INDEX, interrupted_output
 from ssast.features import Fbank
 
 log = logging.getLogger(__name__)
@@ -59,11 +69,16 @@ log = logging.getLogger(__name__)
 AUDIO_MEMBERS = ("flac", "wav", "ogg", "mp3")
 
 
-# What a SkipCounter counts, by name: samples skipped, samples fixed, shard events.
+# What a SkipCounter counts, by name: samples skipped, samples fixed, shard events, and
+# clips given twice in a pass to make up for the clips lost to bad data.
 SKIP_REASONS = ("undecodable", "empty", "not_finite", "no_audio", "bad_json", "unknown_label", "label_count")
 FIX_REASONS = ("resampled", "downmixed")
 SHARD_EVENTS = ("shard_retries", "failed_shards")
-COUNTS = ("read", *SKIP_REASONS, *FIX_REASONS, *SHARD_EVENTS)
+PASS_EVENTS = ("repeated",)
+COUNTS = ("read", *SKIP_REASONS, *FIX_REASONS, *SHARD_EVENTS, *PASS_EVENTS)
+
+# Clips a training reader keeps to repeat when a pass falls short of its planned clips.
+_REPEAT_POOL = 16
 
 
 @dataclass(frozen=True)
@@ -110,8 +125,9 @@ class NoReadableShards(RuntimeError):
 class SkipCounter:
     """What the readers of a stream met, counted by name (:data:`COUNTS`) in one array
     shared by all DataLoader worker processes: samples ``read``, samples skipped
-    (:data:`SKIP_REASONS`), samples fixed (:data:`FIX_REASONS`) and shard events
-    (:data:`SHARD_EVENTS`). Counts add up over the epochs and passes of a run."""
+    (:data:`SKIP_REASONS`), samples fixed (:data:`FIX_REASONS`), shard events
+    (:data:`SHARD_EVENTS`) and clips ``repeated`` to fill an exact pass (:data:`PASS_EVENTS`).
+    Counts add up over the epochs and passes of a run."""
 
     def __init__(self) -> None:
         self._counts = multiprocessing.Array("q", len(COUNTS))
@@ -144,7 +160,7 @@ class SkipCounter:
         log.warning("skipped sample %s in %s (%s): %s", key, url, reason, detail)
 
     def summary(self) -> str:
-        """One line: skipped and fixed samples by reason, and shard trouble."""
+        """One line: skipped and fixed samples by reason, shard trouble and repeated clips."""
         counts = self.counts()
 
         def listing(names: Sequence[str]) -> str:
@@ -158,6 +174,8 @@ class SkipCounter:
             text += f"; fixed {listing(FIX_REASONS)}"
         if any(counts[name] for name in SHARD_EVENTS):
             text += f"; shards: {listing(SHARD_EVENTS)}"
+        if counts["repeated"]:
+            text += f"; repeated {counts['repeated']} clips to fill exact passes"
         return text
 
     def check_ratio(self, max_ratio: float | None, after: int) -> None:
@@ -237,6 +255,53 @@ def read_classes(path: str | Path) -> list[str]:
     return classes
 
 
+def shard_sizes(urls: Sequence[str], progress: bool = True) -> list[int]:
+    """Samples in each shard, what a :class:`ShardStream` plans exact passes with (``sizes``).
+
+    Read from the ``shards.json`` that ``ssast-data`` writes beside the shards it completes;
+    a shard no index lists (a URL, a ``pipe:`` command, a folder written by other means) is
+    counted by reading it through, once. A shard that fails while being counted counts the
+    samples before the fault: the training readers meet the fault too and make up for it.
+    """
+    indexes: dict[Path, dict[str, int]] = {}
+    sizes: list[int | None] = []
+    for url in urls:
+        if not _is_local(url):
+            sizes.append(None)
+            continue
+        path = Path(url.removeprefix("file:"))
+        if path.parent not in indexes:
+            indexes[path.parent] = _read_shard_index(path.parent)
+        sizes.append(indexes[path.parent].get(path.name))
+    uncounted = [index for index, size in enumerate(sizes) if size is None]
+    if uncounted:
+        log.warning("counting the samples of %d of %d training shards by reading them: no %s lists them (e.g. %s)",
+                    len(uncounted), len(urls), SHARD_INDEX, urls[uncounted[0]])
+        for index in tqdm(uncounted, unit="shard", desc="counting samples", disable=not progress):
+            sizes[index] = _count_samples(urls[index])
+    return sizes
+
+
+def _read_shard_index(folder: Path) -> dict[str, int]:
+    """Samples per shard name from ``folder/shards.json``; empty without a usable index."""
+    try:
+        shards = json.loads((folder / SHARD_INDEX).read_text()).get("shards")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {name: int(count) for name, count in shards.items()} if isinstance(shards, dict) else {}
+
+
+def _count_samples(url: str) -> int:
+    count = 0
+    try:
+        for _ in shard_samples(url):
+            count += 1
+    except Exception as error:  # as in _ShardSamples: opening and reading fail in many ways
+        log.warning("shard %s failed after %d samples while they were counted (%s: %s)",
+                    url, count, type(error).__name__, error)
+    return count
+
+
 def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -252,6 +317,12 @@ class ShardStream(IterableDataset):
     default to ``torch.distributed``'s. With ``fbank`` the workers turn the audio into
     raw log-mel features. ``options`` (:class:`ReaderOptions`) set the shuffle buffer and
     what bad data may cost (see the module docstring).
+
+    In training, ``sizes`` (samples per shard, :func:`shard_sizes`) makes each pass an
+    exact one over the clips (:meth:`batches_per_pass` batches per rank, see
+    :meth:`_pass_share`); without them the stream draws shards with replacement, endlessly.
+    ``mixup`` is the probability that a training clip is mixed with another clip of its
+    batch (:func:`ssast.augment.mix_waveforms`); evaluation never mixes.
     """
 
     def __init__(
@@ -269,11 +340,19 @@ class ShardStream(IterableDataset):
         skips: SkipCounter | None = None,
         fbank: Fbank | None = None,
         options: ReaderOptions = ReaderOptions(),
+        sizes: Sequence[int] | None = None,
+        mixup: float = 0.0,
     ) -> None:
         super().__init__()
         if rank is None or world_size is None:
             rank, world_size = _distributed()
+        if sizes is not None and len(sizes) != len(urls):
+            raise ValueError(f"sizes gives {len(sizes)} shard sizes for {len(urls)} shards")
+        if not 0.0 <= mixup <= 1.0:
+            raise ValueError(f"mixup is a probability, between 0 and 1; got {mixup}")
         self.urls = list(urls)
+        self.sizes = list(sizes) if sizes is not None else None
+        self.mixup = mixup
         self.clip_samples = clip_samples
         self.batch_size = batch_size
         self.training = training
@@ -298,22 +377,49 @@ class ShardStream(IterableDataset):
         the worker); training passes of the same epoch draw alike."""
         self._epoch.value = epoch
 
+    def batches_per_pass(self) -> int:
+        """Batches each rank gives in one exact training pass: ``N // (world_size * batch_size)``
+        for the ``N`` clips that ``sizes`` counts."""
+        if self.sizes is None:
+            raise ValueError("an exact pass needs the shards' sizes: ShardStream(..., sizes=shard_sizes(urls))")
+        total = sum(self.sizes)
+        batches = total // (self.world_size * self.batch_size)
+        if not batches:
+            raise ValueError(
+                f"{total} training clips (N) cannot give each of {self.world_size} ranks (world size) one batch of "
+                f"{self.batch_size} (batch size): use a smaller batch size, fewer devices or more data"
+            )
+        return batches
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         rng = random.Random(hash((self.seed, self.rank, worker, self.epoch)))
-        if self.training:
+        exact = self.training and self.sizes is not None
+        if exact:
+            segments, batches = self._pass_share(worker, num_workers)
+            if not batches:
+                return
+            samples = self._segment_samples(segments)
+        elif self.training:
             samples = self._random_shard_samples(rng)
-            buffer = self.options.shuffle_buffer
-            samples = wds.shuffle(buffer, initial=buffer // 2, rng=rng)(samples)
         else:
             reader, readers = self.rank * num_workers + worker, self.world_size * num_workers
             by_shard = len(self.urls) >= readers
             samples = self._shard_samples(self.urls[reader::readers] if by_shard else self.urls)
             if not by_shard:  # too few shards to go round: every reader reads all, keeps its share
                 samples = islice(samples, reader, None, readers)
+        if self.training:
+            buffer = self.options.shuffle_buffer
+            samples = wds.shuffle(buffer, initial=buffer // 2, rng=rng)(samples)
         clips = (clip for sample in samples if (clip := self._prepare(sample, rng)) is not None)
+        if exact:
+            clips = self._fill(clips, batches * self.batch_size, rng, worker)
+        mixing = torch.Generator().manual_seed(rng.getrandbits(63)) if self.training and self.mixup else None
         for batch in wds.batched(self.batch_size, collation_fn=_collate, partial=not self.training)(clips):
+            if mixing is not None:
+                batch["audio"], batch["mix_partner"], batch["mix_lambda"] = mix_waveforms(
+                    batch["audio"], batch["lengths"], self.mixup, mixing)
             if self.fbank is not None:
                 batch["fbank"] = self.fbank(batch.pop("audio"), batch["lengths"])
             yield batch
@@ -353,6 +459,70 @@ class ShardStream(IterableDataset):
     def _shard_samples(self, urls: Iterable[str]) -> Iterator[dict[str, Any]]:
         for url in urls:
             yield from _ShardSamples(self, url)
+
+    def _pass_share(self, worker: int, num_workers: int) -> tuple[list[tuple[str, int, int]], int]:
+        """This reader's share of the exact pass of this epoch: ``(url, start, stop)`` runs
+        of shard samples, and how many batches it gives.
+
+        The plan is computed alike on every rank and worker, from ``seed`` and the epoch
+        alone: the shards in a random order, end to end, are one sequence of ``N`` positions,
+        read from a random offset and round from the end to the start, so that block edges
+        and the clips left out move between epochs. Rank ``r`` takes the ``r``-th block of
+        :meth:`batches_per_pass` batches; its loader workers split the block into runs of
+        whole batches, so each reads its own ``1 / (world_size * num_workers)`` of the data.
+        The fewer than ``world_size * batch_size`` positions past the blocks sit this epoch
+        out (``drop_last``)."""
+        plan = random.Random(f"pass {self.seed} {self.epoch}")
+        order = plan.sample(range(len(self.urls)), len(self.urls))
+        total, per_rank = sum(self.sizes), self.batches_per_pass()
+        even, extra = divmod(per_rank, num_workers)
+        batches = even + (worker < extra)
+        first = self.rank * per_rank + worker * even + min(worker, extra)  # batches before this reader's
+        start = (plan.randrange(total) + first * self.batch_size) % total
+        stop = start + batches * self.batch_size
+        spans = [(start, min(stop, total)), (0, stop - total)]  # the second is empty unless it wraps round
+        segments, offset = [], 0
+        for shard in order:
+            size = self.sizes[shard]
+            for low, high in spans:
+                low, high = max(low, offset), min(high, offset + size)
+                if low < high:
+                    segments.append((self.urls[shard], low - offset, high - offset))
+            offset += size
+        return segments, batches
+
+    def _segment_samples(self, segments: Iterable[tuple[str, int, int]]) -> Iterator[dict[str, Any]]:
+        """The samples ``start:stop`` of each shard: those before are passed over undecoded,
+        and the shard is closed right after ``stop`` (see :func:`_shard_members`)."""
+        for url, start, stop in segments:
+            with closing(iter(_ShardSamples(self, url))) as samples:
+                yield from islice(samples, start, stop)
+
+    def _fill(self, clips: Iterator[dict[str, Any]], count: int, rng: random.Random,
+              worker: int) -> Iterator[dict[str, Any]]:
+        """Exactly ``count`` clips: this reader's share of the pass and, when bad samples or
+        failed shards left it short, clips it gave already, again (counted as ``repeated``),
+        so that every rank still gives the same number of batches."""
+        recent: deque[dict[str, Any]] = deque(maxlen=_REPEAT_POOL)
+        given = 0
+        for clip in islice(clips, count):
+            recent.append(clip)
+            given += 1
+            yield clip
+        if given == count:
+            return
+        where = f"rank {self.rank}, loader worker {worker}"
+        if not recent:
+            raise NoReadableShards(
+                f"a training reader ({where}) got no usable clip in this pass, so it cannot give its "
+                f"{count // self.batch_size} batches: its shards failed or every sample in them was skipped "
+                f"({self.skips.summary()}). The warnings above name each shard and sample."
+            )
+        log.warning("a training reader (%s) got %d of the %d clips planned for this pass; it repeats %d of its "
+                    "clips to give every batch", where, given, count, count - given)
+        for _ in range(count - given):
+            self.skips.add("repeated")
+            yield rng.choice(recent)
 
     def _prepare(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
         key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
@@ -402,7 +572,7 @@ class _ShardSamples:
     samples already given, so none is given twice (nor the end of a shard lost to a
     dropped connection). A shard that still fails is skipped with a warning naming it,
     counted, and marked ``failed``. Reading is strict (:func:`shard_samples`): a shard
-    cut short fails rather than end early."""
+    cut short fails rather than end early. Closed before its end, it closes the shard."""
 
     def __init__(self, stream: ShardStream, url: str) -> None:
         self.stream, self.url = stream, url
@@ -412,10 +582,11 @@ class _ShardSamples:
         stream, options, given = self.stream, self.stream.options, 0
         for attempt in range(options.shard_retries + 1):
             try:
-                for index, sample in enumerate(shard_samples(self.url)):
-                    if index >= given:
-                        given += 1
-                        yield sample
+                with closing(shard_samples(self.url)) as samples:
+                    for index, sample in enumerate(samples):
+                        if index >= given:
+                            given += 1
+                            yield sample
                 return
             except Exception as error:  # opening and reading fail in many ways: OSError, tarfile, pipes
                 reason = f"{type(error).__name__}: {error}"
@@ -446,11 +617,16 @@ class _CompleteTarInfo(tarfile.TarInfo):
             raise tarfile.ReadError(f"the tar is cut short or corrupt ({error})") from error
 
 
-def shard_samples(url: str) -> Iterator[dict[str, Any]]:
+def shard_samples(url: str) -> Generator[dict[str, Any], None, None]:
     """The samples of one shard, ``{"__key__": ..., "flac": bytes, "json": bytes, ...}``, read
     strictly: a truncated or broken shard raises (``tarfile.TarError``, ``OSError``) instead
-    of ending early, as webdataset's own reader would (see :func:`_shard_members`)."""
-    return group_by_keys(_shard_members(url))
+    of ending early, as webdataset's own reader would (see :func:`_shard_members`). Closing
+    the generator before the end closes the shard."""
+    members = _shard_members(url)
+    try:
+        yield from group_by_keys(members)
+    finally:
+        members.close()
 
 
 def _shard_members(url: str) -> Iterator[dict[str, Any]]:
@@ -460,6 +636,8 @@ def _shard_members(url: str) -> Iterator[dict[str, Any]]:
     a shard counts as read only once its end-of-archive marker was read and, for a
     command, the command exited with success: webdataset checks a command's exit status
     only while data flows, and would miss a command that fails at a tar block boundary.
+    A reader that stops early (an exact pass ends mid-shard) closes the generator, which
+    closes the shard at once rather than leave a file or a command open.
     """
     source = wds.gopen(url)
     try:
@@ -471,7 +649,23 @@ def _shard_members(url: str) -> Iterator[dict[str, Any]]:
     except tarfile.TarError:
         source.close()  # a failed command explains a broken tar best: its exit status raises here
         raise
+    except GeneratorExit:
+        _close_early(source)
+        raise
     source.close()  # and here, after a tar that looked whole
+
+
+def _close_early(source: Any) -> None:
+    """Close a shard's stream before its end. A ``pipe:`` command (URLs too are read by one,
+    ``curl``) still running is stopped first: it might wait on its network rather than
+    take the SIGPIPE; the exit status it then reports is no error here."""
+    process = getattr(source, "proc", None)
+    if process is not None and process.poll() is None:
+        process.terminate()
+    try:
+        source.close()
+    except OSError:
+        pass
 
 
 def _collate(clips: list[dict[str, Any]]) -> dict[str, Any]:
@@ -486,10 +680,13 @@ def _collate(clips: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class EpochLoader:
-    """A DataLoader over an endless :class:`ShardStream`, cut into epochs of fixed length.
+    """A DataLoader over a training :class:`ShardStream`, in epochs of the same number of
+    batches on every rank, so DDP ranks never wait on each other at an epoch's end.
 
-    Every rank yields exactly ``batches_per_epoch`` batches per epoch, whatever the shard
-    sizes, so DDP ranks never wait on each other at an epoch's end.
+    With ``batches_per_epoch=None`` an epoch is one exact pass over the clips (the stream
+    needs ``sizes``): each clip once, shuffled anew, ``stream.batches_per_pass()`` batches.
+    With a number, the stream draws shards with replacement, endlessly, and an epoch is
+    that many batches of it, whatever the shard sizes.
 
     Each pass draws anew: the number of passes begun seeds the next one
     (:meth:`ShardStream.set_epoch`). That number is this loader's state (``state_dict``),
@@ -498,8 +695,13 @@ class EpochLoader:
     ``iter()``, which Lightning also calls only to check that a loader iterates.
     """
 
-    def __init__(self, stream: ShardStream, batches_per_epoch: int, **loader_kwargs: Any) -> None:
-        if batches_per_epoch < 1:
+    def __init__(self, stream: ShardStream, batches_per_epoch: int | None, **loader_kwargs: Any) -> None:
+        if batches_per_epoch is None:
+            stream.batches_per_pass()  # fails now, with the reason, if there can be no pass
+        elif stream.sizes is not None:
+            raise ValueError("a stream with sizes gives exact passes: pass batches_per_epoch=None, or no sizes to "
+                             f"draw {batches_per_epoch} batches per epoch with replacement")
+        elif batches_per_epoch < 1:
             raise ValueError(f"batches_per_epoch must be at least 1, got {batches_per_epoch}")
         self.stream = stream
         self.batches_per_epoch = batches_per_epoch
@@ -513,12 +715,12 @@ class EpochLoader:
         self.passes = state["passes"]
 
     def __len__(self) -> int:
-        return self.batches_per_epoch
+        return self.batches_per_epoch or self.stream.batches_per_pass()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.stream.set_epoch(self.passes)
         self.passes += 1
-        yield from islice(self.loader, self.batches_per_epoch)
+        yield from islice(self.loader, len(self))
 
 
 class EvalLoader(DataLoader):

@@ -20,8 +20,8 @@ import torch
 
 from ssast.checkpoints import Preprocessing
 from ssast.data.reader import (
-    FIX_REASONS, SHARD_EVENTS, SKIP_REASONS, EpochLoader, EvalLoader, ReaderOptions, ShardStream, SkipCounter,
-    find_beside, list_shards, read_classes,
+    FIX_REASONS, PASS_EVENTS, SHARD_EVENTS, SKIP_REASONS, EpochLoader, EvalLoader, ReaderOptions, ShardStream,
+    SkipCounter, find_beside, list_shards, read_classes, shard_sizes,
 )
 from ssast.data.stats import read_stats
 from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames
@@ -41,7 +41,12 @@ class AudioDataModule(L.LightningDataModule):
         target_length: frames per clip (AST pads or cuts the fbank to this).
         batch_size: clips per batch on each device.
         num_workers: loader processes per device.
-        batches_per_epoch: training batches per epoch and device (the stream is endless).
+        batches_per_epoch: ``None``: an epoch is one exact pass over the training clips, as
+            a DataLoader with ``shuffle=True, drop_last=True`` (each clip once, shuffled
+            anew, ``N // (devices * batch_size)`` batches per device; the clips per shard
+            come from ``shards.json``, or are counted once by reading the shards). A
+            number: training batches per epoch and device, drawn with replacement from an
+            endless stream (pretraining).
         stats: the normalization: a ``stats.json``; ``"auto"`` looks beside the training
             shards and one folder up, and falls back to the AudioSet stats; or the name of
             a set with published stats (``audioset``, ``esc50``, ``speechcommands``).
@@ -51,6 +56,10 @@ class AudioDataModule(L.LightningDataModule):
         seed: seed of shard order, shuffling and crops.
         fbank_in_workers: compute the fbank in the loader workers; ``None``: when the
             trainer runs on CPU.
+        mixup: the probability that a training clip is mixed with another of its batch
+            (waveforms, λ ~ Beta(10, 10), as AST/SSAST); training batches then carry
+            ``mix_partner`` and ``mix_lambda`` to mix the targets alike
+            (:func:`ssast.augment.mix_waveforms`). Evaluation never mixes.
         reader: the readers' shuffle buffer and what bad data may cost
             (:class:`~ssast.data.reader.ReaderOptions`: ``max_skip_ratio``,
             ``skip_ratio_after``, ``shard_retries``, ``retry_delay``).
@@ -65,12 +74,13 @@ class AudioDataModule(L.LightningDataModule):
         target_length: int = 1024,
         batch_size: int = 24,
         num_workers: int = 4,
-        batches_per_epoch: int = 1000,
+        batches_per_epoch: int | None = None,
         stats: str | None = "auto",
         classes: str | None = None,
         multi_label: bool = False,
         seed: int = 0,
         fbank_in_workers: bool | None = None,
+        mixup: float = 0.0,
         reader: ReaderOptions = ReaderOptions(),
     ) -> None:
         super().__init__()
@@ -83,6 +93,7 @@ class AudioDataModule(L.LightningDataModule):
         self.normalize: Normalize | None = None
         self._class_names: list[str] | None = None
         self._train_loader: EpochLoader | None = None
+        self._train_sizes: list[int] | None = None  # clips per training shard, counted once
         self._train_state: dict | None = None  # from a checkpoint, for the training loader to come
 
     @property
@@ -118,7 +129,7 @@ class AudioDataModule(L.LightningDataModule):
             "data/skipped_samples": sum(skipped.values()),
             **skipped,
             **{f"data/fixed/{reason}": total[reason] for reason in FIX_REASONS},
-            **{f"data/{event}": total[event] for event in SHARD_EVENTS},
+            **{f"data/{event}": total[event] for event in (*SHARD_EVENTS, *PASS_EVENTS)},
         }
 
     @property
@@ -148,11 +159,16 @@ class AudioDataModule(L.LightningDataModule):
     def _stream(self, source: str | list[str], training: bool, labeled: bool = True) -> ShardStream:
         hp = self.hparams
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        urls = list_shards(source)
+        exact = training and hp.batches_per_epoch is None
+        if exact and self._train_sizes is None:  # here, in the main process: workers get them with the stream
+            self._train_sizes = shard_sizes(urls, progress=rank == 0)
         return ShardStream(
-            list_shards(source), clip_samples=self.clip_samples, batch_size=hp.batch_size, training=training,
+            urls, clip_samples=self.clip_samples, batch_size=hp.batch_size, training=training,
             classes=self.class_names if labeled else None, multi_label=hp.multi_label, seed=hp.seed,
             rank=rank, world_size=world_size, skips=self.train_skips if training else self.eval_skips,
             fbank=Fbank() if self._workers_compute_fbank else None, options=self.reader,
+            sizes=self._train_sizes if exact else None, mixup=hp.mixup if training else 0.0,
         )
 
     def _loader_options(self) -> dict:
@@ -213,8 +229,8 @@ def log_data_counts(module: L.LightningModule) -> None:
     """Log the data counts of the module's :class:`AudioDataModule`, training and
     evaluation together, summed over ranks in one collective: ``data/read``,
     ``data/skipped_samples``, ``data/skipped/<reason>``, ``data/fixed/<reason>``,
-    ``data/shard_retries`` and ``data/failed_shards``. Call it on the same steps on every
-    rank; without an AudioDataModule it does nothing."""
+    ``data/shard_retries``, ``data/failed_shards`` and ``data/repeated``. Call it on the
+    same steps on every rank; without an AudioDataModule it does nothing."""
     datamodule = getattr(module.trainer, "datamodule", None)
     if not isinstance(datamodule, AudioDataModule):
         return
