@@ -1,8 +1,10 @@
-"""Writing predictions and embeddings of ``ssast-finetune predict``."""
+"""What a finetuning run writes besides checkpoints: its history, one row per epoch, and the
+predictions and embeddings of ``ssast-finetune predict``."""
 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,76 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.trainer.states import TrainerFn
+
+from ssast.files import written_atomically
+
+
+class History(L.Callback):
+    """``history.csv`` in the run folder, rewritten at the end of every epoch: one row per
+    epoch, as the official SSAST/AST loop's ``result.csv``. Columns: ``epoch`` (from 1),
+    ``step`` (optimizer steps so far), ``lr`` (the head's rate at the epoch's last step),
+    ``train/loss`` (the epoch's mean), ``val/loss``, ``val/<metric>`` and ``test/<metric>``,
+    the last filled on the row of the epoch whose weights were tested (see
+    :meth:`record_test`). The rows are kept in checkpoints, so a resumed run's file has
+    every epoch. ``ssast-finetune`` adds it to every run.
+    """
+
+    filename = "history.csv"
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self._lr: float | None = None
+        self._validation: dict[str, float] = {}
+
+    def columns(self, metric: str) -> list[str]:
+        return ["epoch", "step", "lr", "train/loss", "val/loss", f"val/{metric}", f"test/{metric}"]
+
+    def curve(self, name: str) -> list[float]:
+        """A column, one value per epoch (NaN where the epoch had none)."""
+        return [float("nan") if row.get(name) is None else float(row[name]) for row in self.rows]
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        groups = optimizer.param_groups
+        self._lr = next((group for group in groups if group.get("name") == "head"), groups[0])["lr"]
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            metric = pl_module.metric_name
+            self._validation = {name: float(trainer.callback_metrics[name]) for name in ("val/loss", f"val/{metric}")
+                                if name in trainer.callback_metrics}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train/loss_epoch")
+        self.rows.append({"epoch": trainer.current_epoch + 1, "step": trainer.global_step, "lr": self._lr,
+                          "train/loss": float(loss) if loss is not None else None, **self._validation})
+        self._validation = {}
+        self.write(trainer, pl_module.metric_name)
+
+    def record_test(self, trainer: L.Trainer, metric: str, value: float, epoch: int) -> None:
+        """Put the test ``metric`` of the weights of ``epoch`` on that epoch's row."""
+        for row in self.rows:
+            if row["epoch"] == epoch:
+                row[f"test/{metric}"] = value
+        self.write(trainer, metric)
+
+    def write(self, trainer: L.Trainer, metric: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        text = io.StringIO()
+        writer = csv.DictWriter(text, self.columns(metric), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({name: "" if value is None else value for name, value in row.items()} for row in self.rows)
+        path = Path(trainer.default_root_dir) / self.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with written_atomically(path) as partial:
+            partial.write_text(text.getvalue())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
 
 
 class WritePredictions(BasePredictionWriter):

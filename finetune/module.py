@@ -2,18 +2,20 @@
 
 One LightningModule: an encoder from any checkpoint ``ssast.load_encoder`` reads (or a
 random one, for the from-scratch baseline) and a ``LayerNorm -> Linear`` head on the mean
-of the patch tokens or on the leading tokens. ``multiclass`` tasks train with cross-entropy
-and report accuracy; ``multilabel`` tasks with binary cross-entropy and report mAP.
+of the patch tokens or on the leading tokens. ``multiclass`` tasks report accuracy,
+``multilabel`` tasks mAP; the loss is cross-entropy or binary cross-entropy, by task or as
+the recipe says (SSAST trains Speech Commands, a multi-class task, with BCE).
 
-Augmentation acts on the normalized log-mel of the batch, on its device: mixup (λ drawn from
-Beta(10, 10) per clip, labels mixed alike), SpecAugment frequency and time masks, and
-AST's noise + time roll. AST mixes waveforms and masks the raw fbank; mixing and masking
-the normalized log-mel (with masks filled at the value a raw zero normalizes to) keeps all
-of it on the device.
+The pipeline is the official SSAST/AST one: mixup mixes waveforms before the fbank, in the
+data (``data.mixup``; each batch says with which partner and λ, and the targets are mixed
+here alike); SpecAugment masks the log-mel (filled with what a raw 0, AST's mask value,
+normalizes to); AST's noise and time roll come last. The learning rate follows the official
+loop (:class:`~ssast.train.schedules.WarmupStepDecay`) or a warmup + cosine schedule.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -30,23 +32,20 @@ from ssast.checkpoints import Checkpoint, CheckpointError, load_checkpoint
 from ssast.encoder import ASTEncoder, EncoderConfig, Pooling
 from ssast.heads import ClassificationHead
 from ssast.train.module import EncoderModule
-from ssast.train.schedules import WarmupCosine
+from ssast.train.schedules import WarmupCosine, WarmupStepDecay
 from ssast.visualize import colorize
 
 Task = Literal["multiclass", "multilabel"]
+Loss = Literal["ce", "bce"]
+Schedule = Literal["step", "cosine"]
 
 
-def mixup(fbank: torch.Tensor, targets: torch.Tensor, probability: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each clip, with ``probability``, becomes ``λ x + (1 - λ) x'`` for another clip ``x'``
-    of the batch and ``λ ~ Beta(10, 10)``; its targets are mixed with the same ``λ``."""
-    batch = len(fbank)
-    device = fbank.device
-    applies = torch.rand(batch, device=device) < probability
-    beta = torch.distributions.Beta(torch.tensor(10.0, device=device), torch.tensor(10.0, device=device))
-    lam = torch.where(applies, beta.sample((batch,)), torch.ones(batch, device=device))
-    partner = torch.randperm(batch, device=device)
-    mixed = lam[:, None, None] * fbank + (1 - lam[:, None, None]) * fbank[partner]
-    return mixed, lam[:, None] * targets + (1 - lam[:, None]) * targets[partner]
+def mix_targets(targets: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``λ t + (1 - λ) t[partner]``: the targets of clips whose waveforms the data mixed
+    (``batch["mix_partner"]``, ``batch["mix_lambda"]``), as the official data loader mixes
+    labels."""
+    lam = lam.to(targets.dtype)[:, None]
+    return lam * targets + (1 - lam) * targets[partner]
 
 
 def noise_and_roll(fbank: torch.Tensor, max_shift: int = 10) -> torch.Tensor:
@@ -59,7 +58,8 @@ def noise_and_roll(fbank: torch.Tensor, max_shift: int = 10) -> torch.Tensor:
 
 
 def layer_id(name: str, depth: int) -> int:
-    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head."""
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head
+    (the head also gets ``head_lr``)."""
     if match := re.match(r"encoder\.blocks\.(\d+)\.", name):
         return int(match.group(1)) + 1
     if name.startswith(("encoder.patch_embed", "encoder.cls_token", "encoder.dist_token", "encoder.pos_embed",
@@ -127,13 +127,25 @@ class Finetune(EncoderModule):
         pooling: ``mean`` of patch tokens (SSAST) or ``cls`` (the leading tokens).
         drop_path: stochastic depth of the deepest block.
         freeze_encoder: train the head only (a linear probe).
-        lr: peak learning rate of the head (and of the top block with ``layer_decay``).
+        loss: ``ce`` (cross-entropy) or ``bce`` (binary cross-entropy on each class);
+            ``None``: by ``task`` (``ce`` for multiclass).
+        lr: learning rate of the encoder's top block (of every block without
+            ``layer_decay``).
+        head_lr: the head learns ``head_lr`` times faster than ``lr`` (SSAST's ``--head_lr``).
         layer_decay: each block down from the top learns ``layer_decay`` times slower.
         weight_decay: Adam's weight decay.
         betas: Adam's betas.
-        warmup_steps: linear warmup, then cosine decay to ``min_lr``.
-        min_lr: the final learning rate.
-        mixup: probability that a clip is mixed with another (0: off).
+        schedule: ``step`` (the official SSAST/AST loop: warmup, then the rate multiplied by
+            ``decay_factor`` every ``decay_every`` epochs from epoch ``decay_start + 1``;
+            :class:`~ssast.train.schedules.WarmupStepDecay`) or ``cosine`` (linear warmup,
+            then cosine to ``min_lr``).
+        warmup_steps: warmup optimizer steps (0: none).
+        warmup_every: ``step`` only: the warmup sets the rate every this many steps (SSAST: 50).
+        decay_start: ``step`` only: epochs at the full rate before the first decay
+            (``--lrscheduler_start``).
+        decay_every: ``step`` only: epochs between decays (``--lrscheduler_step``).
+        decay_factor: ``step`` only: the factor of each decay (``--lrscheduler_decay``).
+        min_lr: ``cosine`` only: the final learning rate.
         freqm: SpecAugment: widest frequency mask in bins (0: off).
         timem: SpecAugment: widest time mask in frames (0: off).
         noise: add AST's noise and random time roll.
@@ -156,13 +168,19 @@ class Finetune(EncoderModule):
         pooling: Pooling = "mean",
         drop_path: float = 0.0,
         freeze_encoder: bool = False,
+        loss: Loss | None = None,
         lr: float = 1e-4,
+        head_lr: float = 1.0,
         layer_decay: float = 1.0,
         weight_decay: float = 5e-7,
         betas: tuple[float, float] = (0.95, 0.999),
-        warmup_steps: int = 100,
+        schedule: Schedule = "step",
+        warmup_steps: int = 0,
+        warmup_every: int = 1,
+        decay_start: int = 10,
+        decay_every: int = 5,
+        decay_factor: float = 0.5,
         min_lr: float = 1e-6,
-        mixup: float = 0.0,
         freqm: int = 0,
         timem: int = 0,
         noise: bool = False,
@@ -187,6 +205,9 @@ class Finetune(EncoderModule):
             self.test_metric = MultilabelAveragePrecision(num_classes, average="macro")
             self.confusion = None
         self.metric_name = "acc" if task == "multiclass" else "mAP"
+        self.loss_name: Loss = loss or ("ce" if task == "multiclass" else "bce")
+        if task == "multilabel" and self.loss_name == "ce":
+            raise ValueError("a multilabel task trains with loss bce, not ce")
 
     def exported_classifier(self) -> dict[str, Any]:
         # Checkpoints carry the head, its pooling and class names: load_checkpoint reads the
@@ -210,7 +231,9 @@ class Finetune(EncoderModule):
         return labels.float()
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.hparams.task == "multiclass":
+        # Cross-entropy on target probabilities: the official loop's CE on the argmax of
+        # one-hot labels where nothing is mixed.
+        if self.loss_name == "ce":
             return F.cross_entropy(logits.float(), targets)
         return F.binary_cross_entropy_with_logits(logits.float(), targets)
 
@@ -220,10 +243,8 @@ class Finetune(EncoderModule):
         normalize = datamodule.normalize if datamodule is not None else None
         return float(normalize(torch.zeros(()))) if normalize is not None else 0.0
 
-    def augment(self, fbank: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hp = self.hparams
-        if hp.mixup > 0:
-            fbank, targets = mixup(fbank, targets, hp.mixup)
+    def augment(self, fbank: torch.Tensor) -> torch.Tensor:
+        """SpecAugment masks, then AST's noise and time roll (mixup happened in the data)."""
         if self.freq_masking is not None or self.time_masking is not None:
             image = rearrange(fbank, "b t f -> b 1 f t")
             fill = self._mask_fill()
@@ -231,16 +252,22 @@ class Finetune(EncoderModule):
                 if masking is not None:
                     image = masking(image, mask_value=fill)
             fbank = rearrange(image, "b 1 f t -> b t f")
-        if hp.noise:
+        if self.hparams.noise:
             fbank = noise_and_roll(fbank)
-        return fbank, targets
+        return fbank
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.hparams.freeze_encoder:
             self.encoder.eval()
-        fbank, targets = self.augment(batch["fbank"], self._targets(batch["labels"]))
+        targets = self._targets(batch["labels"])
+        if "mix_lambda" in batch:
+            targets = mix_targets(targets, batch["mix_partner"], batch["mix_lambda"])
+        fbank = self.augment(batch["fbank"])
         loss = self._loss(self(fbank), targets)
+        self.train_loss.update(loss.detach(), len(fbank))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(fbank))
+        # The epoch's mean, the official result.csv's train_loss (history.csv reads it).
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=len(fbank))
         return loss
 
     def _evaluate(self, batch: dict, loss_metric: MeanMetric, metric, stage: str) -> None:
@@ -284,18 +311,35 @@ class Finetune(EncoderModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         depth = self.encoder.config.depth
-        groups: dict[int, list[torch.nn.Parameter]] = {}
+        groups: dict[str, list[torch.nn.Parameter]] = {}
+        rates: dict[str, float] = {}
         for name, parameter in self.named_parameters():
-            if parameter.requires_grad:
-                groups.setdefault(layer_id(name, depth), []).append(parameter)
-        param_groups = [
-            {"params": params, "lr": hp.lr * hp.layer_decay ** (depth + 1 - layer)}
-            for layer, params in sorted(groups.items())
-        ]
+            if not parameter.requires_grad:
+                continue
+            layer = layer_id(name, depth)
+            group = "head" if name.startswith("head.") else f"layer{layer}"
+            groups.setdefault(group, []).append(parameter)
+            rates[group] = hp.lr * hp.layer_decay ** (depth + 1 - layer) * (hp.head_lr if group == "head" else 1.0)
+        # Named groups: LearningRateMonitor logs each by name and history.csv reads "head".
+        param_groups = [{"params": params, "lr": rates[group], "name": group} for group, params in groups.items()]
         optimizer = torch.optim.Adam(param_groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = WarmupCosine(optimizer, hp.warmup_steps, total, hp.min_lr)
+        if hp.schedule == "cosine":
+            scheduler = WarmupCosine(optimizer, hp.warmup_steps, int(self.trainer.estimated_stepping_batches), hp.min_lr)
+        else:
+            scheduler = WarmupStepDecay(optimizer, self.steps_per_epoch(), hp.decay_start, hp.decay_every,
+                                        hp.decay_factor, hp.warmup_steps, hp.warmup_every)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one training epoch (Lightning steps at an epoch's end even when
+        its batches do not fill the last accumulation)."""
+        if self.trainer.train_dataloader is None:  # what estimated_stepping_batches does, also for max_steps runs
+            self.trainer.fit_loop.setup_data()
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ValueError("schedule 'step' counts epochs, but the training data has no length; use a loader with "
+                             "a length (AudioDataModule's have one) or schedule 'cosine'")
+        return math.ceil(batches / self.trainer.accumulate_grad_batches)
 
 
 def confusion_picture(matrix: torch.Tensor, cell: int = 12) -> np.ndarray:

@@ -72,8 +72,9 @@ def test_finetuning_validates_one_clip_on_two_ranks(task, tiny_corpus, tmp_path)
         "--config", str(REPO / "configs/finetune/demo_events.yaml"), "--model.init_from", "null",
         "--model.size", "mini", "--model.task", task,
         "--data.train", str(tiny_corpus / "events/train"), "--data.val", str(one_clip(tmp_path / "val")),
-        "--data.classes", str(tiny_corpus / "events/classes.txt"), "--data.batch_size", "2",
-        "--data.batches_per_epoch", "2", "--data.num_workers", "2", "--data.stats", "audioset",
+        "--data.classes", str(tiny_corpus / "events/classes.txt"), "--data.batch_size", "2", "--data.test", "null",
+        # One shuffled pass of waveform-mixed clips: 8 clips, 2 ranks, 2 workers each.
+        "--data.mixup", "0.5", "--data.num_workers", "2", "--data.stats", "audioset",
         # The encoder's mask_embed, unused in finetuning, needs DDP's search for unused parameters.
         "--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.callbacks", "[]",
     ], tmp_path)

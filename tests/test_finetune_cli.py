@@ -76,9 +76,11 @@ def test_from_scratch_and_cross_validation(corpus, tmp_path, capsys):
     for name in ("classes.txt", "stats.json"):
         shutil.copy(corpus / "events" / name, folds / name)
     run = tmp_path / "cv"
-    results = cross_validate([*args(corpus, run, "--model.init_from", "null", "--trainer.max_epochs", "1"),
+    summary = cross_validate([*args(corpus, run, "--model.init_from", "null", "--trainer.max_epochs", "2"),
                               "--data.train", str(folds)])
-    assert len(results) == 3 and all(0 <= value <= 1 for value in results)
-    assert "3-fold test/acc" in capsys.readouterr().out
+    assert set(summary["folds"]) == {"fold1", "fold2", "fold3"} and summary["epoch"] in (1, 2)
+    assert all(0 <= fold["at_epoch"] <= 1 and len(fold["curve"]) == 2 for fold in summary["folds"].values())
+    assert "3-fold val/acc at epoch" in capsys.readouterr().out
+    assert json.loads((run / "cv.json").read_text()) == summary
     for fold in ("fold1", "fold2", "fold3"):
-        assert (run / fold / "checkpoints/best.ckpt").exists()
+        assert (run / fold / "history.csv").exists() and (run / fold / "result.json").exists()

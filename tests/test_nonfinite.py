@@ -36,7 +36,7 @@ def asit(**changes) -> ASiT:
 
 
 def finetune(**changes) -> Finetune:
-    return Finetune(**{**TINY, "num_classes": 3, "warmup_steps": 2, "lr": 1e-3, **changes})
+    return Finetune(**{**TINY, "num_classes": 3, "schedule": "cosine", "warmup_steps": 2, "lr": 1e-3, **changes})
 
 
 BUILDERS = {"mspm": mspm, "asit": asit, "finetune": finetune}

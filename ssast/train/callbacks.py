@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from ssast.checkpoints import save_encoder
 from ssast.files import written_atomically
+
+log = logging.getLogger(__name__)
 
 
 class ExportEncoder(L.Callback):
@@ -216,3 +221,65 @@ class LogPictures(L.Callback):
         if drawn is not None:
             picture, caption = drawn
             pl_module.log_picture(self.key, picture, caption)
+
+
+class AverageEpochWeights(L.Callback):
+    """Weight averaging as the official SSAST/AST finetuning (``validate_wa`` in their
+    ``traintest.py``): the arithmetic mean of the module's weights at the end of epochs
+    ``first_epoch`` to ``last_epoch`` (from 1, both included) becomes the model once training
+    ends, and is saved as ``checkpoints/averaged.ckpt``; the finetuning CLI then validates and
+    tests it as the run's reported model (SSAST's AudioSet-20K recipe: epochs 6 to 25).
+
+    Each epoch's own weights are still what validation sees during training, as in the
+    official loop (Lightning's ``WeightAveraging`` swaps the average in for validation and
+    into every checkpoint, which is not that protocol). The running sum, on the CPU, is kept
+    in checkpoints, so a resumed run averages the same epochs. A run that ends before
+    ``last_epoch`` averages the epochs it had, with a warning.
+
+    Args:
+        first_epoch: the first averaged epoch (``--wa_start``).
+        last_epoch: the last averaged epoch (``--wa_end``).
+    """
+
+    filename = "averaged.ckpt"
+
+    def __init__(self, first_epoch: int, last_epoch: int) -> None:
+        if not 1 <= first_epoch <= last_epoch:
+            raise ValueError(f"need 1 <= first_epoch <= last_epoch, got {first_epoch} and {last_epoch}")
+        self.first_epoch, self.last_epoch = first_epoch, last_epoch
+        self.total: dict[str, torch.Tensor] = {}
+        self.epochs: list[int] = []
+
+    @property
+    def averaged(self) -> tuple[int, int] | None:
+        """The first and last epoch in the average, ``None`` before the first."""
+        return (self.epochs[0], self.epochs[-1]) if self.epochs else None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if not self.first_epoch <= epoch <= self.last_epoch or epoch in self.epochs:
+            return
+        for name, value in pl_module.state_dict().items():
+            if value.is_floating_point():  # the official sum, in the weights' precision
+                value = value.detach().to("cpu", copy=True)
+                self.total[name] = self.total[name].add_(value) if name in self.total else value
+        self.epochs.append(epoch)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.epochs:
+            log.warning("weight averaging: training ended before epoch %d, the first to average; the model keeps "
+                        "the last epoch's weights", self.first_epoch)
+            return
+        if self.epochs[-1] < self.last_epoch:
+            log.warning("weight averaging: training ended at epoch %d, before epoch %d; averaging epochs %d-%d",
+                        self.epochs[-1], self.last_epoch, *self.averaged)
+        current = pl_module.state_dict()
+        mean = {name: (total / len(self.epochs)).to(current[name].dtype) for name, total in self.total.items()}
+        pl_module.load_state_dict({**current, **mean})
+        trainer.save_checkpoint(checkpoint_folder(trainer.default_root_dir) / self.filename, weights_only=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "epochs": list(self.epochs)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.total, self.epochs = dict(state_dict["total"]), list(state_dict["epochs"])

@@ -63,6 +63,64 @@ class WarmupCosine(LRScheduler):
         return [self.min_lr + (base_lr - self.min_lr) * cosine for base_lr in self.base_lrs]
 
 
+class WarmupStepDecay(LRScheduler):
+    """The finetuning schedule of the official SSAST and AST loops (``src/traintest.py`` of
+    YuanGongND/ssast and YuanGongND/ast), stepped once per optimizer step.
+
+    Warmup: while ``step <= warmup_steps``, every ``warmup_every`` steps the learning rate is
+    set to ``base_lr * step / warmup_steps`` (SSAST: 1,000 steps in stairs of 50, so steps 0 to
+    49 run at 0); 0 turns warmup off. Decay: ``MultiStepLR(range(decay_start, 1000,
+    decay_every), gamma=decay_factor)`` stepped after each epoch, so epochs 1 to
+    ``decay_start`` keep the rate and the first decayed epoch is ``decay_start + 1``.
+
+    Like the official loop, the two act on the optimizer's current rate: a decay that falls
+    inside the warmup is overwritten by the next warmup setting. The rate of a step is
+    computed from the step alone, so a resumed run continues the schedule exactly.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        steps_per_epoch: int,
+        decay_start: int,
+        decay_every: int = 1,
+        decay_factor: float = 0.85,
+        warmup_steps: int = 0,
+        warmup_every: int = 1,
+    ) -> None:
+        if steps_per_epoch < 1 or decay_every < 1 or warmup_every < 1:
+            raise ValueError(f"steps_per_epoch ({steps_per_epoch}), decay_every ({decay_every}) and warmup_every "
+                             f"({warmup_every}) must be at least 1")
+        self.steps_per_epoch = steps_per_epoch
+        self.decay_start = decay_start
+        self.decay_every = decay_every
+        self.decay_factor = decay_factor
+        self.warmup_steps = warmup_steps
+        self.warmup_every = warmup_every
+        super().__init__(optimizer)
+
+    def scale(self, step: int) -> float:
+        """The factor on the base learning rates at optimizer step ``step`` (from 0)."""
+        if self.warmup_steps > 0:  # the last warmup setting at or before this step
+            anchor = min(step, self.warmup_steps) // self.warmup_every * self.warmup_every
+            value = anchor / self.warmup_steps
+        else:
+            anchor, value = 0, 1.0
+        # Epoch e's decay lands between steps e*spe - 1 and e*spe; those after the anchor count.
+        first = max(anchor // self.steps_per_epoch + 1, self.decay_start)
+        last = min(step // self.steps_per_epoch, 999)  # MultiStepLR's milestones stop below 1000
+        if last < first:
+            return value
+        offset = (first - self.decay_start) % self.decay_every
+        first += (self.decay_every - offset) % self.decay_every  # the first milestone >= first
+        decays = 0 if last < first else (last - first) // self.decay_every + 1
+        return value * self.decay_factor**decays
+
+    def get_lr(self) -> list[float]:
+        scale = self.scale(self.last_epoch)
+        return [base_lr * scale for base_lr in self.base_lrs]
+
+
 def cosine_ramp(start: float, end: float, step: int, total_steps: int) -> float:
     """``start`` at step 0 to ``end`` at ``total_steps`` along a half cosine (DINO's
     schedules of the teacher momentum and the weight decay)."""
