@@ -8,6 +8,9 @@ after the other in this process, through the real ``ssast-pretrain`` program
 * ``asit``: ``configs/pretrain/asit_demo.yaml``;
 * ``eat``: ``configs/pretrain/eat_demo.yaml``, when ``pretrain.eat`` and its recipe exist.
 
+``--layers last,all`` probes each task twice at every point, on the final output and on the
+mean of every block's output (SUPERB's reading), reported as ``<task>`` and ``<task>@all``.
+
 Each run gets a :class:`~ssast.train.probe.ProbeMonitor` on the demo's keywords, speakers
 and events train -> test sets (kNN and linear probe on the frozen exported encoder: at the
 start, every ``--probe-minutes`` of training or ``--probe-steps`` steps, and at the end)
@@ -85,11 +88,19 @@ def task_lengths(data: Path) -> dict[str, int | None]:
     return {task: tasks.get(task, {}).get("target_length") for task in TASKS}
 
 
-def probe_tasks(data: Path) -> list[dict[str, Any]]:
-    """The demo's labeled sets as :class:`~ssast.train.probe.ProbeTask` values."""
+def probe_tasks(data: Path, layers: list[str] = ("last",)) -> list[dict[str, Any]]:
+    """The demo's labeled sets as :class:`~ssast.train.probe.ProbeTask` values, once per
+    choice of ``layers``: ``<task>`` reads the first choice, ``<task>@<choice>`` the others,
+    so one run probes them side by side at the same steps."""
     lengths = task_lengths(data)
-    return [{"name": task, "train": str(data / task / "train"), "test": str(data / task / "test"),
-             "target_length": lengths[task]} for task in TASKS]
+    return [{"name": task if index == 0 else f"{task}@{choice}", "train": str(data / task / "train"),
+             "test": str(data / task / "test"), "target_length": lengths[task], "layers": layer_value(choice)}
+            for index, choice in enumerate(layers) for task in TASKS]
+
+
+def layer_value(choice: str) -> str | int:
+    """``last``, ``all`` or a block number, as ``--layers`` writes them."""
+    return int(choice) if choice.isdigit() else choice
 
 
 def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace) -> list[str]:
@@ -103,7 +114,7 @@ def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace) 
     """
     recipe, options = METHODS[method]
     probe = {"class_path": "ssast.train.probe.ProbeMonitor", "init_args": {
-        "tasks": probe_tasks(data), "every_n_steps": args.probe_steps,
+        "tasks": probe_tasks(data, args.layers.split(",")), "every_n_steps": args.probe_steps,
         "every_minutes": args.probe_minutes or args.minutes / 6, "max_clips": args.max_clips,
         "history_file": str(run / "probes.json"),
     }}
@@ -250,6 +261,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="probe every this many training minutes (default: a sixth of --minutes)")
     parser.add_argument("--probe-steps", type=int, default=0, help="also probe every this many steps (0: off)")
     parser.add_argument("--max-clips", type=int, default=1000, help="clips per probe train and test set at most")
+    parser.add_argument("--layers", default="last",
+                        help="the layers the probes read, comma-separated (last, all, a block): the first is reported "
+                             "as <task>, the others as <task>@<choice>, all probed at the same steps")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipes' max_epochs")
     parser.add_argument("--cli-args", default="", help="more ssast-pretrain options for every method, one string")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -5,7 +5,9 @@ from ``(target_length - 1) * 160 + 400`` samples at 16 kHz. Longer audio is cut 
 that many samples, ``hop`` apart, until one reaches the end of the clip (:class:`Windowing`);
 the last is zero-padded in the fbank, as AST pads a short clip. Each window goes through the
 checkpoint's fbank, normalization and encoder and is pooled as the checkpoint pools; a clip's
-embedding is the mean of its windows'. Files are read one window at a time by seeking
+embedding is the mean of its windows'. The tokens pooled are the encoder's final output, or with
+``layers`` the mean of every block's output (SUPERB's ``hidden_states``) or one block's
+(:meth:`~ssast.encoder.ASTEncoder.layer_tokens`). Files are read one window at a time by seeking
 (:class:`ssast.audio.AudioFile`), so an hour-long recording costs the memory of one window, and
 in-memory waveforms are cut into views.
 
@@ -35,7 +37,7 @@ from ssast.audio import SAMPLE_RATE, AudioDecodeError, AudioFile
 from ssast.checkpoints import Checkpoint, CheckpointError, load_checkpoint
 from ssast.data.reader import AUDIO_MEMBERS, list_shards, shard_samples
 from ssast.data.writer import AUDIO_SUFFIXES, read_manifest, scan_folder
-from ssast.encoder import Pooling
+from ssast.encoder import Layers, Pooling
 from ssast.features import Fbank, Normalize
 from ssast.files import written_atomically
 
@@ -45,9 +47,26 @@ Audio = torch.Tensor | str | Path | bytes
 K = TypeVar("K")
 
 
+def check_layers(layers: object, depth: int | None = None) -> Layers:
+    """``layers`` if it names tokens an encoder of ``depth`` blocks has (``last``, ``all``, or a
+    block from 1 to ``depth``; any positive block when ``depth`` is ``None``), else ``ValueError``."""
+    if layers in ("last", "all") and isinstance(layers, str):
+        return layers  # type: ignore[return-value]
+    if isinstance(layers, int) and not isinstance(layers, bool) and 1 <= layers <= (depth or layers):
+        return layers
+    blocks = f"from 1 to {depth}" if depth else "number from 1"
+    raise ValueError(f"layers must be 'last', 'all' or a block {blocks}, got {layers!r}")
+
+
+def parse_layers(text: str) -> Layers:
+    """``last``, ``all`` or a block number as a command line gives it (``"3"`` -> ``3``)."""
+    text = text.strip().lower()
+    return check_layers(int(text) if text.lstrip("+-").isdigit() else text)
+
+
 class Embeddings(NamedTuple):
     clip: torch.Tensor  # [B, D]
-    tokens: torch.Tensor  # [B, N, D] patch tokens, frequency-major
+    tokens: torch.Tensor  # [B, N, D] patch tokens (of the embedder's layers), frequency-major
 
 
 class WindowEmbeddings(NamedTuple):
@@ -162,8 +181,13 @@ class Embedder:
     either way.
 
     ``pooling`` defaults to the checkpoint's own (``mean`` of patch tokens for SSAST, ``cls``
-    for Hugging Face AST). ``hop`` is the time between windows in seconds; by default half a
-    window (5.12 s for 1024 frames), so every moment is seen by two windows and an event cut
+    for Hugging Face AST). ``layers`` says which tokens are pooled (and returned as ``tokens``):
+    ``last``, the encoder's final output (after its norm), as finetuning's ``mean`` and ``cls``
+    pooling read it; ``all``, the mean of every block's output, as SSAST's SUPERB figures read
+    the encoder (s3prl's ``hidden_states``, a weighted sum of layers, here with equal weights),
+    which keeps more of what lower blocks hold, such as the speaker's voice; ``k``, block
+    ``k``'s output (1 is the first). ``hop`` is the time between windows in seconds; by default
+    half a window (5.12 s for 1024 frames), so every moment is seen by two windows and an event cut
     by one window's edge is whole in its neighbour. ``precision`` ``bf16`` runs the encoder
     under bf16 autocast (the default on CUDA; ``fp32`` elsewhere); embeddings are float32
     either way. ``overrides`` go to :func:`~ssast.checkpoints.load_checkpoint` (``fstride``,
@@ -177,6 +201,7 @@ class Embedder:
         *,
         device: str | torch.device = "cpu",
         pooling: Pooling | None = None,
+        layers: Layers = "last",
         batch_size: int = 16,
         hop: float | None = None,
         precision: Precision | None = None,
@@ -198,6 +223,7 @@ class Embedder:
                                    preprocessing.std if std is None else std)
         self.target_length = preprocessing.target_length
         self.pooling: Pooling = pooling or checkpoint.pooling
+        self.layers: Layers = check_layers(layers, self.encoder.config.depth)
         self.batch_size = batch_size
         self.precision = precision
         window = self.fbank.num_samples(self.target_length)
@@ -266,9 +292,9 @@ class Embedder:
         on_error: Callable[[K, Exception], None] | None = None,
     ) -> Iterator[tuple[K, torch.Tensor, int]]:
         """Cut each clip into windows (``windowing``, by default the embedder's), run them
-        through the encoder in batches of ``batch_size`` and reduce each window's output
-        ``[B, lead + N, D]`` with ``per_window`` to ``[B, ...]``. Yields, in input order,
-        ``(key, features [windows, ...] float32, num_samples)`` per clip; on
+        through the encoder in batches of ``batch_size`` and reduce each window's tokens
+        ``[B, lead + N, D]`` (of the embedder's ``layers``) with ``per_window`` to ``[B, ...]``.
+        Yields, in input order, ``(key, features [windows, ...] float32, num_samples)`` per clip; on
         ``on_error`` see :meth:`embed_many`. Only the windows of one batch are in memory."""
         windowing = windowing or self.windowing
         pending: deque[_Clip] = deque()  # clips with windows read, in input order
@@ -317,7 +343,8 @@ class Embedder:
                 yield clip.key, clip.features, clip.num_samples
 
     def _encode(self, windows: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The encoder's output ``[B, lead + N, D]`` for waveforms of at most one window each."""
+        """The encoder's tokens ``[B, lead + N, D]`` from the embedder's ``layers``, for waveforms
+        of at most one window each."""
         lengths = torch.tensor([len(window) for window in windows], device=self.device)
         # Assembled where the windows are (a file's on the CPU), then moved in one copy.
         padded = windows[0].new_zeros(len(windows), self.window_samples, dtype=torch.float32)
@@ -328,7 +355,7 @@ class Embedder:
         features = self.normalize(self.fbank(padded, lengths))
         bf16 = (self.precision or ("bf16" if self.device.type == "cuda" else "fp32")) == "bf16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            return self.encoder(features)
+            return self.encoder.layer_tokens(features, self.layers)
 
     def _check_length(self, num_samples: int) -> None:
         if num_samples < self.fbank.window_size:
@@ -514,6 +541,7 @@ def embed_inputs(
     device: str | torch.device | None = None,
     precision: Precision | None = None,
     pooling: Pooling | None = None,
+    layers: Layers = "last",
     frames: bool = False,
     progress: bool = True,
 ) -> EmbedSummary:
@@ -534,8 +562,8 @@ def embed_inputs(
         raise OSError(f"cannot write to {out}: {error}") from error
     try:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        embedder = Embedder(checkpoint, device=device, pooling=pooling, batch_size=batch_size, hop=hop,
-                            precision=precision)
+        embedder = Embedder(checkpoint, device=device, pooling=pooling, layers=layers, batch_size=batch_size,
+                            hop=hop, precision=precision)
         run.clear_previous()
         total = None if any(isinstance(source, _Shards) for source in sources) else len(sources)
         with tqdm(total=total, unit="clip", desc="embed", disable=not progress, file=sys.stderr) as bar:
@@ -574,7 +602,18 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="default cuda when available, else cpu")
     parser.add_argument("--precision", choices=["bf16", "fp32"], help="default bf16 on cuda, fp32 elsewhere")
     parser.add_argument("--pooling", choices=["mean", "cls"], help="default the checkpoint's")
+    parser.add_argument("--layers", type=_layers_argument, default="last", metavar="last|all|K",
+                        help="the tokens pooled: 'last', the encoder's final output (default); 'all', the mean of "
+                             "every block's output (SUPERB's hidden states, as SSAST's speaker and keyword results "
+                             "read them); K, block K's output (1 is the first)")
     return parser
+
+
+def _layers_argument(text: str) -> Layers:
+    try:
+        return parse_layers(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -584,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = embed_inputs(
             args.checkpoint, args.inputs, args.out, hop=args.hop, batch_size=args.batch_size, device=args.device,
-            precision=args.precision, pooling=args.pooling, frames=args.frames,
+            precision=args.precision, pooling=args.pooling, layers=args.layers, frames=args.frames,
         )
     except (CheckpointError, OSError, ValueError) as error:  # inputs, checkpoint, output folder
         print(f"ssast-embed: error: {error}", file=sys.stderr)

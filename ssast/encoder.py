@@ -16,7 +16,7 @@ checkpoints do, so those load by stripping a prefix.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 Pooling = Literal["mean", "cls"]
+# Which tokens an embedding is read from: the final (normed) output, the mean of every block's
+# output, or one block's output (from 1).
+Layers = Union[Literal["last", "all"], int]
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,29 @@ class ASTEncoder(nn.Module):
         clip = torch.arange(batch, device=visible.device).repeat_interleave(clones)
         patches = tokens[:, lead:][clip[:, None], visible]
         return torch.cat([repeat(tokens[:, :lead], "b l d -> (b c) l d", c=clones), patches], dim=1)
+
+    def hidden_states(self, fbank: torch.Tensor, depth: int | None = None) -> list[torch.Tensor]:
+        """Each block's output, ``[B, lead + N, D]`` per block, first block first, without the
+        final norm: what SSAST's SUPERB upstream hands s3prl as ``hidden_states``
+        (``src/finetune/superb/upstream/ast/ast_models.py``). ``depth``: only the first blocks."""
+        x = self.embed(fbank)
+        states = []
+        for block in self.blocks[:depth]:
+            x = block(x)
+            states.append(x)
+        return states
+
+    def layer_tokens(self, fbank: torch.Tensor, layers: Layers = "last") -> torch.Tensor:
+        """Tokens ``[B, lead + N, D]`` from the chosen layers: ``last``, the final output (after
+        the norm, as :meth:`forward`); ``all``, the mean of every block's output (a weighted sum
+        of layers with uniform weights); ``k``, block ``k``'s output (1 is the first)."""
+        if layers == "last":
+            return self.forward(fbank)
+        if layers == "all":
+            return torch.stack(self.hidden_states(fbank)).mean(dim=0)
+        if not isinstance(layers, int) or not 1 <= layers <= self.config.depth:
+            raise ValueError(f"layers must be 'last', 'all' or a block from 1 to {self.config.depth}, got {layers!r}")
+        return self.hidden_states(fbank, depth=layers)[-1]
 
     def block_ffn_outputs(self, fbank: torch.Tensor) -> list[torch.Tensor]:
         """Each block's feed-forward output before its residual addition, ``[B, lead + N, D]``

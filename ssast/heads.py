@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -22,6 +24,59 @@ class ClassificationHead(nn.Module):
 
     def forward(self, clip_embedding: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(clip_embedding))
+
+
+class LayerWeights(nn.Module):
+    """A learnable weighted sum of the encoder's hidden states, as s3prl's ``Featurizer``
+    (``-s hidden_states``, with which SSAST's SUPERB figures were made): softmax weights over
+    the layers from zeros (the plain mean at the start), each state optionally layer-normed
+    first (s3prl's ``normalize``, off in SSAST's runs)."""
+
+    def __init__(self, num_layers: int, normalize: bool = False) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_layers))
+        self.normalize = normalize
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """The weight of each layer, ``[L]``, summing to one."""
+        return self.weights.softmax(dim=-1)
+
+    def forward(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``L`` tensors ``[B, N, D]`` -> their weighted sum ``[B, N, D]``."""
+        if len(hidden_states) != len(self.weights):
+            raise ValueError(f"{len(hidden_states)} hidden states for {len(self.weights)} layer weights")
+        stacked = torch.stack(list(hidden_states))
+        if self.normalize:
+            stacked = F.layer_norm(stacked, stacked.shape[-1:])
+        return torch.einsum("l,lbnd->bnd", self.probabilities.to(stacked.dtype), stacked)
+
+
+class UtteranceHead(nn.Module):
+    """s3prl's utterance-level downstream as SSAST's SUPERB configs set it (``projector_dim:
+    256``, ``UtteranceLevel`` with ``MeanPooling``): ``Linear(D, projector_dim)`` on every
+    token, the mean over the valid tokens, ``Linear(projector_dim, classes)``."""
+
+    def __init__(self, embed_dim: int, num_classes: int, projector_dim: int = 256) -> None:
+        super().__init__()
+        self.projector = nn.Linear(embed_dim, projector_dim)
+        self.linear = nn.Linear(projector_dim, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.linear.out_features
+
+    def pool(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of the projected tokens ``[B, T, D]`` -> ``[B, projector_dim]``, over the
+        first ``valid[b]`` tokens of each clip (all of them without ``valid``)."""
+        projected = self.projector(tokens)
+        if valid is None:
+            return projected.mean(dim=1)
+        keep = torch.arange(tokens.shape[1], device=tokens.device) < valid[:, None]
+        return (projected * keep[..., None]).sum(dim=1) / keep.sum(dim=1, keepdim=True).clamp_min(1)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear(self.pool(tokens, valid))
 
 
 class PatchPredictionHead(nn.Sequential):

@@ -17,6 +17,10 @@ hold (``n_time * tstride`` frames), so the columns of consecutive windows tile e
 column's timestamp is the middle of the frames it covers; the columns whose middle lies
 past the end of the audio are left out, so the last timestamp is within one hop of the end
 and never after it.
+
+Both read the tokens the model's ``layers`` name (:class:`~ssast.embed.Embedder`'s): the final
+output by default, ``all`` for the mean of every block's output (``--model-options
+'{"layers": "all"}'``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from torch import nn
 
 from ssast.audio import SAMPLE_RATE
 from ssast.embed import Embedder, Precision, Windowing
-from ssast.encoder import Pooling
+from ssast.encoder import Layers, Pooling
 
 
 @dataclass(frozen=True)
@@ -103,16 +107,21 @@ class HearModel(nn.Module):
 
 
 def load_model(
-    model_file_path: str = "", *, pooling: Pooling | None = None, precision: Precision | None = None, **overrides: Any
+    model_file_path: str = "",
+    *,
+    pooling: Pooling | None = None,
+    layers: Layers = "last",
+    precision: Precision | None = None,
+    **overrides: Any,
 ) -> HearModel:
     """The HEAR model of a checkpoint file or Hugging Face folder (any ``ssast.load_checkpoint``
-    reads), on the CPU. ``pooling`` and ``precision`` are :class:`~ssast.embed.Embedder`'s;
+    reads), on the CPU. ``pooling``, ``layers`` and ``precision`` are :class:`~ssast.embed.Embedder`'s;
     ``overrides`` (``tstride``, ``fstride``, ``input_tdim``) go to ``load_checkpoint``: with
     heareval, ``--model-options '{"tstride": 4}'``."""
     if not model_file_path:
         raise ValueError("ssast.hear has no default weights: pass a checkpoint "
                          "(hear-validator ssast.hear --model PATH)")
-    return HearModel(Embedder(model_file_path, pooling=pooling, precision=precision, **overrides))
+    return HearModel(Embedder(model_file_path, pooling=pooling, layers=layers, precision=precision, **overrides))
 
 
 def _rows(audio: torch.Tensor) -> list[tuple[int, torch.Tensor]]:

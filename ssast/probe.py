@@ -4,7 +4,8 @@ Small pieces, each doing one thing, shared by the pretraining callback
 (:class:`ssast.train.probe.ProbeMonitor`), the benchmarks and the demo:
 
 * :func:`load_clips` reads a small labeled shard set into memory once, as log-mels;
-* :func:`embed` runs a frozen encoder over them in batches (mean of the patch tokens);
+* :func:`embed` runs a frozen encoder over them in batches (mean of the patch tokens of its
+  final output, or with ``layers="all"`` of the mean of every block's output);
 * :func:`knn_accuracy` and :func:`linear_probe_accuracy` score embeddings on a train/test
   split; :func:`probe` does both for an encoder;
 * :func:`logmel_statistics` are the honest simple features to beat: the per-bin mean and
@@ -37,6 +38,8 @@ from tqdm.auto import tqdm
 from ssast.checkpoints import adapt_encoder
 from ssast.data.reader import ShardStream, list_shards, read_classes
 from ssast.data.stats import read_stats
+from ssast.embed import check_layers
+from ssast.encoder import Layers
 from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames
 
 # The linear probe's L2 penalty on the weights of standardized features, per clip-averaged
@@ -156,6 +159,7 @@ def embed(
     encoder: nn.Module,
     fbank: torch.Tensor,
     *,
+    layers: Layers = "last",
     batch_size: int = 64,
     device: torch.device | str | None = None,
     bf16: bool | None = None,
@@ -163,8 +167,8 @@ def embed(
 ) -> torch.Tensor:
     """Clip embeddings ``[N, D]`` (float32, on the CPU) of normalized log-mels ``[N, T, F]``
     by a frozen :class:`~ssast.encoder.ASTEncoder`: the mean of its patch tokens, as SSAST
-    finetunes on. ``T`` must be the encoder's ``config.input_tdim`` (see
-    :meth:`LabeledClips.features`).
+    finetunes on, read from ``layers`` (:meth:`~ssast.encoder.ASTEncoder.layer_tokens`).
+    ``T`` must be the encoder's ``config.input_tdim`` (see :meth:`LabeledClips.features`).
 
     The encoder runs in eval mode (no dropout, no drop-path) and is put back in the mode
     it was in.
@@ -172,11 +176,15 @@ def embed(
     Args:
         encoder: the encoder (left where it is; its parameters say the device and dtype).
         fbank: the normalized log-mels, on any device.
+        layers: the tokens pooled: ``last``, the final output (after the norm); ``all``, the
+            mean of every block's output (SUPERB's ``hidden_states`` with equal weights:
+            lower layers keep more of the speaker); ``k``, block ``k``'s output (from 1).
         batch_size: clips per forward pass.
         device: where to run; ``None``: where the encoder's parameters are.
         bf16: bf16 autocast; ``None``: on CUDA only.
         progress: show a progress bar.
     """
+    layers = check_layers(layers, encoder.config.depth)
     parameter = next(encoder.parameters())
     device = torch.device(device) if device is not None else parameter.device
     bf16 = device.type == "cuda" if bf16 is None else bf16
@@ -188,7 +196,7 @@ def embed(
             batch = fbank[start : start + batch_size].to(device=device, dtype=parameter.dtype, non_blocking=True)
             autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
             with autocast:
-                out.append(encoder.pool(encoder(batch), "mean").float().cpu())
+                out.append(encoder.pool(encoder.layer_tokens(batch, layers), "mean").float().cpu())
         return torch.cat(out)
     finally:
         encoder.train(was_training)
@@ -307,6 +315,7 @@ def probe(
     *,
     k: int = 20,
     l2: float = DEFAULT_L2,
+    layers: Layers = "last",
     batch_size: int = 64,
     bf16: bool | None = None,
 ) -> dict[str, float]:
@@ -323,15 +332,17 @@ def probe(
         test: the labeled clips they are scored on.
         k: neighbours of the kNN vote.
         l2: the linear probe's penalty.
+        layers: the tokens the clip embeddings pool (see :func:`embed`).
         batch_size: clips per forward pass.
         bf16: bf16 autocast; ``None``: on CUDA only.
     """
+    layers = check_layers(layers, encoder.config.depth)
     frames = train.fbank.shape[1]
     if encoder.config.input_tdim != frames:
         parameter = next(encoder.parameters())
         encoder = adapt_encoder(encoder, input_tdim=frames).to(parameter.device, parameter.dtype)
-    train_x = embed(encoder, train.features(frames), batch_size=batch_size, bf16=bf16)
-    test_x = embed(encoder, test.features(frames), batch_size=batch_size, bf16=bf16)
+    train_x = embed(encoder, train.features(frames), layers=layers, batch_size=batch_size, bf16=bf16)
+    test_x = embed(encoder, test.features(frames), layers=layers, batch_size=batch_size, bf16=bf16)
     return {
         "knn": knn_accuracy(train_x, train.labels, test_x, test.labels, k=k),
         "linear": linear_probe_accuracy(train_x, train.labels, test_x, test.labels, l2=l2),

@@ -282,3 +282,101 @@ def test_an_interrupted_run_leaves_no_clips_npy(checkpoint, inputs, tmp_path, ca
     # The earlier run's results are gone, the new run published none: nothing disagrees.
     assert not (out / "clips.npy").exists() and not (out / "keys.txt").exists()
     assert not list(out.glob(".*")) and not list((out / "frames").glob("*.npy"))
+
+
+# --- layers: which tokens are pooled ----------------------------------------------------
+
+
+def layer_tokens_by_hand(encoder, features: torch.Tensor, layers) -> torch.Tensor:
+    """The tokens of ``layers`` from the blocks themselves: the final output, the mean of the
+    blocks' outputs, or block ``k``'s output."""
+    x, states = encoder.embed(features), []
+    for block in encoder.blocks:
+        x = block(x)
+        states.append(x)
+    if layers == "last":
+        return encoder.norm(x)
+    return torch.stack(states).mean(dim=0) if layers == "all" else states[layers - 1]
+
+
+def test_layers_choose_the_tokens_clip_and_window_embeddings_pool(tmp_path):
+    encoder = tiny_encoder(depth=3)
+    save_encoder(encoder, tmp_path / "enc.pt", Preprocessing(MEAN, STD, 96))
+    waveforms = [noise(0.9, seed=1), noise(0.6, seed=2)]
+    features = torch.stack([Normalize(MEAN, STD)(fit_frames(Fbank()(w), 96)) for w in waveforms])
+    states = encoder.hidden_states(features)
+    assert len(states) == 3
+    results = {}
+    for layers in ("last", "all", 1, 2, 3):
+        out = Embedder(tmp_path / "enc.pt", layers=layers, batch_size=1)(waveforms)
+        tokens = layer_tokens_by_hand(encoder, features, layers)
+        assert torch.allclose(out.clip, encoder.pool(tokens, "mean"), atol=1e-5), layers
+        assert torch.allclose(out.tokens, encoder.patch_tokens(tokens), atol=1e-5), layers
+        results[layers] = out.clip
+    # "all" is the mean over blocks of each block's pooled output; k is block k's; "last" is unchanged.
+    assert torch.allclose(results["all"], torch.stack([encoder.pool(s, "mean") for s in states]).mean(dim=0), atol=1e-5)
+    assert torch.allclose(results[2], encoder.pool(states[1], "mean"), atol=1e-5)
+    assert torch.allclose(results["last"], Embedder(tmp_path / "enc.pt")(waveforms).clip)
+    assert torch.allclose(results["last"], encoder.pool(encoder(features), "mean"), atol=1e-5)
+    assert not torch.allclose(results["all"], results["last"], atol=1e-3)
+    assert not torch.allclose(results[3], results["last"], atol=1e-3)  # block 3 is before the final norm
+    # cls pooling reads the same layers.
+    cls = Embedder(tmp_path / "enc.pt", layers="all", pooling="cls")(waveforms[:1]).clip
+    assert torch.allclose(cls, encoder.pool(torch.stack(states).mean(dim=0)[:1], "cls"), atol=1e-5)
+
+
+def test_layers_reach_long_clips_windows_and_hear(checkpoint):
+    from ssast import hear
+
+    encoder = tiny_encoder()
+    waveform = noise(2.2, seed=3)
+    out = Embedder(checkpoint, layers="all", batch_size=2).embed_long(waveform)
+    window, hop = 15600, 48 * 160
+    starts = list(range(0, len(waveform) - window + hop, hop))
+    expected = []
+    for start in starts:
+        features = Normalize(MEAN, STD)(fit_frames(Fbank()(waveform[start : start + window]), 96))[None]
+        expected.append(encoder.pool(torch.stack(encoder.hidden_states(features)).mean(dim=0), "mean")[0])
+    assert torch.allclose(out.windows, torch.stack(expected), atol=1e-5)
+    assert torch.allclose(out.clip, torch.stack(expected).mean(dim=0), atol=1e-5)
+    # HEAR: scene embeddings are these clip embeddings; timestamp embeddings read the same layers.
+    model = hear.load_model(str(checkpoint), layers="all")
+    assert torch.allclose(hear.get_scene_embeddings(waveform[None], model)[0], out.clip, atol=1e-5)
+    last = hear.get_timestamp_embeddings(waveform[None], hear.load_model(str(checkpoint)))[0]
+    assert not torch.allclose(hear.get_timestamp_embeddings(waveform[None], model)[0], last, atol=1e-3)
+
+
+def test_bad_layers_are_refused(checkpoint):
+    for bad in (0, 3, -1, "first", "3", True, 1.0, None):
+        with pytest.raises(ValueError, match=r"layers must be 'last', 'all' or a block from 1 to 2, got "):
+            Embedder(checkpoint, layers=bad)
+
+
+def test_cli_layers(checkpoint, inputs, tmp_path, capsys):
+    clips = {}
+    for layers in ("last", "all", "2"):
+        out = tmp_path / f"out-{layers}"
+        code, stdout, _ = run_cli(checkpoint, inputs["listed"] / "d.wav", inputs["folder"] / "dogs/b.flac",
+                                  "--out", out, "--frames", "--layers", layers, capsys=capsys)
+        assert code == 0, stdout
+        clips[layers] = np.load(out / "clips.npy")
+        assert np.allclose(np.load(out / "frames/1.npy").mean(axis=0), clips[layers][1], atol=1e-5)
+    default = tmp_path / "out-default"
+    assert run_cli(checkpoint, inputs["listed"] / "d.wav", "--out", default, capsys=capsys)[0] == 0
+    assert np.array_equal(np.load(default / "clips.npy")[0], clips["last"][0])
+    assert not np.allclose(clips["all"], clips["last"], atol=1e-3)
+    assert not np.allclose(clips["2"], clips["all"], atol=1e-3)
+    expected = Embedder(checkpoint, layers="all").embed_long(inputs["folder"] / "dogs/b.flac").clip.numpy()
+    assert np.allclose(clips["all"][1], expected, atol=1e-5)
+    # A block the checkpoint does not have: one line, exit status 2, nothing written.
+    code, _, err = run_cli(checkpoint, inputs["listed"] / "d.wav", "--out", tmp_path / "bad", "--layers", "3",
+                           capsys=capsys)
+    assert code == 2 and err == "ssast-embed: error: layers must be 'last', 'all' or a block from 1 to 2, got 3\n"
+    assert not (tmp_path / "bad/clips.npy").exists()
+    # Not a choice at all: argparse's usage and one line saying why.
+    for bad in ("first", "0", "1.5"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(checkpoint), str(inputs["listed"] / "d.wav"), "--out", str(tmp_path / "bad"), "--layers", bad])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2
+        assert err.splitlines()[-1].startswith("ssast-embed: error: argument --layers: layers must be 'last', 'all'")

@@ -104,6 +104,52 @@ def test_load_clips_and_probe_an_encoder(tiny_corpus, one_thread):
     assert logmel_baseline(train, test) == 1.0  # a low and a high tone: the statistics separate them
 
 
+def test_embed_and_probe_read_the_chosen_layers(tiny_corpus, one_thread):
+    events = tiny_corpus / "events"
+    train = load_clips(events / "train", classes=events / "classes.txt", stats="audioset", target_length=64)
+    encoder = tiny_encoder(input_tdim=64, depth=3)
+    features = train.features(64)
+    states = encoder.hidden_states(features)
+    by_hand = {"last": encoder.norm(states[-1]), "all": torch.stack(states).mean(dim=0), 1: states[0], 3: states[2]}
+    for layers, tokens in by_hand.items():
+        torch.testing.assert_close(embed(encoder, features, layers=layers, batch_size=3),
+                                   tokens[:, encoder.num_lead_tokens :].mean(dim=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(embed(encoder, features), embed(encoder, features, layers="last"))
+    assert not torch.allclose(embed(encoder, features, layers="all"), embed(encoder, features), atol=1e-3)
+    # probe() passes them on, and with "all" its accuracies are those of the mean-of-blocks embeddings.
+    test = load_clips(events / "test", classes=train.classes, stats=train.normalize, target_length=64)
+    result = probe(encoder, train, test, k=3, layers="all")
+    all_train, all_test = embed(encoder, features, layers="all"), embed(encoder, test.features(64), layers="all")
+    assert result == {"knn": knn_accuracy(all_train, train.labels, all_test, test.labels, k=3),
+                      "linear": linear_probe_accuracy(all_train, train.labels, all_test, test.labels)}
+    for bad in (0, 4, "first", True):
+        with pytest.raises(ValueError, match=r"^layers must be 'last', 'all' or a block from 1 to 3, got "):
+            probe(encoder, train, test, layers=bad)
+        with pytest.raises(ValueError, match=r"^layers must be 'last', 'all' or a block from 1 to 3, got "):
+            embed(encoder, features, layers=bad)
+
+
+def test_probe_monitor_layers_parse_from_a_recipe():
+    """LightningCLI reads callbacks as class_path/init_args: ``layers`` keeps its type."""
+    from jsonargparse import ArgumentParser
+
+    def parse(value: str):
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_subclass_arguments(L.Callback, "callback")
+        recipe = (f"callback:\n  class_path: ssast.train.probe.ProbeMonitor\n  init_args:\n    layers: {value}\n"
+                  f"    tasks: [{{name: a, train: x, test: y}}]\n")
+        return parser.instantiate(parser.parse_string(recipe)).callback.layers
+
+    assert parse("all") == "all" and parse("last") == "last"
+    assert parse("3") == 3 and isinstance(parse("3"), int)
+    assert ProbeMonitor([{"name": "a", "train": "x", "test": "y"}]).layers == "last"  # the default
+    for bad in ("first", "true", "1.5"):
+        with pytest.raises(Exception, match="layers"):
+            parse(bad)
+    with pytest.raises(ValueError, match=r"layers must be 'last', 'all' or a block number from 1, got 0"):
+        parse("0")  # refused by ProbeMonitor itself, which jsonargparse reports
+
+
 def test_probe_task_finds_classes_and_stats_beside_the_shards(tmp_path):
     (tmp_path / "kw/train").mkdir(parents=True)
     (tmp_path / "kw/classes.txt").write_text("a\nb\n")
@@ -152,6 +198,49 @@ def test_probe_monitor_in_a_real_fit(tiny_corpus, tmp_path, one_thread):
     resumed.load_state_dict(state)
     assert resumed.history == monitor.history and resumed._last_step == 4
     assert resumed.training_seconds() >= state["training_seconds"] - 1e-6
+
+
+def test_probe_monitor_reads_all_layers_in_a_real_fit(tiny_corpus, tmp_path, monkeypatch, one_thread):
+    import ssast.train.probe
+    from pretrain.mspm import MSPM
+    from ssast.train.datamodule import AudioDataModule
+
+    calls = []
+    real_probe = ssast.train.probe.probe
+
+    def spy(encoder, train, test, **kwargs):
+        calls.append(kwargs["layers"])
+        return real_probe(encoder, train, test, **kwargs)
+
+    monkeypatch.setattr(ssast.train.probe, "probe", spy)
+    L.seed_everything(0)
+    model = MSPM(size="mini", fshape=128, tshape=2, input_tdim=32, mask_patches=8, passes=1, warmup_steps=1)
+    data = AudioDataModule(train=str(tiny_corpus / "unlabeled"), target_length=32, batch_size=4, num_workers=0,
+                           batches_per_epoch=2, stats="audioset")
+    task = {"name": "events", "train": str(tiny_corpus / "events/train"), "test": str(tiny_corpus / "events/test")}
+    monitor = ProbeMonitor([task], every_n_steps=0, k=3, layers="all", history_file=None)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=CSVLogger(tmp_path, name="csv"),
+                        default_root_dir=tmp_path, callbacks=[monitor], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(model, data)
+    assert calls == ["all", "all"]  # the start and the end
+    history = monitor.history["events"]
+    assert [point.step for point in history] == [0, 2]
+    # The last point is the probe of the trained encoder's mean-of-blocks embeddings.
+    train, test = monitor._clips["events"]
+    expected = real_probe(model.exported_encoder, train, test, k=3, layers="all")
+    assert (history[-1].knn, history[-1].linear) == (expected["knn"], expected["linear"])
+    rows = list(csv.DictReader((Path(trainer.logger.log_dir) / "metrics.csv").open()))
+    logged = {int(row["step"]): float(row["probe/events/linear"]) for row in rows if row.get("probe/events/linear")}
+    assert logged == {point.step: point.linear for point in history}  # the same names as with the last layer
+
+    # A block the encoder does not have stops the fit before it trains.
+    deep = ProbeMonitor([task], layers=model.exported_encoder.config.depth + 1, history_file=None)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, callbacks=[deep], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match=r"^layers must be 'last', 'all' or a block from 1 to \d+, got \d+$"):
+        trainer.fit(model, data)
+    assert deep.history["events"] == []
 
 
 def test_training_budget_leaves_probe_time_out(tiny_corpus, monkeypatch, one_thread):

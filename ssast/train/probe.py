@@ -7,7 +7,10 @@ at the end, and logs the accuracy of a kNN vote and of a linear probe on them (s
 :mod:`ssast.probe`) as ``probe/<task>/knn`` and ``probe/<task>/linear``, with
 ``probe/minutes``, the training time so far with the probes left out (a dashboard's x-axis
 for learning per minute). It keeps that history, and writes it to ``probes.json`` in the
-run folder, for pictures of learning per minute.
+run folder, for pictures of learning per minute. ``layers`` chooses the tokens the clip
+embeddings pool: the final output (``last``, the default), the mean of every block's output
+(``all``, as SSAST's SUPERB figures read the encoder, keeping more of what lower blocks hold,
+such as the speaker) or one block's.
 :class:`TrainingBudget` stops a fit after so many minutes of that same time.
 
 In a recipe::
@@ -17,6 +20,7 @@ In a recipe::
         - class_path: ssast.train.probe.ProbeMonitor
           init_args:
             every_n_steps: 100
+            layers: all          # optional: last (default), all, or a block number
             tasks:
               - {name: keywords, train: demo_data/keywords/train, test: demo_data/keywords/test}
               - {name: esc50, train: [data/esc50/fold2, data/esc50/fold3], test: data/esc50/fold1}
@@ -35,6 +39,8 @@ from typing import Any, NamedTuple
 import lightning as L
 
 from ssast.data.reader import find_beside
+from ssast.embed import check_layers
+from ssast.encoder import Layers
 from ssast.files import written_atomically
 from ssast.probe import DEFAULT_L2, LabeledClips, load_clips, probe
 
@@ -55,6 +61,8 @@ class ProbeTask:
             as :class:`~ssast.train.datamodule.AudioDataModule` finds it.
         stats: the normalization: a ``stats.json``, ``audioset``/``esc50``/``speechcommands``,
             or ``"auto"``: ``stats.json`` found like ``classes`` (else the AudioSet stats).
+        layers: this task's layers, when they differ from the monitor's ``layers`` (a
+            speaker task read as SUPERB reads it: ``all``).
     """
 
     name: str
@@ -63,6 +71,7 @@ class ProbeTask:
     target_length: int | None = None
     classes: str = "auto"
     stats: str = "auto"
+    layers: Layers | None = None
 
     def resolve(self, name: str) -> str | None:
         """The path of ``classes`` or ``stats`` with ``"auto"`` looked up beside the shards."""
@@ -105,6 +114,10 @@ class ProbeMonitor(L.Callback):
         max_clips: at most this many clips of each train and each test set (the first ones).
         k: neighbours of the kNN vote.
         l2: the linear probe's penalty on its weights.
+        layers: the tokens the clip embeddings pool (the mean of the patch tokens): ``last``,
+            the encoder's final output; ``all``, the mean of every block's output (SUPERB's
+            ``hidden_states`` with equal weights); ``k``, block ``k``'s output (from 1; checked
+            against the encoder's depth when the fit starts).
         batch_size: clips per forward pass of the encoder.
         bf16: bf16 autocast for the encoder; ``None``: on CUDA only.
         at_start: probe the untrained encoder before the first step.
@@ -125,6 +138,7 @@ class ProbeMonitor(L.Callback):
         max_clips: int = 1000,
         k: int = 20,
         l2: float = DEFAULT_L2,
+        layers: Layers = "last",
         batch_size: int = 64,
         bf16: bool | None = None,
         at_start: bool = True,
@@ -147,6 +161,7 @@ class ProbeMonitor(L.Callback):
         self.max_clips = max_clips
         self.k = k
         self.l2 = l2
+        self.layers: Layers = check_layers(layers)
         self.batch_size = batch_size
         self.bf16 = bf16
         self.at_start = at_start
@@ -173,6 +188,8 @@ class ProbeMonitor(L.Callback):
         return self._offset + self.clock() - self._fit_start - self.probe_seconds
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for layers in (self.layers, *(task.layers for task in self.tasks if task.layers is not None)):
+            check_layers(layers, pl_module.exported_encoder.config.depth)  # a block past the last: stop now
         self._fit_start = self.clock()
         self.probe_seconds = 0.0
         self._last_probe_at = self._offset
@@ -213,7 +230,8 @@ class ProbeMonitor(L.Callback):
         try:
             for task in self.tasks:
                 train, test = self._task_clips(task, pl_module.exported_encoder.config.input_tdim)
-                result = probe(pl_module.exported_encoder, train, test, k=self.k, l2=self.l2,
+                layers = task.layers if task.layers is not None else self.layers
+                result = probe(pl_module.exported_encoder, train, test, k=self.k, l2=self.l2, layers=layers,
                                batch_size=self.batch_size, bf16=self.bf16)
                 self.history[task.name].append(ProbePoint(step, seconds, result["knn"], result["linear"]))
                 metrics[f"probe/{task.name}/knn"] = result["knn"]
