@@ -1,5 +1,6 @@
 """Batched augmentations, on the batch's device: time-axis transforms of log-mel batches
-``[B, T, F]``, and mixup of waveform batches ``[B, N]`` as AST and SSAST mix clips.
+``[B, T, F]``, mixup of waveform batches ``[B, N]`` as AST and SSAST mix clips, and EAT's
+roll and gain of waveforms.
 
 Every clip of the batch gets its own offset, shift or mix; one ``gather`` or one
 broadcast does the whole batch.
@@ -74,6 +75,31 @@ def mix_waveforms(
     centered = (audio - (audio * is_audio).sum(dim=-1, keepdim=True) / lengths.clamp_min(1)) * is_audio
     mixed = (lam[:, None] * centered + (1 - lam[:, None]) * centered[partner]) * is_audio
     return torch.where(applies[:, None], mixed, audio), partner, lam
+
+
+GAIN_BETA = 10
+"""EAT's waveform gains are 0.5 + Beta(GAIN_BETA, GAIN_BETA), within [0.5, 1.5] around 1."""
+
+
+def roll_and_gain(audio: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """EAT's ``_roll_mag_aug`` (``data/raw_audio_dataset.py``, training only): each clip, its
+    mean removed first as EAT removes it, rolled circularly by a uniform random shift in
+    ``[0, length)`` and scaled by a gain ``0.5 + Beta(10, 10)``. Each row rolls within its own
+    ``lengths[b]`` samples, so the zero padding past them stays zero and out of the roll.
+
+    Returns the new ``[B, N]`` waveforms; ``audio`` is left as it is.
+    """
+    batch, samples = audio.shape
+    device = generator.device if generator is not None else audio.device
+    valid = lengths.to(audio.device).clamp_min(1)[:, None]
+    shifts = (torch.rand(batch, generator=generator, device=device, dtype=torch.float64).to(audio.device)
+              * valid[:, 0]).long()
+    gains = 0.5 + _beta(GAIN_BETA, GAIN_BETA, batch, generator, device).to(audio.device, audio.dtype)
+    positions = torch.arange(samples, device=audio.device)
+    is_audio = positions < lengths.to(audio.device)[:, None]
+    centered = audio - (audio * is_audio).sum(dim=-1, keepdim=True) / valid
+    rolled = centered.gather(1, (positions - shifts[:, None]) % valid)
+    return rolled * gains[:, None] * is_audio
 
 
 def _beta(a: int, b: int, count: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

@@ -176,6 +176,49 @@ def make_audioset(parent: Path) -> Path:
     return root
 
 
+# Two dialogs per session: (dialog, [(utterance speaker + number, label), ...]). Kept per
+# session: neu, hap (exc), ang, sad, hap; dropped: fru, xxx.
+IEMOCAP_DIALOGS = (
+    ("impro01", (("F000", "neu"), ("M000", "exc"), ("F001", "ang"), ("M001", "fru"))),
+    ("script01_1", (("F000", "sad"), ("M000", "hap"), ("M001", "xxx"))),
+)
+IEMOCAP_MISSING = "Session5/sentences/wav/Ses05M_script01_1/Ses05M_script01_1_F002.wav"
+
+
+def make_iemocap(parent: Path) -> Path:
+    """``IEMOCAP_full_release``: five sessions, each with an improvised dialog led by the
+    female actor and a scripted one led by the male actor (``Ses0NF_impro01``,
+    ``Ses0NM_script01_1``), their ``dialog/EmoEvaluation/<dialog>.txt`` with the annotators'
+    lines, and ``sentences/wav/<dialog>/<utterance>.wav``. Session 5 lists one more
+    utterance (``IEMOCAP_MISSING``) that is not on disk; Session 1 has a macOS ``._`` file
+    and the ``Categorical/`` sub-folder of the release beside the label files."""
+    root = parent / "IEMOCAP_full_release"
+    for session in range(1, 6):
+        folder = root / f"Session{session}"
+        labels = folder / "dialog" / "EmoEvaluation"
+        labels.mkdir(parents=True)
+        for lead, (name, utterances) in zip("FM", IEMOCAP_DIALOGS):
+            dialog = f"Ses{session:02d}{lead}_{name}"
+            lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+            listed = list(utterances) + ([("F002", "neu")] if session == 5 and lead == "M" else [])
+            for index, (turn, label) in enumerate(listed):
+                utterance = f"{dialog}_{turn}"
+                times = f"[{2.0 * index + 0.5:.4f} - {2.0 * index + 1.7:.4f}]"
+                lines += [
+                    f"{times}\t{utterance}\t{label}\t[2.5000, 3.0000, 3.5000]",
+                    "C-E1:\tNeutral;\t()", "A-E3:\tval 3; act 2; dom  2;\t()", "",
+                ]
+                if f"{folder.name}/sentences/wav/{dialog}/{utterance}.wav" != IEMOCAP_MISSING:
+                    write_clip(folder / "sentences" / "wav" / dialog / f"{utterance}.wav", 0.2 + 0.05 * index,
+                               rate=16000, freq=180 + 30 * session + 20 * index)
+            (labels / f"{dialog}.txt").write_text("\n".join(lines) + "\n")
+    labels = root / "Session1" / "dialog" / "EmoEvaluation"
+    (labels / "._Ses01F_impro01.txt").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    (labels / "Categorical").mkdir()
+    (labels / "Categorical" / "Ses01F_impro01_e2_cat.txt").write_text("Ses01F_impro01_F000 :Neutral state; ()\n")
+    return root
+
+
 # --- checkpoints ---------------------------------------------------------------------------
 
 

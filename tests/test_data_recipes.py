@@ -1,7 +1,8 @@
-"""Dataset recipes: tiny fake ESC-50, Speech Commands, VoxCeleb1 and AudioSet trees, in
-their published layouts, written to shards and read back."""
+"""Dataset recipes: tiny fake ESC-50, Speech Commands, VoxCeleb1, AudioSet and IEMOCAP trees,
+in their published layouts, written to shards and read back."""
 
 import json
+import logging
 import math
 from collections import Counter
 from pathlib import Path
@@ -11,11 +12,12 @@ import pytest
 import webdataset as wds
 
 from helpers import (
-    HEADER, OTHER_WORDS, SPEAKERS, make_audioset, make_esc50, make_speechcommands, make_voxceleb1,
+    HEADER, IEMOCAP_MISSING, OTHER_WORDS, SPEAKERS, make_audioset, make_esc50, make_iemocap, make_speechcommands,
+    make_voxceleb1, write_clip,
 )
 from ssast.data.cli import main
 from ssast.data.reader import list_shards, read_classes
-from ssast.data.recipes import SPEECH_COMMANDS, build_recipe, list_audioset, list_speechcommands
+from ssast.data.recipes import SPEECH_COMMANDS, build_recipe, list_audioset, list_iemocap, list_speechcommands
 
 FAST = {"progress": False, "shard_size": 4}
 
@@ -121,6 +123,26 @@ def test_speechcommands_12_classes_with_silence(speechcommands, tmp_path):
     # The same listing twice: the silence assignment is fixed.
     first, second = (list_speechcommands(speechcommands, variant=12).items for _ in range(2))
     assert [(item.key, item.split) for item in first] == [(item.key, item.split) for item in second]
+
+
+def test_speechcommands_12_classes_with_the_released_v001_test_set(speechcommands, tmp_path):
+    released = tmp_path / "speech_commands_test_set_v0.01"
+    for name, count in (("yes", 2), ("_unknown_", 3), ("_silence_", 1)):
+        for index in range(count):
+            write_clip(released / name / f"{index:08x}_nohash_0.wav", 0.2, rate=16000)
+    out = tmp_path / "ks1"
+    assert main(["speechcommands", str(speechcommands), str(out), "--variant", "12", "--test-set", str(released),
+                 "--workers", "2", "--no-stats"]) == 0
+    test = read_back(out, "test")
+    assert label_counts(test) == {"yes": 2, "_unknown_": 3, "_silence_": 1}  # the released clips only
+    assert all(key.startswith("speechcommands/test_set/") and meta["test_set"] == "v0.01" for key, meta in test.items())
+    trained = {meta["path"] for meta in read_back(out, "train").values()}
+    assert not any(path.startswith(("yes/" + SPEAKERS[1], "no/" + SPEAKERS[1])) for path in trained)  # testing_list out
+    with pytest.raises(ValueError, match="--variant 12"):
+        list_speechcommands(speechcommands, test_set=released)
+    (released / "marvin").mkdir()
+    with pytest.raises(ValueError, match="marvin"):
+        list_speechcommands(speechcommands, variant=12, test_set=released)
 
 
 def test_speechcommands_errors_are_clear(speechcommands, tmp_path):
@@ -232,3 +254,71 @@ def test_audioset_default_clips_folder_and_errors(audioset, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="ontology.json"):
         build_recipe("audioset", tmp_path / "empty", tmp_path / "out", **FAST)
+
+
+# --------------------------------------------------------------------------- IEMOCAP
+
+
+@pytest.fixture
+def iemocap(tmp_path: Path) -> Path:
+    return make_iemocap(tmp_path)
+
+
+def test_iemocap_one_folder_per_session(iemocap, tmp_path, capsys):
+    out = tmp_path / "iemocap"
+    assert main(["iemocap", str(iemocap), str(out), "--workers", "1", "--shard-size", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 classes" in printed and "1 listed clips are not on disk" in printed
+    assert "10 utterances with other labels dropped (fru 5, xxx 5)" in printed and "stats over fold1+" in printed
+
+    assert sorted(path.name for path in out.iterdir() if path.is_dir()) == [f"fold{k}" for k in range(1, 6)]
+    assert read_classes(out / "classes.txt") == ["ang", "hap", "neu", "sad"]
+    for session in range(1, 6):
+        samples = read_back(out, f"fold{session}")
+        assert label_counts(samples) == {"neu": 1, "hap": 2, "ang": 1, "sad": 1}  # exc counted as hap
+        assert {meta["emotion"] for meta in samples.values()} == {"neu", "hap", "exc", "ang", "sad"}
+        assert all(meta["session"] == meta["fold"] == session and meta["split"] == f"fold{session}"
+                   for meta in samples.values())
+        prefix = f"iemocap/Ses{session:02d}"
+        excited = samples[f"{prefix}F_impro01_M000"]
+        assert excited["labels"] == ["hap"] and excited["emotion"] == "exc"
+        # The speaker is the utterance's own (its M/F letter), not the dialog's lead actor.
+        assert excited["speaker"] == f"Ses{session:02d}M" and excited["dialog"] == f"Ses{session:02d}F_impro01"
+        sad = samples[f"{prefix}M_script01_1_F000"]
+        assert sad["labels"] == ["sad"] and sad["speaker"] == f"Ses{session:02d}F"
+        dialog = f"Ses{session:02d}M_script01_1"
+        assert sad["path"] == f"Session{session}/sentences/wav/{dialog}/{dialog}_F000.wav" and sad["dialog"] == dialog
+        assert sad["vad"] == [2.5, 3.0, 3.5] and sad["sr"] == 16000 and abs(sad["duration"] - 0.2) < 1e-3
+        assert not any(key.endswith("_M001") for key in samples)  # fru and xxx dropped
+    assert (out / "missing.txt").read_text() == f"{IEMOCAP_MISSING}\tfold5\n"
+    assert_stats(out, 600)
+    assert json.loads((out / "stats.json").read_text())["count"] == 25  # every session: no train split
+
+
+def test_iemocap_errors_are_clear(iemocap, tmp_path, caplog):
+    # A wrong folder (here the one holding IEMOCAP_full_release): one line that names what is missing.
+    caplog.set_level(logging.ERROR)
+    assert main(["iemocap", str(iemocap.parent), str(tmp_path / "out")]) == 2
+    [record] = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    message = record.getMessage()
+    assert "\n" not in message and "IEMOCAP_full_release" in message and "Session1/dialog/EmoEvaluation" in message
+    assert main(["iemocap", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+    evaluation = iemocap / "Session2/dialog/EmoEvaluation/Ses02F_impro01.txt"
+    text = evaluation.read_text()
+    evaluation.write_text(text.replace("\tneu\t[2.5000, 3.0000, 3.5000]", "\tneu"))
+    with pytest.raises(ValueError, match=r"Ses02F_impro01.txt:3: expected"):
+        list_iemocap(iemocap)
+    evaluation.write_text(text.replace("Ses02F_impro01_F000", "Ses03F_impro01_F000"))
+    with pytest.raises(ValueError, match="'Ses03F_impro01_F000' is not an utterance of Session2"):
+        list_iemocap(iemocap)
+    evaluation.write_text(text)
+
+    for wav in (iemocap / "Session3/sentences/wav").rglob("*.wav"):
+        wav.unlink()
+    plan = list_iemocap(iemocap)  # a session without audio: its utterances are missing, not fatal
+    assert plan.counts() == {"fold1": 5, "fold2": 5, "fold4": 5, "fold5": 5} and len(plan.missing) == 6
+    (iemocap / "Session3/sentences/wav").rename(iemocap / "Session3/sentences/audio")
+    with pytest.raises(FileNotFoundError, match="Session3/sentences/wav"):
+        build_recipe("iemocap", iemocap, tmp_path / "out", **FAST)

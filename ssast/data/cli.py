@@ -67,6 +67,7 @@ _RECIPE_SOURCES = {
     "voxceleb1": "the VoxCeleb1 folder (iden_split.txt, wav/)",
     "audioset": "the folder of balanced_train_segments.csv, eval_segments.csv, ontology.json "
     "[and unbalanced_train_segments.csv]",
+    "iemocap": "the IEMOCAP_full_release folder (Session1 ... Session5: dialog/EmoEvaluation/, sentences/wav/)",
 }
 
 
@@ -85,12 +86,16 @@ def _add_recipe_parsers(commands: argparse._SubParsersAction) -> None:
                 "--variant", type=int, choices=(35, 12), default=35,
                 help="35: every word folder is a class (30 in v1); 12: the 10 commands, _unknown_, _silence_",
             )
+            parser.add_argument(
+                "--test-set", type=Path,
+                help="with --variant 12: the released v0.01 test set folder (SUPERB's KS1 test), as the test split",
+            )
         if name == "audioset":
             parser.add_argument("--clips", type=Path, help="folder of the downloaded clips (default: SRC/audio)")
 
 
 def _recipe(args: argparse.Namespace) -> int:
-    options = {name: getattr(args, name) for name in ("variant", "clips") if hasattr(args, name)}
+    options = {name: getattr(args, name) for name in ("variant", "test_set", "clips") if hasattr(args, name)}
     summary = build_recipe(
         args.command, args.src, args.out, shard_size=args.shard_size, workers=args.workers, seed=args.seed,
         shuffle=not args.no_shuffle, overwrite=args.overwrite, stats=not args.no_stats,

@@ -30,7 +30,11 @@ Batches are dicts: ``audio`` ``[B, N]`` float32 waveforms (zero-padded), ``lengt
 ``[B]`` class indices, or ``[B, C]`` multi-hot with ``multi_label``. Training batches of a
 stream with ``mixup`` hold mixed waveforms (:func:`ssast.augment.mix_waveforms`) and
 ``mix_partner`` ``[B]``, ``mix_lambda`` ``[B]``: targets are to be mixed as ``λ t + (1 - λ)
-t[partner]``. The placeholder batch has ``padding: True``: modules must not count it.
+t[partner]``. Training may also draw clips class-balanced (``balanced``, with
+:func:`shard_label_counts`), roll and scale waveforms as EAT does (``roll_gain``,
+:func:`ssast.augment.roll_and_gain`) and read shorter windows than a row holds
+(``train_crop_samples``); evaluation never changes. The placeholder batch has ``padding:
+True``: modules must not count it.
 Features are best left to :class:`ssast.features.Fbank` on the accelerator; with no
 accelerator, pass ``fbank`` and the workers compute a batch's raw log-mel (``fbank``
 ``[B, T, F]``, in place of ``audio``) in parallel.
@@ -38,6 +42,7 @@ accelerator, pass ``fbank`` and the workers compute a batch's raw log-mel (``fba
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -45,7 +50,7 @@ import random
 import re
 import tarfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -60,7 +65,7 @@ from tqdm.auto import tqdm
 from webdataset.tariterators import group_by_keys
 
 from ssast.audio import SAMPLE_RATE, AudioDecodeError, AudioFile, pad_or_crop, random_start
-from ssast.augment import mix_waveforms
+from ssast.augment import mix_waveforms, roll_and_gain
 from ssast.data.writer import SHARD_INDEX, interrupted_output
 from ssast.features import Fbank
 
@@ -103,6 +108,30 @@ class ReaderOptions:
     skip_ratio_after: int = 1000
     shard_retries: int = 3
     retry_delay: float = 1.0
+
+
+@dataclass(frozen=True)
+class KeySplit:
+    """A fixed share of a set's clips, chosen by their keys: ``fraction`` of them (by a hash of
+    the key, the same on every rank, worker and run) are ``held_out``, the rest are not.
+    Training reads the rest and validation the held-out share, as s3prl's ``valid_ratio``
+    carves a dev set out of the training data.
+
+    Args:
+        fraction: the held-out share, between 0 and 1.
+        held_out: whether this stream reads the held-out share (else the rest).
+    """
+
+    fraction: float
+    held_out: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"a held-out fraction is between 0 and 1, got {self.fraction}")
+
+    def keeps(self, key: str) -> bool:
+        position = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
+        return (position < self.fraction) == self.held_out
 
 
 class SampleError(ValueError):
@@ -282,6 +311,89 @@ def shard_sizes(urls: Sequence[str], progress: bool = True) -> list[int]:
     return sizes
 
 
+@dataclass(frozen=True)
+class LabelCounts:
+    """Clips per label of a training set (:func:`shard_label_counts`), what class-balanced
+    sampling weighs clips by: a clip's weight is the sum over its labels of ``1 / count``,
+    proportional both to s3prl's ``1 / count(class)`` for single labels and to AST/EAT's
+    AudioSet weights (``sum 1000 / (count + 0.01)``), so every class is drawn about equally
+    often. A clip without labels weighs nothing.
+
+    Args:
+        counts: clips per label.
+        clips: clips counted (those with labels and those without).
+        max_weight: the largest weight of a clip counted.
+    """
+
+    counts: dict[str, int]
+    clips: int
+    max_weight: float
+
+    def weight(self, labels: Iterable[str]) -> float:
+        """The weight of a clip with these labels (each counted once); ``KeyError`` for a
+        label not counted."""
+        return sum(1 / self.counts[label] for label in set(labels))
+
+    @property
+    def mean_weight(self) -> float:
+        """The average weight of a clip: each label's clips weigh 1 together."""
+        return len(self.counts) / self.clips
+
+    @property
+    def acceptance(self) -> float:
+        """The share of the streamed clips that balanced sampling keeps (and decodes)."""
+        return self.mean_weight / self.max_weight
+
+
+def shard_label_counts(urls: Sequence[str], classes: Sequence[str] | None = None,
+                       progress: bool = True) -> LabelCounts:
+    """Counts the clips of each label in ``urls`` (:class:`LabelCounts`), for class-balanced
+    sampling, by reading the shards through once. Only the ``json`` members are read out
+    (``{"labels": [...]}``); no audio is decoded. A clip whose json cannot be read or, with
+    ``classes``, that has a label outside them is left out, as the readers skip it; a shard
+    that fails counts the clips before the fault (the readers meet the fault too)."""
+    known = set(classes) if classes is not None else None
+    label_sets: Counter[frozenset[str]] = Counter()  # clips per set of labels: far fewer sets than clips
+    left_out = 0
+    for url in tqdm(urls, unit="shard", desc="counting labels", disable=not progress):
+        read = 0
+        try:
+            with closing(_shard_members(url, extension="json")) as members:
+                for sample in group_by_keys(members):
+                    read += 1
+                    labels = _json_labels(sample)
+                    if labels is None or (known is not None and not known.issuperset(labels)):
+                        left_out += 1
+                    else:
+                        label_sets[labels] += 1
+        except Exception as error:  # as in _ShardSamples: opening and reading fail in many ways
+            log.warning("shard %s failed after %d samples while their labels were counted (%s: %s)",
+                        url, read, type(error).__name__, error)
+    counts: Counter[str] = Counter()
+    for labels, clips in label_sets.items():
+        counts.update(dict.fromkeys(labels, clips))
+    if not counts:
+        raise ValueError(f"no clip of the {len(urls)} shards (e.g. {urls[0]}) has a usable label to balance by "
+                         f"({left_out} clips left out for unreadable json or labels outside classes.txt)")
+    result = LabelCounts(dict(counts), sum(label_sets.values()),
+                         max(sum(1 / counts[label] for label in labels) for labels in label_sets))
+    # a warning, to be seen: a low share kept means many clips read (not decoded) per clip used
+    log.warning("counted the labels of %d clips in %d shards (%d left out): %d labels of %d to %d clips; balanced "
+                "sampling keeps %.1f%% of the clips streamed, so it reads %.1f clips for each one it decodes",
+                result.clips, len(urls), left_out, len(counts), min(counts.values()), max(counts.values()),
+                100 * result.acceptance, 1 / result.acceptance)
+    return result
+
+
+def _json_labels(sample: dict[str, Any]) -> frozenset[str] | None:
+    """The labels in a sample's json member; ``None`` when there are none to read."""
+    try:
+        labels = json.loads(sample["json"])["labels"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return frozenset(labels) if isinstance(labels, list) and all(isinstance(x, str) for x in labels) else None
+
+
 def _read_shard_index(folder: Path) -> dict[str, int]:
     """Samples per shard name from ``folder/shards.json``; empty without a usable index."""
     try:
@@ -323,6 +435,24 @@ class ShardStream(IterableDataset):
     :meth:`_pass_share`); without them the stream draws shards with replacement, endlessly.
     ``mixup`` is the probability that a training clip is mixed with another clip of its
     batch (:func:`ssast.augment.mix_waveforms`); evaluation never mixes.
+
+    Three more options change training only (an evaluation stream ignores them):
+
+    * ``balanced`` draws clips class-balanced, with replacement, as s3prl's and AST/EAT's
+      weighted samplers do: a clip is drawn in proportion to its weight in ``label_counts``
+      (:class:`LabelCounts`; ``None``: :func:`shard_label_counts` counts them now, reading the
+      shards through). The stream keeps each clip it reads with probability ``weight /
+      max_weight``, which turns the uniform draws of the stream without ``sizes`` into the
+      weighted ones; it needs that stream (not exact passes) and labels. A clip is judged
+      by its json member, before its audio is decoded: the clips left out cost their
+      reading only, and count as neither read nor skipped;
+    * ``roll_gain`` rolls and scales each waveform as EAT does (before mixup and the fbank,
+      :func:`ssast.augment.roll_and_gain`);
+    * ``train_crop_samples`` reads a random window of at most that many samples (s3prl's
+      ``max_timestep``), zero-padded to ``clip_samples`` like any short clip.
+
+    ``key_split`` (:class:`KeySplit`) reads only the held-out share of the clips, or only the
+    rest, training and evaluation alike: a validation set carved out of the training shards.
     """
 
     def __init__(
@@ -342,6 +472,11 @@ class ShardStream(IterableDataset):
         options: ReaderOptions = ReaderOptions(),
         sizes: Sequence[int] | None = None,
         mixup: float = 0.0,
+        balanced: bool = False,
+        label_counts: LabelCounts | None = None,
+        roll_gain: bool = False,
+        train_crop_samples: int | None = None,
+        key_split: KeySplit | None = None,
     ) -> None:
         super().__init__()
         if rank is None or world_size is None:
@@ -350,9 +485,29 @@ class ShardStream(IterableDataset):
             raise ValueError(f"sizes gives {len(sizes)} shard sizes for {len(urls)} shards")
         if not 0.0 <= mixup <= 1.0:
             raise ValueError(f"mixup is a probability, between 0 and 1; got {mixup}")
+        if train_crop_samples is not None and not 0 < train_crop_samples <= clip_samples:
+            raise ValueError(f"train_crop_samples must be positive and at most the {clip_samples} samples of a "
+                             f"batch row (clip_samples); got {train_crop_samples}")
+        if balanced and training:
+            if sizes is not None:
+                raise ValueError("balanced sampling draws clips with replacement, which exact passes (sizes) cannot: "
+                                 "pass no sizes and cut the stream into epochs with EpochLoader's batches_per_epoch")
+            if classes is None:
+                raise ValueError("balanced sampling weighs clips by their labels: it needs classes, and an unlabeled "
+                                 "stream has none")
+            if label_counts is None:
+                label_counts = shard_label_counts(urls, classes, progress=rank == 0)
         self.urls = list(urls)
         self.sizes = list(sizes) if sizes is not None else None
         self.mixup = mixup
+        self.balanced = balanced and training
+        self.label_counts = label_counts if self.balanced else None
+        self.roll_gain = roll_gain
+        self.train_crop_samples = train_crop_samples
+        if key_split is not None and training and sizes is not None:
+            raise ValueError("a key split leaves out clips that an exact pass counts on: draw training batches with "
+                             "replacement (batches_per_epoch) with it")
+        self.key_split = key_split
         self.clip_samples = clip_samples
         self.batch_size = batch_size
         self.training = training
@@ -403,12 +558,16 @@ class ShardStream(IterableDataset):
             samples = self._segment_samples(segments)
         elif self.training:
             samples = self._random_shard_samples(rng)
+            if self.balanced:
+                samples = self._balance(samples, rng)
         else:
             reader, readers = self.rank * num_workers + worker, self.world_size * num_workers
             by_shard = len(self.urls) >= readers
             samples = self._shard_samples(self.urls[reader::readers] if by_shard else self.urls)
             if not by_shard:  # too few shards to go round: every reader reads all, keeps its share
                 samples = islice(samples, reader, None, readers)
+        if self.key_split is not None:
+            samples = (sample for sample in samples if self.key_split.keeps(sample.get("__key__", "")))
         if self.training:
             buffer = self.options.shuffle_buffer
             samples = wds.shuffle(buffer, initial=buffer // 2, rng=rng)(samples)
@@ -416,7 +575,10 @@ class ShardStream(IterableDataset):
         if exact:
             clips = self._fill(clips, batches * self.batch_size, rng, worker)
         mixing = torch.Generator().manual_seed(rng.getrandbits(63)) if self.training and self.mixup else None
+        rolling = torch.Generator().manual_seed(rng.getrandbits(63)) if self.training and self.roll_gain else None
         for batch in wds.batched(self.batch_size, collation_fn=_collate, partial=not self.training)(clips):
+            if rolling is not None:
+                batch["audio"] = roll_and_gain(batch["audio"], batch["lengths"], rolling)
             if mixing is not None:
                 batch["audio"], batch["mix_partner"], batch["mix_lambda"] = mix_waveforms(
                     batch["audio"], batch["lengths"], self.mixup, mixing)
@@ -455,6 +617,23 @@ class ShardStream(IterableDataset):
             f"retries ({read} samples were read from them in this pass first); the warnings above name each "
             f"shard and its error. Check the paths, commands or network, e.g. {self.urls[0]!r}."
         )
+
+    def _balance(self, samples: Iterable[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
+        """The samples kept with probability ``weight / max_weight`` (rejection sampling: of a
+        uniform stream, the weighted draws), judged by their json member before any audio is
+        decoded. A sample whose labels cannot be weighed is kept at the average rate, so that
+        ``_prepare`` skips and counts it with its true share of the data (``max_skip_ratio``
+        judges the data, not the sampling)."""
+        counts = self.label_counts
+        assert counts is not None
+        for sample in samples:
+            labels = _json_labels(sample)
+            try:
+                weight = counts.weight(labels) if labels is not None else counts.mean_weight
+            except KeyError:  # a label outside classes.txt, or a clip in a shard the count could not read
+                weight = counts.mean_weight
+            if rng.random() * counts.max_weight < weight:
+                yield sample
 
     def _shard_samples(self, urls: Iterable[str]) -> Iterator[dict[str, Any]]:
         for url in urls:
@@ -533,8 +712,9 @@ class ShardStream(IterableDataset):
                 raise SampleError(f"no audio member (looked for {', '.join(AUDIO_MEMBERS)})", "no_audio")
             labels = self._encode_labels(sample) if self.class_index is not None else None
             with AudioFile(sample[member]) as audio:
-                start = random_start(audio.num_samples, self.clip_samples, rng) if self.training else 0
-                waveform, length = pad_or_crop(audio.read(start, self.clip_samples), self.clip_samples)
+                window = (self.train_crop_samples or self.clip_samples) if self.training else self.clip_samples
+                start = random_start(audio.num_samples, window, rng) if self.training else 0
+                waveform, length = pad_or_crop(audio.read(start, window), self.clip_samples)
         except (AudioDecodeError, SampleError) as error:
             self.skips.skip_sample(key, url, error.reason, str(error))
             self.skips.check_ratio(self.options.max_skip_ratio, self.options.skip_ratio_after)
@@ -629,8 +809,10 @@ def shard_samples(url: str) -> Generator[dict[str, Any], None, None]:
         members.close()
 
 
-def _shard_members(url: str) -> Iterator[dict[str, Any]]:
-    """The files of one shard, as ``webdataset.tariterators.group_by_keys`` takes them.
+def _shard_members(url: str, extension: str | None = None) -> Iterator[dict[str, Any]]:
+    """The files of one shard, as ``webdataset.tariterators.group_by_keys`` takes them; with
+    ``extension`` (``"json"``), only the files of that extension are read out, the others
+    passed over.
 
     Opened like webdataset opens shards (``webdataset.gopen``: paths, URLs, ``pipe:``), but
     a shard counts as read only once its end-of-archive marker was read and, for a
@@ -643,7 +825,8 @@ def _shard_members(url: str) -> Iterator[dict[str, Any]]:
     try:
         with tarfile.open(fileobj=source, mode="r|*", tarinfo=_CompleteTarInfo) as archive:
             for member in archive:
-                if member.isreg() and not member.name.startswith("__"):  # webdataset's metadata files
+                if (member.isreg() and not member.name.startswith("__")  # webdataset's metadata files
+                        and (extension is None or member.name.endswith(f".{extension}"))):
                     yield {"fname": member.name, "data": archive.extractfile(member).read(), "__url__": url}
                 archive.members = []  # a stream keeps every header it has read otherwise
     except tarfile.TarError:
@@ -696,6 +879,9 @@ class EpochLoader:
     """
 
     def __init__(self, stream: ShardStream, batches_per_epoch: int | None, **loader_kwargs: Any) -> None:
+        if batches_per_epoch is None and stream.balanced:
+            raise ValueError("a balanced stream draws clips with replacement, it has no exact passes: give "
+                             "batches_per_epoch, the batches per epoch to draw")
         if batches_per_epoch is None:
             stream.batches_per_pass()  # fails now, with the reason, if there can be no pass
         elif stream.sizes is not None:

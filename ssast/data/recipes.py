@@ -20,6 +20,7 @@ recipe                    splits                                      target len
 ``voxceleb1``             ``train``, ``val``, ``test``                1000
 ``audioset``              ``balanced_train``, ``eval``,               1024
                           ``unbalanced_train``
+``iemocap``               ``fold1`` ... ``fold5`` (= Session1 ... 5)  600
 ========================  ==========================================  ==================
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -52,6 +54,10 @@ AUDIOSET_SPLITS = {  # CSV file -> split name; the first two are required
     "eval_segments.csv": "eval",
     "unbalanced_train_segments.csv": "unbalanced_train",
 }
+# IEMOCAP's categorical labels -> the four classes of SUPERB's emotion task (s3prl
+# downstream/emotion, as SSAST reports it): excited is merged into happy, the rest dropped.
+IEMOCAP_CLASSES = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
+IEMOCAP_SESSIONS = 5
 
 
 @dataclass
@@ -178,7 +184,9 @@ def _read_list(path: Path) -> list[str]:
     return [line.strip().replace("\\", "/") for line in path.read_text().splitlines() if line.strip()]
 
 
-def list_speechcommands(src: str | Path, *, variant: int = 35, source: str = "speechcommands") -> RecipePlan:
+def list_speechcommands(
+    src: str | Path, *, variant: int = 35, test_set: str | Path | None = None, source: str = "speechcommands"
+) -> RecipePlan:
     """Speech Commands v1/v2 (the extracted archive: a folder per word,
     ``validation_list.txt``, ``testing_list.txt`` and ``_background_noise_/``).
 
@@ -188,9 +196,17 @@ def list_speechcommands(src: str | Path, *, variant: int = 35, source: str = "sp
     1 s segments of the background-noise files, split 80/10/10 by segment index.
     Folders whose name starts with ``_`` are never words. ``speaker`` (the file name
     before ``_nohash_``) and ``word`` go into the json member.
+
+    ``test_set`` (``variant=12`` only): the separately released test set of v0.01
+    (``speech_commands_test_set_v0.01``, a folder per class, ``_unknown_`` and ``_silence_``
+    included), which SUPERB's KS1 tests on, is the ``test`` split; the files of
+    ``testing_list.txt`` and the test share of the silence segments are then left out, as
+    s3prl leaves them out of training.
     """
     if variant not in (12, 35):
         raise ValueError(f"speechcommands: variant must be 35 (every word) or 12 (10 commands), got {variant}")
+    if test_set is not None and variant != 12:
+        raise ValueError("speechcommands: --test-set is the 12-class v0.01 test set; use it with --variant 12")
     src = _require_folder(Path(src), "speechcommands")
     what = "speechcommands (the extracted Speech Commands folder)"
     val_list = _read_list(_require(src / "validation_list.txt", what))
@@ -237,7 +253,33 @@ def list_speechcommands(src: str | Path, *, variant: int = 35, source: str = "sp
             raise ValueError(f"speechcommands: no {SILENCE_SECONDS:g} s of audio in {noise_folder} for {SILENCE}")
         items += segments
         notes.append(f"{len(segments)} {SILENCE} segments of {SILENCE_SECONDS:g} s cut from {noise_folder}")
+    if test_set is not None:
+        left_out = sum(item.split == "test" for item in items)
+        items = [item for item in items if item.split != "test"] + _released_test_set(Path(test_set), classes, source)
+        missing = [(path, split) for path, split in missing if split != "test"]
+        notes.append(f"test split: the released test set {test_set}; {left_out} clips of testing_list.txt and "
+                     "test-share silence segments left out")
     return RecipePlan(items, classes, ["train"], missing, notes)
+
+
+def _released_test_set(folder: Path, classes: list[str], source: str) -> list[SourceFile]:
+    """The clips of Speech Commands' released v0.01 test set: a folder per class."""
+    what = "speechcommands --test-set (the extracted speech_commands_test_set_v0.01 folder)"
+    folder = _require_folder(folder, what)
+    unknown = sorted(path.name for path in folder.iterdir() if path.is_dir() and path.name not in classes)
+    if unknown:
+        raise ValueError(f"{what}: {', '.join(unknown)} are not among the 12 classes ({', '.join(classes)})")
+    items = []
+    for name in classes:
+        for path in sorted(filter(_is_audio, (folder / name).iterdir())) if (folder / name).is_dir() else []:
+            relative = f"{name}/{path.name}"
+            metadata = {"source": source, "path": relative, "split": "test", "speaker": path.stem.split("_nohash_")[0],
+                        "word": name, "test_set": "v0.01"}
+            items.append(SourceFile(path, sanitize_key(f"{source}/test_set/{name}/{path.stem}"), (name,), "test",
+                                    metadata))
+    if not items:
+        raise FileNotFoundError(f"{what}: no audio in the class folders of {folder}")
+    return items
 
 
 def _silence_split(index: int) -> str:
@@ -414,6 +456,98 @@ def list_audioset(src: str | Path, *, clips: str | Path | None = None, source: s
     return RecipePlan(items, classes, stats_splits, missing, notes)
 
 
+# --------------------------------------------------------------------------- IEMOCAP
+
+
+_IEMOCAP_UTTERANCE = re.compile(r"^Ses(?P<session>\d\d)[FM]_\S+_(?P<gender>[FM])\d+$")
+
+
+def _read_emo_evaluation(path: Path) -> Iterable[tuple[int, str, str, list[float]]]:
+    """Rows ``(line, utterance, label, [valence, activation, dominance])`` of one of
+    IEMOCAP's ``dialog/EmoEvaluation/<dialog>.txt``: the lines that start with ``[``
+    (``[6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]``);
+    the annotators' lines (``C-E1:``, ``A-E3:``, ...) and the ``%`` header are skipped."""
+    for line, text in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not text.startswith("["):
+            continue
+        fields = [part.strip() for part in text.split("\t") if part.strip()]
+        try:
+            vad = [float(value) for value in fields[3].strip("[]").split(",")]
+            utterance, label = fields[1], fields[2]
+        except (IndexError, ValueError):
+            expected = "[start - end]<TAB>utterance<TAB>label<TAB>[V, A, D]"
+            raise ValueError(f"{path}:{line}: expected {expected}, got {text!r}") from None
+        yield line, utterance, label, vad
+
+
+def list_iemocap(src: str | Path, *, source: str = "iemocap") -> RecipePlan:
+    """IEMOCAP (``IEMOCAP_full_release/``: ``Session1`` ... ``Session5``, each with
+    ``dialog/EmoEvaluation/<dialog>.txt`` and ``sentences/wav/<dialog>/<utterance>.wav``).
+
+    Labels: the categorical label of each utterance, in the four classes of SUPERB's
+    emotion task (s3prl ``downstream/emotion``, as SSAST reports it): ``neu``, ``hap``
+    (``hap`` and ``exc``), ``ang``, ``sad``; utterances with any other label (``fru``,
+    ``sur``, ``fea``, ``dis``, ``oth``, ``xxx``) are dropped and counted in the notes.
+    Split: ``fold<N>`` = Session N, for leave-one-session-out cross-validation.
+    ``session``, ``speaker`` (``Ses01F``: the session and the gender letter of the
+    utterance's own speaker, so ``Ses01F_impro01_M000`` is ``Ses01M``), ``dialog``,
+    ``emotion`` (the original label) and ``vad`` (valence, activation, dominance) go into
+    the json member.
+    """
+    src = _require_folder(Path(src), "iemocap")
+    what = "iemocap (the IEMOCAP_full_release folder)"
+    items: list[SourceFile] = []
+    missing: list[tuple[str, str]] = []
+    dropped: Counter = Counter()
+    for session in range(1, IEMOCAP_SESSIONS + 1):
+        folder = f"Session{session}"
+        labels = _require(src / folder / "dialog" / "EmoEvaluation", what, folder=True)
+        _require(src / folder / "sentences" / "wav", what, folder=True)
+        evaluations = sorted(
+            path for path in labels.iterdir()
+            if path.is_file() and path.suffix == ".txt" and not path.name.startswith(".")
+        )
+        if not evaluations:
+            raise FileNotFoundError(f"{what}: no <dialog>.txt label files in {labels}")
+        split = f"fold{session}"
+        for evaluation in evaluations:
+            dialog = evaluation.stem
+            for line, utterance, label, vad in _read_emo_evaluation(evaluation):
+                match = _IEMOCAP_UTTERANCE.match(utterance)
+                if match is None or int(match["session"]) != session:
+                    raise ValueError(
+                        f"{evaluation}:{line}: {utterance!r} is not an utterance of {folder} "
+                        f"(expected Ses{session:02d}<F|M>_<dialog>_<F|M><number>)"
+                    )
+                if label not in IEMOCAP_CLASSES:
+                    dropped[label] += 1
+                    continue
+                relative = f"{folder}/sentences/wav/{dialog}/{utterance}.wav"
+                path = src / relative
+                if not path.is_file():
+                    missing.append((relative, split))
+                    continue
+                metadata = {
+                    "source": source, "path": relative, "split": split, "fold": session, "session": session,
+                    "speaker": f"Ses{session:02d}{match['gender']}", "dialog": dialog, "emotion": label, "vad": vad,
+                }
+                key = sanitize_key(f"{source}/{utterance}")
+                items.append(SourceFile(path, key, (IEMOCAP_CLASSES[label],), split, metadata))
+    if not items:
+        raise FileNotFoundError(
+            f"iemocap: none of the {len(missing)} utterances labeled {'/'.join(IEMOCAP_CLASSES)} in the "
+            f"EmoEvaluation files of {src} has its wav under SessionN/sentences/wav/"
+        )
+    notes = []
+    if dropped:
+        counts = ", ".join(f"{label} {count}" for label, count in sorted(dropped.items()))
+        notes.append(f"{sum(dropped.values())} utterances with other labels dropped ({counts})")
+    folds = sorted({item.split for item in items}, key=lambda name: int(name[4:]))
+    # As ESC-50: no training split, so the stats cover every session and one stats.json
+    # serves all five leave-one-session-out runs.
+    return RecipePlan(items, sorted(set(IEMOCAP_CLASSES.values())), folds, missing, notes)
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -430,6 +564,9 @@ RECIPES: dict[str, Recipe] = {
     "speechcommands": Recipe("speechcommands", list_speechcommands, 128, "Speech Commands v1/v2 (35 or 12 classes)"),
     "voxceleb1": Recipe("voxceleb1", list_voxceleb1, 1000, "VoxCeleb1 speaker identification (iden_split.txt)"),
     "audioset": Recipe("audioset", list_audioset, 1024, "AudioSet from its segment CSVs and downloaded clips"),
+    "iemocap": Recipe(
+        "iemocap", list_iemocap, 600, "IEMOCAP emotion (neu/hap+exc/ang/sad), one split folder per session"
+    ),
 }
 
 

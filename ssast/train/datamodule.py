@@ -20,8 +20,8 @@ import torch
 
 from ssast.checkpoints import Preprocessing
 from ssast.data.reader import (
-    FIX_REASONS, PASS_EVENTS, SHARD_EVENTS, SKIP_REASONS, EpochLoader, EvalLoader, ReaderOptions, ShardStream,
-    SkipCounter, find_beside, list_shards, read_classes, shard_sizes,
+    FIX_REASONS, PASS_EVENTS, SHARD_EVENTS, SKIP_REASONS, EpochLoader, EvalLoader, KeySplit, LabelCounts,
+    ReaderOptions, ShardStream, SkipCounter, find_beside, list_shards, read_classes, shard_label_counts, shard_sizes,
 )
 from ssast.data.stats import read_stats
 from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames
@@ -60,6 +60,24 @@ class AudioDataModule(L.LightningDataModule):
             (waveforms, λ ~ Beta(10, 10), as AST/SSAST); training batches then carry
             ``mix_partner`` and ``mix_lambda`` to mix the targets alike
             (:func:`ssast.augment.mix_waveforms`). Evaluation never mixes.
+        balanced: draw training clips class-balanced, with replacement (s3prl's and AST/EAT's
+            weighted samplers): each clip in proportion to the sum over its labels of ``1 /
+            count``, the counts taken once by reading the training shards' json members
+            (:func:`~ssast.data.reader.shard_label_counts`). Needs ``batches_per_epoch`` and
+            ``classes``. Clips are left out before their audio is decoded, but are still
+            read: the loaders read about ``1 / acceptance`` clips per clip used (logged).
+        roll_gain: roll each training waveform circularly by a random shift and scale it by
+            ``0.5 + Beta(10, 10)``, as EAT (:func:`ssast.augment.roll_and_gain`).
+        train_crop_samples: read a random window of at most this many samples of each
+            training clip (s3prl's ``max_timestep``), zero-padded to ``target_length`` frames
+            like a short clip; ``None``: a window as long as the row.
+        val_split: carve the validation set out of ``train``: this share of its clips, chosen by
+            a hash of their keys (:class:`~ssast.data.reader.KeySplit`), is validated on and never
+            trained on (s3prl's ``valid_ratio``); ``val`` stays unset, and training draws with
+            replacement (``batches_per_epoch``).
+        pad_normalized: the frames past a clip's end hold 0 after normalization (SSAST's SUPERB
+            upstream normalizes, then pads) rather than a raw 0 normalized (AST pads, then
+            normalizes).
         reader: the readers' shuffle buffer and what bad data may cost
             (:class:`~ssast.data.reader.ReaderOptions`: ``max_skip_ratio``,
             ``skip_ratio_after``, ``shard_retries``, ``retry_delay``).
@@ -81,19 +99,39 @@ class AudioDataModule(L.LightningDataModule):
         seed: int = 0,
         fbank_in_workers: bool | None = None,
         mixup: float = 0.0,
+        balanced: bool = False,
+        roll_gain: bool = False,
+        train_crop_samples: int | None = None,
+        val_split: float | None = None,
+        pad_normalized: bool = False,
         reader: ReaderOptions = ReaderOptions(),
     ) -> None:
         super().__init__()
+        if val_split is not None and val is not None:
+            raise ValueError("data.val_split carves the validation set out of data.train: leave data.val unset")
+        if val_split is not None and batches_per_epoch is None:
+            raise ValueError("data.val_split leaves clips out of the training shards, which an exact pass counts on: "
+                             "set data.batches_per_epoch (batches drawn with replacement)")
+        if balanced and batches_per_epoch is None:
+            raise ValueError("data.balanced draws training clips with replacement, which exact passes cannot: set "
+                             "data.batches_per_epoch, the batches to draw per epoch (EAT draws 200,000 clips)")
+        if balanced and classes is None:
+            raise ValueError("data.balanced weighs clips by their labels: it needs data.classes (unlabeled data has "
+                             "none)")
         self.reader = reader
         self.save_hyperparameters(ignore="reader")
         self.hparams["reader"] = dataclasses.asdict(reader)  # checkpoints hold plain values only (weights_only loads)
         self.fbank = Fbank()
         self.clip_samples = self.fbank.num_samples(target_length)
+        if train_crop_samples is not None and not 0 < train_crop_samples <= self.clip_samples:
+            raise ValueError(f"data.train_crop_samples must be positive and at most the {self.clip_samples} samples "
+                             f"of target_length={target_length} frames; got {train_crop_samples}")
         self.train_skips, self.eval_skips = SkipCounter(), SkipCounter()
         self.normalize: Normalize | None = None
         self._class_names: list[str] | None = None
         self._train_loader: EpochLoader | None = None
         self._train_sizes: list[int] | None = None  # clips per training shard, counted once
+        self._train_label_counts: LabelCounts | None = None  # for balanced sampling, counted once
         self._train_state: dict | None = None  # from a checkpoint, for the training loader to come
 
     @property
@@ -156,27 +194,37 @@ class AudioDataModule(L.LightningDataModule):
             return self.hparams.fbank_in_workers
         return self.trainer is None or self.trainer.strategy.root_device.type == "cpu"
 
-    def _stream(self, source: str | list[str], training: bool, labeled: bool = True) -> ShardStream:
+    def _stream(self, source: str | list[str], training: bool, labeled: bool = True,
+                key_split: KeySplit | None = None) -> ShardStream:
         hp = self.hparams
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         urls = list_shards(source)
         exact = training and hp.batches_per_epoch is None
         if exact and self._train_sizes is None:  # here, in the main process: workers get them with the stream
             self._train_sizes = shard_sizes(urls, progress=rank == 0)
+        balanced = training and hp.balanced
+        if balanced and self._train_label_counts is None:
+            self._train_label_counts = shard_label_counts(urls, self.class_names, progress=rank == 0)
         return ShardStream(
             urls, clip_samples=self.clip_samples, batch_size=hp.batch_size, training=training,
             classes=self.class_names if labeled else None, multi_label=hp.multi_label, seed=hp.seed,
             rank=rank, world_size=world_size, skips=self.train_skips if training else self.eval_skips,
             fbank=Fbank() if self._workers_compute_fbank else None, options=self.reader,
             sizes=self._train_sizes if exact else None, mixup=hp.mixup if training else 0.0,
+            balanced=balanced, label_counts=self._train_label_counts if balanced else None,
+            roll_gain=training and hp.roll_gain, train_crop_samples=hp.train_crop_samples if training else None,
+            key_split=key_split,
         )
 
     def _loader_options(self) -> dict:
         workers = self.hparams.num_workers
         return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available()}
 
+    def _held_out(self, held_out: bool) -> KeySplit | None:
+        return KeySplit(self.hparams.val_split, held_out) if self.hparams.val_split is not None else None
+
     def train_dataloader(self) -> EpochLoader:
-        stream = self._stream(self.hparams.train, training=True)
+        stream = self._stream(self.hparams.train, training=True, key_split=self._held_out(False))
         self._train_loader = EpochLoader(stream, self.hparams.batches_per_epoch, **self._loader_options())
         if self._train_state is not None:
             self._train_loader.load_state_dict(self._train_state)
@@ -194,13 +242,16 @@ class AudioDataModule(L.LightningDataModule):
         if self._train_loader is not None and self._train_state is not None:
             self._train_loader.load_state_dict(self._train_state)
 
-    def _eval_loader(self, source: str | list[str] | None, predicting: bool = False) -> EvalLoader | list:
+    def _eval_loader(self, source: str | list[str] | None, predicting: bool = False,
+                     key_split: KeySplit | None = None) -> EvalLoader | list:
         if source is None:
             return []
-        stream = self._stream(source, training=False, labeled=not predicting)
+        stream = self._stream(source, training=False, labeled=not predicting, key_split=key_split)
         return EvalLoader(stream, padding=not predicting, **self._loader_options())
 
     def val_dataloader(self) -> EvalLoader | list:
+        if self.hparams.val_split is not None:
+            return self._eval_loader(self.hparams.train, key_split=self._held_out(True))
         return self._eval_loader(self.hparams.val)
 
     def test_dataloader(self) -> EvalLoader | list:
@@ -222,6 +273,10 @@ class AudioDataModule(L.LightningDataModule):
         if "fbank" not in batch:
             batch["fbank"] = self.fbank(batch.pop("audio"), batch["lengths"])
         batch["fbank"] = self.normalize(fit_frames(batch["fbank"], self.hparams.target_length))
+        if self.hparams.pad_normalized:  # the frames past each clip hold 0 after normalizing, not before
+            frames = torch.arange(batch["fbank"].shape[1], device=batch["fbank"].device)
+            past = frames >= self.fbank.num_frames(batch["lengths"].to(frames.device))[:, None]
+            batch["fbank"] = batch["fbank"].masked_fill(past[..., None], 0.0)
         return batch
 
 
