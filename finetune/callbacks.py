@@ -18,13 +18,14 @@ from ssast.files import written_atomically
 
 
 class History(L.Callback):
-    """``history.csv`` in the run folder, rewritten at the end of every epoch: one row per
-    epoch, as the official SSAST/AST loop's ``result.csv``. Columns: ``epoch`` (from 1),
-    ``step`` (optimizer steps so far), ``lr`` (the head's rate at the epoch's last step),
-    ``train/loss`` (the epoch's mean), ``val/loss``, ``val/<metric>`` and ``test/<metric>``,
-    the last filled on the row of the epoch whose weights were tested (see
-    :meth:`record_test`). The rows are kept in checkpoints, so a resumed run's file has
-    every epoch. ``ssast-finetune`` adds it to every run.
+    """``history.csv`` in the run folder: one row per validation (per epoch for the recipes
+    that validate once an epoch), as the official SSAST/AST loop's ``result.csv``. Columns:
+    ``epoch`` (from 1), ``step`` (optimizer steps so far), ``lr`` (the head's rate at the last
+    step), ``train/loss`` (the mean since the row before, over every rank), ``val/loss``,
+    ``val/<metric>`` and ``test/<metric>``, the last filled on the row of the weights that
+    were tested (see :meth:`record_test`). An epoch without validation gets a row of its own
+    at its end. The rows are kept in checkpoints, so a resumed run's file has them all;
+    ``ssast-finetune`` adds this callback to every run.
     """
 
     filename = "history.csv"
@@ -32,36 +33,50 @@ class History(L.Callback):
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self._lr: float | None = None
-        self._validation: dict[str, float] = {}
+        self._loss_sum, self._loss_count = 0.0, 0
 
     def columns(self, metric: str) -> list[str]:
         return ["epoch", "step", "lr", "train/loss", "val/loss", f"val/{metric}", f"test/{metric}"]
 
     def curve(self, name: str) -> list[float]:
-        """A column, one value per epoch (NaN where the epoch had none)."""
+        """A column, one value per row (NaN where the row has none)."""
         return [float("nan") if row.get(name) is None else float(row[name]) for row in self.rows]
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         groups = optimizer.param_groups
         self._lr = next((group for group in groups if group.get("name") == "head"), groups[0])["lr"]
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and torch.isfinite(loss):
+            self._loss_sum += float(loss)
+            self._loss_count += 1
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             metric = pl_module.metric_name
-            self._validation = {name: float(trainer.callback_metrics[name]) for name in ("val/loss", f"val/{metric}")
-                                if name in trainer.callback_metrics}
+            self._add_row(trainer, pl_module, {name: float(trainer.callback_metrics[name])
+                                               for name in ("val/loss", f"val/{metric}")
+                                               if name in trainer.callback_metrics})
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loss = trainer.callback_metrics.get("train/loss_epoch")
+        if not self.rows or self.rows[-1]["step"] != trainer.global_step:  # this epoch ended unvalidated
+            self._add_row(trainer, pl_module, {})
+
+    def _add_row(self, trainer: L.Trainer, pl_module: L.LightningModule, validation: dict[str, float]) -> None:
+        totals = trainer.strategy.reduce(torch.tensor([self._loss_sum, self._loss_count], dtype=torch.float64,
+                                                      device=pl_module.device), reduce_op="sum")
+        loss = float(totals[0] / totals[1]) if totals[1] else None
+        self._loss_sum, self._loss_count = 0.0, 0
         self.rows.append({"epoch": trainer.current_epoch + 1, "step": trainer.global_step, "lr": self._lr,
-                          "train/loss": float(loss) if loss is not None else None, **self._validation})
-        self._validation = {}
+                          "train/loss": loss, **validation})
         self.write(trainer, pl_module.metric_name)
 
-    def record_test(self, trainer: L.Trainer, metric: str, value: float, epoch: int) -> None:
-        """Put the test ``metric`` of the weights of ``epoch`` on that epoch's row."""
+    def record_test(self, trainer: L.Trainer, metric: str, value: float, step: int) -> None:
+        """Put the test ``metric`` of the weights after optimizer step ``step`` on its row."""
         for row in self.rows:
-            if row["epoch"] == epoch:
+            if row["step"] == step:
                 row[f"test/{metric}"] = value
         self.write(trainer, metric)
 

@@ -15,7 +15,9 @@ writes ``result.json`` beside ``history.csv`` in the run folder.
 entry). It reports as the official ``get_esc_result.py``: ONE epoch for all folds, the
 argmax of the mean of the held-out folds' curves, and every fold at that epoch (a best
 epoch per fold would be chosen on each fold's own test data); beside it the last epoch's
-mean, which selects nothing. All of it goes to ``cv.json`` in the run folder.
+mean, which selects nothing. With ``data.val_split`` (SUPERB's emotion recognition) each
+fold chooses on a dev set carved from its training folds and tests on the held-out fold;
+the report is the mean of those tests. All of it goes to ``cv.json`` in the run folder.
 """
 
 from __future__ import annotations
@@ -94,8 +96,9 @@ def report_fit(trainer: L.Trainer, model: Finetune, datamodule: AudioDataModule)
     * else the last epoch: nothing is chosen on a test set (ESC-50's held-out fold is both;
       its figure is ``cv``'s).
 
-    Writes ``result.json`` in the run folder (``selected``, ``epoch``, ``val``, ``test``) and
-    the test metric on its epoch's row of ``history.csv``; returns the same dict.
+    Writes ``result.json`` in the run folder (``selected``, ``epoch``, ``step``, ``val``,
+    ``test``, and a ``layers`` pooling's ``layer_weights``) and the test metric on its row of
+    ``history.csv``; returns the same dict.
     """
     if trainer.interrupted:
         return {}
@@ -105,27 +108,30 @@ def report_fit(trainer: L.Trainer, model: Finetune, datamodule: AudioDataModule)
     val_is_test = data.val is not None and data.val == data.test
     averaging = next((callback for callback in trainer.callbacks if isinstance(callback, AverageEpochWeights)), None)
     best = _best_checkpoint(trainer)
-    checkpoint, epoch, val = None, rows[-1]["epoch"] if rows else None, {}
+    checkpoint, row, val = None, rows[-1] if rows else None, {}
     if averaging is not None and averaging.averaged:
-        epoch = None
+        row = None
         selected = "the weights averaged over epochs {}-{}".format(*averaging.averaged)
         val = trainer.validate(model, datamodule=datamodule, verbose=False)[0] if data.val is not None else {}
     elif best is not None and not val_is_test:
         checkpoint = best.best_model_path
-        epoch = read_resumable(checkpoint)["epoch"] + 1  # a checkpoint stores the 0-based epoch
-        selected = f"epoch {epoch}, the best {best.monitor} on the validation set"
+        step = read_resumable(checkpoint)["global_step"]
+        row = next(row for row in rows if row["step"] == step)
+        selected = f"epoch {row['epoch']} (step {step}), the best {best.monitor} on the validation set"
     else:
         why = "; the validation set is the test set, so nothing is selected on it" if val_is_test else ""
-        selected = f"the last epoch ({epoch}){why}"
-    if epoch is not None:
-        row = next(row for row in rows if row["epoch"] == epoch)
+        selected = f"the last epoch ({row['epoch'] if row else None}){why}"
+    if row is not None:
         val = {name: value for name, value in row.items() if name.startswith("val/") and value is not None}
     test = {}
     if data.test is not None:
         test = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)[0]
-        if epoch is not None:
-            history(trainer).record_test(trainer, metric, test[f"test/{metric}"], epoch)
-    result = {"selected": selected, "epoch": epoch, "val": val, "test": test}
+        if row is not None:
+            history(trainer).record_test(trainer, metric, test[f"test/{metric}"], row["step"])
+    result = {"selected": selected, "epoch": row["epoch"] if row else None, "step": row["step"] if row else None,
+              "val": val, "test": test}
+    if getattr(model, "layer_weights", None) is not None:
+        result["layer_weights"] = model.layer_weights.probabilities.tolist()
     if trainer.is_global_zero:
         _write_json(Path(trainer.default_root_dir) / RESULT_FILE, result)
         figures = ", ".join(f"{name} {value:.4f}" for name, value in {**val, **test}.items() if name.endswith(metric))
@@ -171,8 +177,13 @@ def _fold_folders(folder: Path) -> list[Path]:
 
 
 def cross_validate(args: list[str]) -> dict[str, Any]:
-    """Fit once per fold folder of ``data.train``, validating on the held-out fold every
-    epoch; returns what :func:`summarize_folds` makes of their curves (also ``cv.json``)."""
+    """Fit once per fold folder of ``data.train`` and report over the folds (also ``cv.json``).
+
+    Without ``data.val_split`` the held-out fold is validated on every epoch and the folds are
+    reported as :func:`summarize_folds` says (ESC-50). With it, each fold chooses its model on
+    its own dev set (that share of the training folds) and tests it on the held-out fold, and
+    the report is the mean of those tests (SUPERB's leave-one-session-out emotion recognition).
+    """
     probe = build_cli(args, run=False)
     train = probe.datamodule.hparams.train
     first = Path(train if isinstance(train, str) else train[0])
@@ -180,24 +191,49 @@ def cross_validate(args: list[str]) -> dict[str, Any]:
     folds = _fold_folders(root)
     if len(folds) < 2:
         raise SystemExit(f"cv needs data.train to be a folder of fold* folders; {root} has {len(folds)}")
-    metric = f"val/{probe.model.metric_name}"
+    dev_split = probe.datamodule.hparams.val_split is not None
+    metric = f"{'test' if dev_split else 'val'}/{probe.model.metric_name}"
     output = Path(probe.trainer.default_root_dir)
-    curves = {}
+    curves, results = {}, {}
     for held_out in folds:
         others = [str(fold) for fold in folds if fold != held_out]
-        fold_args = [*args, "--data.train", json.dumps(others), "--data.val", str(held_out), "--data.test", "null",
+        if dev_split:  # chosen on the dev share of the other folds, tested on this one
+            evaluation = ["--data.test", str(held_out)]
+        else:  # validated on this fold every epoch; the epoch is chosen over all folds
+            evaluation = ["--data.val", str(held_out), "--data.test", "null"]
+        fold_args = [*args, "--data.train", json.dumps(others), *evaluation,
                      "--trainer.default_root_dir", str(output / held_out.name)]
         cli = build_cli(fold_args, run=False)
-        cli.fit_and_report()
+        results[held_out.name] = cli.fit_and_report()
         curves[held_out.name] = history(cli.trainer).curve(metric)
-    summary = summarize_folds(curves, metric)
+    summary = summarize_tests(results, metric) if dev_split else summarize_folds(curves, metric)
     _write_json(output / CV_FILE, summary)
+    if dev_split:
+        tests = ", ".join(f"{name} {fold[metric]:.4f}" for name, fold in summary["folds"].items())
+        print(f"{len(folds)}-fold {metric} of each fold's best dev step: {summary['mean']:.4f} ± {summary['std']:.4f}"
+              f"  ({tests}); written to {output / CV_FILE}")
+        return summary
     at_epoch = ", ".join(f"{name} {fold['at_epoch']:.4f}" for name, fold in summary["folds"].items())
     print(f"{len(folds)}-fold {metric} at epoch {summary['epoch']} (the best of the folds' mean curve, one epoch "
           f"for all folds): {summary['mean']:.4f} ± {summary['std']:.4f}  ({at_epoch})")
     print(f"at the last epoch ({len(summary['mean_curve'])}, nothing selected): {summary['last_epoch_mean']:.4f}; "
           f"written to {output / CV_FILE}")
     return summary
+
+
+def summarize_tests(results: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Folds that each chose their model on a dev set of their own and tested it on the
+    held-out fold (``result.json`` of each): the mean ± sample standard deviation of the
+    tests."""
+    tests = np.asarray([result["test"][metric] for result in results.values()], dtype=float)
+    return {
+        "metric": metric,
+        "selection": "each fold: the best step on its dev set (data.val_split of the training folds)",
+        "mean": float(tests.mean()),
+        "std": float(tests.std(ddof=1)) if len(tests) > 1 else 0.0,
+        "folds": {name: {metric: result["test"][metric], "epoch": result["epoch"], "step": result["step"]}
+                  for name, result in results.items()},
+    }
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:

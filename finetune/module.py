@@ -11,6 +11,13 @@ data (``data.mixup``; each batch says with which partner and λ, and the targets
 here alike); SpecAugment masks the log-mel (filled with what a raw 0, AST's mask value,
 normalizes to); AST's noise and time roll come last. The learning rate follows the official
 loop (:class:`~ssast.train.schedules.WarmupStepDecay`) or a warmup + cosine schedule.
+
+Two other protocols are options of the same module. SUPERB, with which SSAST reports keywords
+(KS1), speakers (SID) and emotion (ER): ``pooling: layers``, a learnable weighted sum of every
+block's output (s3prl's ``-s hidden_states``), a 256-wide projector on each token, their mean,
+a linear classifier, Adam at a constant rate. EAT's finetuning (``augment_order: eat``): the
+batch mixed with its reverse on the log-mel (``batch_mixup``), SpecAugment filled with 0, label
+smoothing, AdamW without weight decay on norms and biases, layer-wise rates, fairseq's cosine.
 """
 
 from __future__ import annotations
@@ -29,15 +36,19 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from ssast.augment import roll_frames
 from ssast.checkpoints import Checkpoint, CheckpointError, load_checkpoint
-from ssast.encoder import ASTEncoder, EncoderConfig, Pooling
-from ssast.heads import ClassificationHead
-from ssast.train.module import EncoderModule
-from ssast.train.schedules import WarmupCosine, WarmupStepDecay
+from ssast.encoder import ASTEncoder, EncoderConfig
+from ssast.heads import ClassificationHead, LayerWeights, UtteranceHead
+from ssast.train.module import EncoderModule, log_bar_chart
+from ssast.train.schedules import FairseqCosine, WarmupStepDecay
 from ssast.visualize import colorize
 
 Task = Literal["multiclass", "multilabel"]
 Loss = Literal["ce", "bce"]
-Schedule = Literal["step", "cosine"]
+Schedule = Literal["step", "cosine", "constant"]
+Optimizer = Literal["adam", "adamw"]
+AugmentOrder = Literal["ast", "eat"]
+FinetunePooling = Literal["mean", "cls", "layers"]
+FRAME_SHIFT = 160  # samples per fbank frame: s3prl's downsample rate for SSAST's upstream
 
 
 def mix_targets(targets: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -46,6 +57,19 @@ def mix_targets(targets: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor)
     labels."""
     lam = lam.to(targets.dtype)[:, None]
     return lam * targets + (1 - lam) * targets[partner]
+
+
+def batch_mixup(
+    fbank: torch.Tensor, targets: torch.Tensor, alpha: float, probability: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EAT's mixup (``utils/mixup.py``, timm's ``Mixup`` in ``batch`` mode, no cutmix): with
+    ``probability``, one ``λ ~ Beta(alpha, alpha)`` for the whole batch, and every clip and its
+    targets mixed with the batch reversed; the log-mels are mixed, not the waveforms. (Its
+    target function ignores the label smoothing it is given.)"""
+    if alpha <= 0 or torch.rand(()).item() >= probability:
+        return fbank, targets
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    return lam * fbank + (1 - lam) * fbank.flip(0), lam * targets + (1 - lam) * targets.flip(0)
 
 
 def noise_and_roll(fbank: torch.Tensor, max_shift: int = 10) -> torch.Tensor:
@@ -110,7 +134,7 @@ class Finetune(EncoderModule):
 
     Args:
         num_classes: number of classes (linked from the data by the CLI).
-        task: ``multiclass`` (cross-entropy, accuracy) or ``multilabel`` (BCE, mAP).
+        task: ``multiclass`` (accuracy) or ``multilabel`` (mAP).
         init_from: checkpoint to start from (ours, official SSAST, Hugging Face AST, ASiT, or
             an ImageNet ViT/DeiT, adapted as AST does);
             ``None`` trains from scratch (the baseline).
@@ -124,31 +148,51 @@ class Finetune(EncoderModule):
         tstride: time stride (SSAST: 10 for patch models, 1 for frame models); ``None``
             keeps the checkpoint's (the patch width from scratch).
         input_tdim: frames per clip (linked to the data's ``target_length``).
-        pooling: ``mean`` of patch tokens (SSAST) or ``cls`` (the leading tokens).
+        pooling: ``mean`` of the final patch tokens (SSAST), ``cls`` (the leading tokens;
+            AST, EAT), each read by ``LayerNorm -> Linear``; or ``layers``, SUPERB's: a
+            learnable softmax-weighted sum of every block's output, ``Linear(D,
+            projector_dim)`` on each token, the mean over the clip's tokens (as s3prl, the
+            first ``round(samples / 160)`` of them), a linear classifier.
+        projector_dim: ``layers`` only: the projector's width (SUPERB: 256).
         drop_path: stochastic depth of the deepest block.
         freeze_encoder: train the head only (a linear probe).
         loss: ``ce`` (cross-entropy) or ``bce`` (binary cross-entropy on each class);
             ``None``: by ``task`` (``ce`` for multiclass).
+        label_smoothing: training targets ``(1 - s) y + s / classes`` (EAT's ESC-50: 0.1).
+        optimizer: ``adam`` (weight decay added to the gradient, as SSAST's and s3prl's
+            ``torch.optim.Adam``) or ``adamw`` (decoupled, none on norms and biases, as EAT's
+            fairseq Adam).
         lr: learning rate of the encoder's top block (of every block without
             ``layer_decay``).
         head_lr: the head learns ``head_lr`` times faster than ``lr`` (SSAST's ``--head_lr``).
         layer_decay: each block down from the top learns ``layer_decay`` times slower.
-        weight_decay: Adam's weight decay.
-        betas: Adam's betas.
+        weight_decay: the optimizer's weight decay.
+        betas: the optimizer's betas.
         schedule: ``step`` (the official SSAST/AST loop: warmup, then the rate multiplied by
             ``decay_factor`` every ``decay_every`` epochs from epoch ``decay_start + 1``;
-            :class:`~ssast.train.schedules.WarmupStepDecay`) or ``cosine`` (linear warmup,
-            then cosine to ``min_lr``).
+            :class:`~ssast.train.schedules.WarmupStepDecay`), ``cosine`` (fairseq's, as EAT:
+            linear warmup from ``min_lr``, then cosine to ``min_lr`` at the run's last step;
+            :class:`~ssast.train.schedules.FairseqCosine`) or ``constant`` (s3prl's SUPERB runs).
         warmup_steps: warmup optimizer steps (0: none).
         warmup_every: ``step`` only: the warmup sets the rate every this many steps (SSAST: 50).
         decay_start: ``step`` only: epochs at the full rate before the first decay
             (``--lrscheduler_start``).
         decay_every: ``step`` only: epochs between decays (``--lrscheduler_step``).
         decay_factor: ``step`` only: the factor of each decay (``--lrscheduler_decay``).
-        min_lr: ``cosine`` only: the final learning rate.
-        freqm: SpecAugment: widest frequency mask in bins (0: off).
-        timem: SpecAugment: widest time mask in frames (0: off).
+        min_lr: ``cosine`` only: the first and the last rate.
+        batch_mixup: EAT's mixup of the log-mels: ``α`` of ``λ ~ Beta(α, α)``, one per batch, the
+            batch mixed with its reverse (0: off); see :func:`batch_mixup`. Waveform mixup, as
+            SSAST/AST, is the data's ``mixup``.
+        batch_mixup_prob: the chance a batch is mixed (EAT: 0.9).
+        freqm: SpecAugment: widest frequency mask in bins (0: off; EAT: 128 x its ``mask_ratio``).
+        timem: SpecAugment: widest time mask in frames (0: off; EAT: frames x ``mask_ratio``).
+        mask_value: what the masks fill the normalized log-mel with; ``None``: what a raw 0
+            normalizes to, as AST masks before normalizing (EAT masks the normalized log-mel
+            with 0).
         noise: add AST's noise and random time roll.
+        augment_order: ``ast`` (SpecAugment, then noise: AST's data loader) or ``eat`` (noise in
+            the data, then ``batch_mixup`` and SpecAugment in the model, as EAT).
+        head_norm_eps: the epsilon of the head's LayerNorm (EAT's ``fc_norm``: 1e-6).
         class_names: class names for predictions and the confusion matrix (linked).
         max_nonfinite_steps: consecutive optimizer steps skipped for a NaN or infinite loss
             that stop the run (1: the first one does).
@@ -165,10 +209,13 @@ class Finetune(EncoderModule):
         fstride: int | None = None,
         tstride: int | None = None,
         input_tdim: int = 1024,
-        pooling: Pooling = "mean",
+        pooling: FinetunePooling = "mean",
+        projector_dim: int = 256,
         drop_path: float = 0.0,
         freeze_encoder: bool = False,
         loss: Loss | None = None,
+        label_smoothing: float = 0.0,
+        optimizer: Optimizer = "adam",
         lr: float = 1e-4,
         head_lr: float = 1.0,
         layer_decay: float = 1.0,
@@ -181,18 +228,33 @@ class Finetune(EncoderModule):
         decay_every: int = 5,
         decay_factor: float = 0.5,
         min_lr: float = 1e-6,
-        freqm: int = 0,
-        timem: int = 0,
+        batch_mixup: float = 0.0,
+        batch_mixup_prob: float = 1.0,
+        freqm: float = 0,
+        timem: float = 0,
+        mask_value: float | None = None,
         noise: bool = False,
+        augment_order: AugmentOrder = "ast",
+        head_norm_eps: float = 1e-5,
         class_names: list[str] | None = None,
         max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__(max_nonfinite_steps)
         self.save_hyperparameters()
         self.encoder = build_encoder(self.hparams)
-        self.head = ClassificationHead(self.encoder.embed_dim, num_classes)
+        if pooling == "layers":
+            self.layer_weights = LayerWeights(self.encoder.config.depth)
+            self.head = UtteranceHead(self.encoder.embed_dim, num_classes, projector_dim)
+        else:
+            self.layer_weights = None
+            self.head = ClassificationHead(self.encoder.embed_dim, num_classes, head_norm_eps)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
+        # Unused here (a DDP run would wait for their gradients): MSPM's mask token, and the
+        # final norm when the head reads the blocks' outputs.
+        self.encoder.mask_embed.requires_grad_(False)
+        if pooling == "layers":
+            self.encoder.norm.requires_grad_(False)
         self.freq_masking = T.FrequencyMasking(freqm, iid_masks=True) if freqm else None
         self.time_masking = T.TimeMasking(timem, iid_masks=True) if timem else None
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
@@ -211,17 +273,27 @@ class Finetune(EncoderModule):
 
     def exported_classifier(self) -> dict[str, Any]:
         # Checkpoints carry the head, its pooling and class names: load_checkpoint reads the
-        # finetuned model back whole, and ssast-export publishes it.
+        # finetuned model back whole, and ssast-export publishes it. A head on weighted layers
+        # is not one of the formats those read: such checkpoints export the encoder alone.
+        if self.layer_weights is not None:
+            return {}
         return {"head": self.head, "head_attribute": "head", "pooling": self.hparams.pooling,
                 "labels": self.hparams.class_names}
 
-    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes]`` of normalized log-mels ``[B, T, F]``."""
-        return self.head(self.embed(fbank))
+    def forward(self, fbank: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` of normalized log-mels ``[B, T, F]`` (``lengths``: the
+        clips' samples, which ``layers`` pooling averages over)."""
+        embedding = self.embed(fbank, lengths)
+        return self.head.linear(embedding) if self.layer_weights is not None else self.head(embedding)
 
-    def embed(self, fbank: torch.Tensor) -> torch.Tensor:
-        """Clip embeddings ``[B, D]``: the encoder's pooled tokens."""
-        return self.encoder.pool(self.encoder(fbank), self.hparams.pooling)
+    def embed(self, fbank: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Clip embeddings: the encoder's pooled tokens ``[B, D]``, or with ``layers`` pooling
+        the mean of the projected weighted tokens ``[B, projector_dim]``."""
+        if self.layer_weights is None:
+            return self.encoder.pool(self.encoder(fbank), self.hparams.pooling)
+        tokens = self.layer_weights(self.encoder.hidden_states(fbank))
+        valid = None if lengths is None else torch.round(lengths.to(tokens.device).float() / FRAME_SHIFT)
+        return self.head.pool(tokens, valid)
 
     # --- training -------------------------------------------------------------------
 
@@ -232,46 +304,60 @@ class Finetune(EncoderModule):
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Cross-entropy on target probabilities: the official loop's CE on the argmax of
-        # one-hot labels where nothing is mixed.
+        # one-hot labels where nothing is mixed or smoothed.
         if self.loss_name == "ce":
             return F.cross_entropy(logits.float(), targets)
         return F.binary_cross_entropy_with_logits(logits.float(), targets)
 
     def _mask_fill(self) -> float:
-        """What a raw log-mel of 0 (AST's mask value) becomes after normalization."""
+        """The masks' value: ``mask_value``, or what a raw log-mel of 0 (AST's mask value)
+        becomes after normalization."""
+        if self.hparams.mask_value is not None:
+            return self.hparams.mask_value
         datamodule = self.attached_datamodule()
         normalize = datamodule.normalize if datamodule is not None else None
         return float(normalize(torch.zeros(()))) if normalize is not None else 0.0
 
-    def augment(self, fbank: torch.Tensor) -> torch.Tensor:
-        """SpecAugment masks, then AST's noise and time roll (mixup happened in the data)."""
-        if self.freq_masking is not None or self.time_masking is not None:
-            image = rearrange(fbank, "b t f -> b 1 f t")
-            fill = self._mask_fill()
-            for masking in (self.freq_masking, self.time_masking):
-                if masking is not None:
-                    image = masking(image, mask_value=fill)
-            fbank = rearrange(image, "b 1 f t -> b t f")
-        if self.hparams.noise:
+    def _spec_augment(self, fbank: torch.Tensor) -> torch.Tensor:
+        if self.freq_masking is None and self.time_masking is None:
+            return fbank
+        image = rearrange(fbank, "b t f -> b 1 f t")
+        fill = self._mask_fill()
+        for masking in (self.freq_masking, self.time_masking):
+            if masking is not None:
+                image = masking(image, mask_value=fill)
+        return rearrange(image, "b 1 f t -> b t f")
+
+    def augment(self, fbank: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training augmentations after the data's (waveform mixup, roll and gain), in the
+        recipe's order: AST's SpecAugment then noise, or EAT's noise, batch mixup, SpecAugment."""
+        hp = self.hparams
+        if hp.augment_order == "ast":
+            fbank = self._spec_augment(fbank)
+            return (noise_and_roll(fbank) if hp.noise else fbank), targets
+        if hp.noise:
             fbank = noise_and_roll(fbank)
-        return fbank
+        fbank, targets = batch_mixup(fbank, targets, hp.batch_mixup, hp.batch_mixup_prob)
+        return self._spec_augment(fbank), targets
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.hparams.freeze_encoder:
             self.encoder.eval()
         targets = self._targets(batch["labels"])
+        if self.hparams.label_smoothing:
+            targets = targets * (1 - self.hparams.label_smoothing) + self.hparams.label_smoothing / targets.shape[1]
         if "mix_lambda" in batch:
             targets = mix_targets(targets, batch["mix_partner"], batch["mix_lambda"])
-        fbank = self.augment(batch["fbank"])
-        loss = self._loss(self(fbank), targets)
+        fbank, targets = self.augment(batch["fbank"], targets)
+        loss = self._loss(self(fbank, batch.get("lengths")), targets)
         self.train_loss.update(loss.detach(), len(fbank))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(fbank))
-        # The epoch's mean, the official result.csv's train_loss (history.csv reads it).
+        # The epoch's mean, the official result.csv's train_loss.
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=len(fbank))
         return loss
 
     def _evaluate(self, batch: dict, loss_metric: MeanMetric, metric, stage: str) -> None:
-        logits = self(batch["fbank"])
+        logits = self(batch["fbank"], batch.get("lengths"))
         labels = batch["labels"]
         size = len(labels)
         # A DDP rank's placeholder batch (it has no data, see EvalLoader) counts for nothing.
@@ -300,9 +386,15 @@ class Finetune(EncoderModule):
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             self.log_picture("val/confusion", confusion_picture(matrix), caption="rows: true class, columns: predicted")
 
+    def on_train_end(self) -> None:
+        if self.layer_weights is not None and self.trainer.is_global_zero:
+            weights = self.layer_weights.probabilities.tolist()
+            log_bar_chart(self, "layer_weights", [f"block {index}" for index in range(1, len(weights) + 1)], weights,
+                          title="learned weight of each block's output")
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
-        embeddings = self.embed(batch["fbank"])
-        logits = self.head(embeddings)
+        embeddings = self.embed(batch["fbank"], batch.get("lengths"))
+        logits = self.head.linear(embeddings) if self.layer_weights is not None else self.head(embeddings)
         scores = logits.sigmoid() if self.hparams.task == "multilabel" else logits.softmax(dim=-1)
         return {"key": batch["key"], "scores": scores.float().cpu(), "embeddings": embeddings.float().cpu()}
 
@@ -311,20 +403,26 @@ class Finetune(EncoderModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         depth = self.encoder.config.depth
-        groups: dict[str, list[torch.nn.Parameter]] = {}
-        rates: dict[str, float] = {}
+        groups: dict[str, dict[str, Any]] = {}
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
             layer = layer_id(name, depth)
-            group = "head" if name.startswith("head.") else f"layer{layer}"
-            groups.setdefault(group, []).append(parameter)
-            rates[group] = hp.lr * hp.layer_decay ** (depth + 1 - layer) * (hp.head_lr if group == "head" else 1.0)
+            group = "head" if name.startswith(("head.", "layer_weights.")) else f"layer{layer}"
+            # EAT's fairseq groups give norms and biases no weight decay; SSAST's Adam decays all.
+            decays = hp.optimizer == "adam" or not (parameter.ndim <= 1 or name.endswith(".bias"))
+            key = group if decays else f"{group}_no_decay"
+            rate = hp.lr * hp.layer_decay ** (depth + 1 - layer) * (hp.head_lr if group == "head" else 1.0)
+            groups.setdefault(key, {"params": [], "lr": rate, "name": key,
+                                    "weight_decay": hp.weight_decay if decays else 0.0})["params"].append(parameter)
         # Named groups: LearningRateMonitor logs each by name and history.csv reads "head".
-        param_groups = [{"params": params, "lr": rates[group], "name": group} for group, params in groups.items()]
-        optimizer = torch.optim.Adam(param_groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        optimizer_class = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
+        optimizer = optimizer_class(list(groups.values()), lr=hp.lr, betas=tuple(hp.betas))
         if hp.schedule == "cosine":
-            scheduler = WarmupCosine(optimizer, hp.warmup_steps, int(self.trainer.estimated_stepping_batches), hp.min_lr)
+            scheduler = FairseqCosine(optimizer, hp.warmup_steps, int(self.trainer.estimated_stepping_batches),
+                                      hp.min_lr, peak_lr=hp.lr)
+        elif hp.schedule == "constant":
+            scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
         else:
             scheduler = WarmupStepDecay(optimizer, self.steps_per_epoch(), hp.decay_start, hp.decay_every,
                                         hp.decay_factor, hp.warmup_steps, hp.warmup_every)

@@ -43,7 +43,7 @@ def test_map_against_a_hand_computed_case():
 
 def test_specaugment_fills_with_the_normalized_zero_and_freezing_trains_the_head_only():
     model = Finetune(num_classes=3, size="tiny", input_tdim=48, freqm=127, timem=47, freeze_encoder=True)
-    fbank = model.augment(torch.randn(4, 48, 128))
+    fbank, _ = model.augment(torch.randn(4, 48, 128), torch.eye(3)[[0, 1, 2, 0]])
     assert fbank.eq(0.0).sum() > 0  # no trainer: masks fill with 0
     assert not any(p.requires_grad for p in model.encoder.parameters())
     assert all(p.requires_grad for p in model.head.parameters())

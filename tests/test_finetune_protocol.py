@@ -224,7 +224,8 @@ def test_fit_tests_the_best_validation_epoch_and_says_so(tiny_corpus, tmp_path):
     run = tmp_path / "run"
     cli = build_cli(["fit", *cli_args(tiny_corpus, run)])
     result = json.loads((run / "result.json").read_text())
-    assert result == cli.result and result["selected"].startswith(f"epoch {result['epoch']}, the best val/acc")
+    assert result == cli.result
+    assert result["selected"].startswith(f"epoch {result['epoch']} (step {result['step']}), the best val/acc")
     rows = list(csv.DictReader((run / "history.csv").open()))
     accuracies = [float(row["val/acc"]) for row in rows]
     assert result["epoch"] == 1 + int(np.argmax(accuracies))

@@ -114,7 +114,85 @@ def test_every_finetune_recipe_resolves(recipe, capsys):
         finetune_main(["fit", "--config", str(recipe), "--print_config"])
     assert exit_info.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["data"]["batches_per_epoch"] is None
+    # One shuffled pass per epoch, but where the official code draws with replacement (weighted
+    # samplers) or carves its dev set out of the training clips.
+    draws = recipe.stem in ("speechcommands_v1_12", "iemocap_er", "eat_as2m")
+    assert (config["data"]["batches_per_epoch"] is not None) == draws
+
+
+# The SUPERB runs of YuanGongND/ssast src/finetune/superb/*/ (run_*.sh, config_*.yaml), with s3prl's
+# `-s hidden_states -f`: the encoder finetuned through a weighted sum of its layers, a 256-wide projector,
+# Adam at a constant rate (torch's defaults otherwise), gradient clipping 1; the frame model.
+SUPERB_FINETUNING = {
+    "speechcommands_v1_12": dict(lr=5e-5, steps=20000, accumulate=1, batch=32, frames=100, validate_every=500,
+                                 balanced=True, crop=None, val_split=None),
+    "voxceleb1_sid": dict(lr=1e-4, steps=40000, accumulate=8, batch=4, frames=1000, validate_every=4000,
+                          balanced=False, crop=128000, val_split=None),
+    "iemocap_er": dict(lr=1e-4, steps=10000, accumulate=8, batch=4, frames=600, validate_every=1600,
+                       balanced=False, crop=None, val_split=0.2),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(SUPERB_FINETUNING))
+def test_superb_recipe_matches_the_official_config(recipe):
+    config = yaml.safe_load((FINETUNE_RECIPES[0].parent / f"{recipe}.yaml").read_text())
+    model, data, trainer = config["model"], config["data"], config["trainer"]
+    expected = SUPERB_FINETUNING[recipe]
+    assert (model["pooling"], model["projector_dim"], model["optimizer"], model["schedule"]) == (
+        "layers", 256, "adam", "constant")
+    assert (model["lr"], model["betas"], model["weight_decay"], model["loss"]) == (
+        expected["lr"], [0.9, 0.999], 0.0, "ce")
+    assert (model["fstride"], model["tstride"]) == (128, 1) and "Frame-400" in model["init_from"]
+    assert (model["freqm"], model["timem"], model["noise"]) == (0, 0, False)
+    assert (trainer["max_steps"], trainer["max_epochs"], trainer["gradient_clip_val"]) == (expected["steps"], -1, 1.0)
+    assert trainer.get("accumulate_grad_batches", 1) == expected["accumulate"]
+    # The dev set every eval_step updates: an epoch of that many batches, or a validation interval.
+    assert data.get("batches_per_epoch") or trainer["val_check_interval"] == expected["validate_every"]
+    assert (data["batch_size"], data["target_length"], data["stats"], data["pad_normalized"]) == (
+        expected["batch"], expected["frames"], "audioset", True)
+    assert (data.get("balanced", False), data.get("train_crop_samples"), data.get("val_split")) == (
+        expected["balanced"], expected["crop"], expected["val_split"])
+    callbacks = {callback["class_path"].rsplit(".", 1)[-1]: callback.get("init_args") or {}
+                 for callback in trainer["callbacks"]}
+    assert callbacks["RunCheckpoint"]["monitor"] == "val/acc"  # the best dev step is tested
+
+
+# cwx-worst-one/EAT scripts/finetuning_{AS20K,AS2M,ESC50,SPCv2}.sh over config/finetuning.yaml and
+# models/EAT_audio_classification.py (DESIGN.md section 8).
+EAT_FINETUNING = {
+    "eat_as20k": dict(lr=5e-5, warmup=4000, steps=40000, batch=48, mixup=0.8, smoothing=0.0, loss="bce",
+                      masks=(25.6, 204.8), frames=1024, noise=False, task="multilabel"),
+    "eat_as2m": dict(lr=5e-5, warmup=30000, steps=300000, batch=96, mixup=0.8, smoothing=0.0, loss="bce",
+                     masks=(25.6, 204.8), frames=1024, noise=False, task="multilabel"),
+    "eat_esc50": dict(lr=5e-5, warmup=400, steps=4000, batch=48, mixup=0.0, smoothing=0.1, loss="ce",
+                      masks=(51.2, 204.8), frames=512, noise=False, task="multiclass"),
+    "eat_spcv2": dict(lr=2e-4, warmup=4000, steps=40000, batch=256, mixup=0.8, smoothing=0.0, loss="bce",
+                      masks=(25.6, 25.6), frames=128, noise=True, task="multiclass"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(EAT_FINETUNING))
+def test_eat_recipe_matches_the_official_scripts(recipe):
+    config = yaml.safe_load((FINETUNE_RECIPES[0].parent / f"{recipe}.yaml").read_text())
+    model, data, trainer = config["model"], config["data"], config["trainer"]
+    expected = EAT_FINETUNING[recipe]
+    assert (model["optimizer"], model["betas"], model["weight_decay"], model["layer_decay"]) == (
+        "adamw", [0.9, 0.95], 0.05, 0.65)
+    assert (model["schedule"], model["min_lr"], model["drop_path"], model["pooling"]) == ("cosine", 1e-6, 0.1, "cls")
+    assert (model["lr"], model["warmup_steps"], trainer["max_steps"]) == (expected["lr"], expected["warmup"],
+                                                                          expected["steps"])
+    assert (model["batch_mixup"], model.get("batch_mixup_prob", 1.0) if expected["mixup"] else 0.9) == (
+        expected["mixup"], 0.9)
+    assert (model.get("label_smoothing", 0.0), model["loss"], model["task"]) == (
+        expected["smoothing"], expected["loss"], expected["task"])
+    assert (model["freqm"], model["timem"]) == pytest.approx(expected["masks"])
+    assert (model["mask_value"], model["augment_order"], model["head_norm_eps"], model["noise"]) == (
+        0.0, "eat", 1e-6, expected["noise"])
+    assert (model["fstride"], model["tstride"]) == (16, 16)
+    assert (data["batch_size"], data["target_length"], data["roll_gain"]) == (expected["batch"], expected["frames"],
+                                                                            True)
+    if recipe == "eat_as2m":  # a weighted sampler, 200,000 clips a epoch
+        assert data["balanced"] and data["batches_per_epoch"] * data["batch_size"] == pytest.approx(200000, abs=96)
 
 
 ALL_RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml"))

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from PIL import Image
 
 from finetune.cli import fit_then_test
@@ -48,6 +49,13 @@ STARTS = ("scratch", "pretrained")
 COLOURS = {"scratch": (230, 120, 30), "pretrained": (40, 90, 200)}
 PROBE_COLOURS = {"linear probe": (40, 90, 200), "kNN": (120, 170, 230), "log-mel statistics": (128, 128, 128)}
 RECIPE_CORPUS = "demo_data/"  # how the demo recipes name the corpus
+# The published task each demo task stands for; its recipe follows that task's protocol.
+STANDS_FOR = {"events": "ESC-50", "keywords": "Speech Commands v2", "speakers": "VoxCeleb1 SID"}
+PROTOCOLS = {  # by the finetuning recipe's pooling
+    "mean": "SSAST: the mean of the last block's patch tokens",
+    "cls": "AST: the leading tokens of the last block",
+    "layers": "SUPERB: a learned weighted sum of every block (probes: their plain mean)",
+}
 
 
 @dataclass
@@ -57,6 +65,7 @@ class TaskResult:
     metric: str = "acc"
     test: dict[str, float] = field(default_factory=dict)  # finetuned test metric by start
     curves: dict[str, list[float]] = field(default_factory=dict)  # validation metric by start
+    protocol: str = ""  # how its finetuning and probes read the encoder
     probes: list[dict[str, float]] = field(default_factory=list)  # the pretraining run's probes, in order
     logmel: float | None = None  # linear probe on log-mel statistics
 
@@ -115,6 +124,12 @@ def _cell(value: float | None, signed: bool = False) -> str:
     return "–" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
 
 
+def protocol(configs: Path, task: str) -> str:
+    """What ``demo_<task>.yaml`` stands for and how it reads the encoder."""
+    pooling = (yaml.safe_load((configs / f"demo_{task}.yaml").read_text())["model"] or {}).get("pooling", "mean")
+    return f"{STANDS_FOR[task]}; {PROTOCOLS[pooling]}"
+
+
 def table(results: list[TaskResult]) -> str:
     lines = [
         "| task | metric | chance | finetuned: scratch | finetuned: pretrained | difference "
@@ -163,9 +178,12 @@ def write_report(results: list[TaskResult], out: Path, recipe: Path, corpus: Pat
         f"Pretraining: `{recipe.name}` on {demo['tasks']['unlabeled']['clips']['all']} unlabeled clips. "
         f"Labeled training clips: {budget}. Finetuning: the same recipe and seed from scratch and from the "
         "pretrained encoder; the test metric is of the checkpoint with the best validation metric. Linear probes: "
-        "a logistic regression on the frozen encoder's mean token, before pretraining (the untrained encoder) "
-        "and after it, and on the per-bin mean and standard deviation of the log-mel (no encoder at all).", "",
+        "a logistic regression on the frozen encoder's mean token (of the layers the task's protocol reads), "
+        "before pretraining (the untrained encoder) and after it, and on the per-bin mean and standard deviation "
+        "of the log-mel (no encoder at all).", "",
         table(results), "",
+        "Each task follows the protocol of the published task it stands for:", "",
+        *[f"- {r.task}: {r.protocol}" for r in results], "",
         f"Finetuned from the pretrained encoder, the test metric is higher than from scratch on {better} of "
         f"{len(results)} tasks in this run.",
     ]
@@ -236,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     print(f"[2/{stages}] linear probes on log-mel statistics", flush=True)
     results = [TaskResult(task, 1.0 / len(read_classes(args.corpus / task / "classes.txt")),
-                          probes=probes.get(task, {}).get("probes", []), logmel=logmel_floor(args.corpus, task))
+                          probes=probes.get(task, {}).get("probes", []), logmel=logmel_floor(args.corpus, task),
+                          protocol=protocol(args.configs, task))
                for task in TASKS]
     stage = 2
     for result in results:

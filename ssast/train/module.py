@@ -49,6 +49,24 @@ def log_picture(module: L.LightningModule, key: str, picture: np.ndarray, captio
             log.warning("could not log %s to %s: %s", key, type(logger).__name__, error)
 
 
+def log_bar_chart(module: L.LightningModule, key: str, labels: list[str], values: list[float], title: str) -> None:
+    """A bar chart to the module's W&B loggers, as a native W&B chart (other loggers get
+    ``key/<label>`` scalars). Like a picture, it is never fatal."""
+    for logger in module.loggers:
+        try:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                rows = [[label, value] for label, value in zip(labels, values)]
+                table = wandb.Table(data=rows, columns=["", "value"])
+                logger.experiment.log({key: wandb.plot.bar(table, "", "value", title=title)})
+            else:
+                logger.log_metrics({f"{key}/{label}": value for label, value in zip(labels, values)},
+                                   step=module.global_step)
+        except Exception as error:  # a dashboard chart must never end a long run
+            log.warning("could not log %s to %s: %s", key, type(logger).__name__, error)
+
+
 class EncoderModule(L.LightningModule):
     """A LightningModule around an encoder (see the module docstring).
 

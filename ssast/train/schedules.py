@@ -121,6 +121,37 @@ class WarmupStepDecay(LRScheduler):
         return [base_lr * scale for base_lr in self.base_lrs]
 
 
+class FairseqCosine(LRScheduler):
+    """fairseq's ``cosine`` schedule as data2vec 2.0 and EAT finetune with it
+    (``fairseq/optim/lr_scheduler/cosine_lr_scheduler.py``, one period, no restarts): over
+    the first ``warmup_steps`` updates the rate rises linearly from ``min_lr`` to the peak,
+    ``min_lr + n * (peak - min_lr) / warmup_steps`` at update ``n``; then ``min_lr + (peak -
+    min_lr) * (1 + cos(pi * t)) / 2`` with ``t`` going from 0 to 1 at ``total_steps``. fairseq
+    scales the whole rate, ``min_lr`` included, by each group's ``lr_scale`` (layer decay):
+    here a group's base rate is ``peak_lr`` (default: the largest base rate) times its scale,
+    and so is its floor.
+    """
+
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr: float = 0.0,
+                 peak_lr: float | None = None) -> None:
+        self.warmup_steps = warmup_steps
+        self.total_steps = max(total_steps, warmup_steps + 1)
+        self.min_lr = min_lr
+        self.peak_lr = peak_lr
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        step = self.last_epoch
+        # The floor as a share of the peak: fairseq's lr_scale scales it with the rate.
+        floor = self.min_lr / (self.peak_lr or max(self.base_lrs))
+        if step < self.warmup_steps:
+            share = floor + step * (1 - floor) / self.warmup_steps
+        else:
+            progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+            share = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return [base_lr * share for base_lr in self.base_lrs]
+
+
 def cosine_ramp(start: float, end: float, step: int, total_steps: int) -> float:
     """``start`` at step 0 to ``end`` at ``total_steps`` along a half cosine (DINO's
     schedules of the teacher momentum and the weight decay)."""
