@@ -278,7 +278,7 @@ def test_esc50_cross_validation_as_the_official_scripts(tmp_path):
     run = tmp_path / "cv"
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}}
     main(["cv", "--config", str(RECIPES / "esc50.yaml"), "--model.init_from", "null", "--model.size", "tiny",
-          "--data.train", str(data), "--data.target_length", "48", "--data.batch_size", "8",
+          "--data.train", str(data), "--data.target_length", "48", "--model.timem", "12", "--data.batch_size", "8",
           "--data.num_workers", "0", "--trainer.max_epochs", "8", "--trainer.accelerator", "cpu",
           "--trainer.devices", "1", "--trainer.precision", "32-true", "--trainer.default_root_dir", str(run),
           "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false"])
