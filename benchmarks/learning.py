@@ -4,7 +4,7 @@ Pretrains each method on the demo corpus's unlabeled pool for the same training 
 after the other in this process, through the real ``ssast-pretrain`` program
 (``pretrain.cli.main``) with each method's demo recipe:
 
-* ``mspm``: ``configs/pretrain/demo.yaml`` with ``passes: 1`` (one shared encoder pass);
+* ``mspm``: ``configs/pretrain/mspm_demo.yaml`` with ``passes: 1`` (one shared encoder pass);
 * ``asit``: ``configs/pretrain/asit_demo.yaml``;
 * ``eat``: ``configs/pretrain/eat_demo.yaml``, when ``pretrain.eat`` and its recipe exist.
 
@@ -64,7 +64,7 @@ from ssast.visualize import line_chart  # noqa: E402
 
 # name -> (recipe, options on top of it)
 METHODS: dict[str, tuple[str, list[str]]] = {
-    "mspm": ("configs/pretrain/demo.yaml", ["--model.init_args.passes", "1"]),
+    "mspm": ("configs/pretrain/mspm_demo.yaml", ["--model.init_args.passes", "1"]),
     "asit": ("configs/pretrain/asit_demo.yaml", []),
     "eat": ("configs/pretrain/eat_demo.yaml", []),
 }
@@ -125,9 +125,9 @@ def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace) 
         "--data.init_args.train", str(data / "unlabeled"),
         "--trainer.default_root_dir", str(run),
         "--trainer.logger", json.dumps(logger),
-        # The probes and the budget replace the recipe's callbacks (checkpoints, pictures,
-        # export): nothing but training counts against the budget. No validation either.
-        "--trainer.callbacks", json.dumps([probe, budget]),
+        # The probes and the budget replace the recipe's callbacks (checkpoints), and no
+        # pictures are drawn: nothing but training counts against the budget. No validation either.
+        "--trainer.callbacks", json.dumps([probe, budget]), "--pictures.every_n_steps", "0",
         "--trainer.enable_checkpointing", "false",
         "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -138,14 +138,15 @@ def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace) 
 
 
 def recipe_settings(method: str, args: argparse.Namespace) -> tuple[int, int]:
-    """``(batch_size, planned_steps)`` of a method's recipe (with ``--epochs``, and the
-    batch size of ``--cli-args`` when it sets one)."""
+    """``(clips per step, planned_steps)`` of a method's recipe (one device, as the demo
+    recipes run; with ``--epochs``, and the batch of ``--cli-args`` when it sets one)."""
     recipe = yaml.safe_load((REPO / METHODS[method][0]).read_text())
     data = recipe["data"]["init_args"]
-    batch_size = data["batch_size"]
+    batch_size = recipe["global_batch_size"]
     extra = shlex.split(args.cli_args)
-    if "--data.init_args.batch_size" in extra:
-        batch_size = int(extra[extra.index("--data.init_args.batch_size") + 1])
+    for option in ("--global_batch_size", "--data.init_args.batch_size"):
+        if option in extra:
+            batch_size = int(extra[extra.index(option) + 1])
     epochs = args.epochs or recipe["trainer"]["max_epochs"]
     return batch_size, epochs * data["batches_per_epoch"]
 

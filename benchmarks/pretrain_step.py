@@ -3,7 +3,7 @@
 ASiT's and MSPM's, all on the same clips in one run.
 
 One optimizer step is timed: ``zero_grad`` + masking + forward + losses + backward +
-``optimizer.step()`` (Adam, lr 1e-4, betas (0.95, 0.999), weight decay 5e-7, as SSAST).
+``optimizer.step()`` (each method's own optimizer, its class defaults: SSAST's Adam for MSPM).
 The input is a random ``[B, frames, 128]`` normalized log-mel already in memory, so the
 fbank is not timed. Each variant gets a fresh model with the same seed and its warm-up
 steps; then the timed steps go round-robin, one step of each variant per round, so that a
@@ -28,7 +28,7 @@ slow spell of a shared machine hits all of them alike. ``step_s`` is the median 
   ``ratio_distill_vs_passes{1,2}`` compare them.
 
 * ``eat`` (with ``--method eat``): one EAT step, ``pretrain.eat.EAT`` as its paper recipe
-  sets it (configs/pretrain/eat_base.yaml) at ``--size``: ``--clone-batch`` masked clones of
+  sets it (the class defaults) at ``--size``: ``--clone-batch`` masked clones of
   each clip (80% inverse block masks), one teacher pass per clip, the student on the visible
   tokens, the CNN decoder, both losses, AdamW (0.9, 0.95), then the EMA teacher; ASiT and the
   MSPM variants run beside it, and ``ratio_eat_vs_{distill,passes1,passes2}`` compare them.
@@ -97,22 +97,19 @@ def build_mspm(size: str, geometry: str, frames: int, mask_patches: int, passes:
 
 
 def build_asit(size: str, geometry: str, frames: int, view_frames: int, align: int, compile: bool = False) -> ASiT:
-    """ASiT as its paper recipe sets it (configs/pretrain/asit_base.yaml), at this size."""
-    return ASiT(size=size, input_tdim=frames, view_frames=view_frames, gmml=GmmlOptions(align=align),
-                num_lead_tokens=1, drop_path=0.1, optimizer="adamw", decay_norms_and_biases=False,
-                weight_decay=0.04, weight_decay_end=0.4, gradient_clip_per_tensor=3.0, compile=compile,
+    """ASiT with its paper's defaults (the class's), at this size."""
+    return ASiT(size=size, input_tdim=frames, view_frames=view_frames, gmml=GmmlOptions(align=align), compile=compile,
                 **GEOMETRIES[geometry])
 
 
 def build_eat(size: str, geometry: str, frames: int, clone_batch: int, compile: bool = False) -> EAT:
-    """EAT as its paper recipe sets it (configs/pretrain/eat_base.yaml), at this size."""
-    return EAT(size=size, input_tdim=frames, clone_batch=clone_batch, num_lead_tokens=1, optimizer="adamw",
-               betas=(0.9, 0.95), weight_decay=0.05, decay_norms_and_biases=False, compile=compile,
-               **GEOMETRIES[geometry])
+    """EAT with its paper's defaults (the class's), at this size."""
+    return EAT(size=size, input_tdim=frames, clone_batch=clone_batch, compile=compile, **GEOMETRIES[geometry])
 
 
-def adam(model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=5e-7)
+def method_optimizer(model: PretrainModule) -> torch.optim.Optimizer:
+    """The method's own optimizer (its class defaults) at its base lr."""
+    return model.build_optimizer(lr=model.hparams.lr)
 
 
 def official_mask_ids(num_patches: int, num_masked: int, cluster: bool) -> list[int]:
@@ -290,7 +287,7 @@ def main() -> None:
             random.seed(0)
             model = build_mspm(args.size, args.geometry, args.frames, args.mask_patches, num_passes,
                                compiled).to(device)
-            optimizer = adam(model.train())
+            optimizer = method_optimizer(model.train())
             variant = official_style_step if official else method_step
             return lambda x: variant(model, optimizer, x, autocast)
         return build
@@ -300,7 +297,7 @@ def main() -> None:
             torch.manual_seed(0)
             model = build_asit(args.size, args.geometry, args.frames, args.view_frames, args.align,
                                compiled).to(device).train()
-            optimizer = torch.optim.AdamW(model.param_groups(), lr=5e-4, betas=(0.9, 0.999), weight_decay=0.04)
+            optimizer = method_optimizer(model)
             return lambda x: method_step(model, optimizer, x, autocast)
         return build
 
@@ -308,7 +305,7 @@ def main() -> None:
         def build() -> Step:
             torch.manual_seed(0)
             model = build_eat(args.size, args.geometry, args.frames, args.clone_batch, compiled).to(device).train()
-            optimizer = torch.optim.AdamW(model.param_groups(), lr=5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+            optimizer = method_optimizer(model)
             return lambda x: method_step(model, optimizer, x, autocast)
         return build
 

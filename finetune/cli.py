@@ -35,7 +35,9 @@ from finetune.callbacks import History
 from finetune.module import Finetune
 from ssast.files import written_atomically
 from ssast.train.callbacks import AverageEpochWeights
-from ssast.train.cli import ConciseParser, LogConfig, RunCLI, default_wandb_to_offline, run_program
+from ssast.train.cli import (
+    ConciseParser, LogConfig, RunCLI, default_wandb_to_offline, run_program, stage_parser_kwargs,
+)
 from ssast.train.datamodule import AudioDataModule
 from ssast.train.recovery import read_resumable
 
@@ -43,8 +45,12 @@ RESULT_FILE = "result.json"
 CV_FILE = "cv.json"
 
 
+BASE_RECIPE = Path(__file__).resolve().parents[1] / "configs/finetune/base.yaml"
+
+
 class FinetuneCLI(RunCLI):
     def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
         parser.link_arguments("data.target_length", "model.input_tdim")
         parser.link_arguments("model.task", "data.multi_label", compute_fn=lambda task: task == "multilabel")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -64,10 +70,11 @@ class FinetuneCLI(RunCLI):
         return self.result
 
 
-def build_cli(args: list[str], run: bool = True) -> FinetuneCLI:
+def build_cli(args: list[str], run: bool = True, base: Path | None = BASE_RECIPE) -> FinetuneCLI:
+    """The CLI; recipes compose on ``base`` (``configs/finetune/base.yaml``)."""
     return FinetuneCLI(
         Finetune, AudioDataModule, save_config_callback=LogConfig, save_config_kwargs={"overwrite": True},
-        parser_class=ConciseParser, parser_kwargs={"prog": "ssast-finetune"}, args=args, run=run,
+        parser_class=ConciseParser, parser_kwargs=stage_parser_kwargs("ssast-finetune", base, run), args=args, run=run,
     )
 
 

@@ -64,6 +64,8 @@ class PretrainModule(EncoderModule):
         gradient_clip_per_tensor: every gradient tensor is scaled to at most this norm (0:
             off; DINO/ASiT's clipping; for a global norm use ``trainer.gradient_clip_val``).
         warmup_steps: linear warmup, in optimizer steps.
+        warmup_every: ``plateau`` only: the warmup sets the rate every this many steps, from 0
+            (SSAST's loop: stairs of 50; the cosine schedule's warmup rises every step).
         schedule: ``plateau`` (SSAST: halve when the validation figure named by
             :attr:`plateau_figure` stalls) or ``cosine`` (to ``min_lr`` at the end).
         min_lr: the cosine schedule's final learning rate.
@@ -100,6 +102,7 @@ class PretrainModule(EncoderModule):
         decay_norms_and_biases: bool = True,
         gradient_clip_per_tensor: float = 0.0,
         warmup_steps: int = 1000,
+        warmup_every: int = 50,
         schedule: Literal["plateau", "cosine"] = "plateau",
         min_lr: float = 1e-6,
         plateau_factor: float = 0.5,
@@ -225,13 +228,20 @@ class PretrainModule(EncoderModule):
         global_batch = per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
         return hp.lr * global_batch / hp.lr_batch_size
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def build_optimizer(self, lr: float | None = None) -> torch.optim.Optimizer:
+        """The method's optimizer over :meth:`param_groups` at ``lr`` (default: :meth:`peak_lr`,
+        which needs the trainer when the lr scales with the batch)."""
         hp = self.hparams
         optimizer_class = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
-        optimizer = optimizer_class(self.param_groups(), lr=self.peak_lr(), betas=tuple(hp.betas),
-                                    weight_decay=hp.weight_decay)
+        return optimizer_class(self.param_groups(), lr=self.peak_lr() if lr is None else lr, betas=tuple(hp.betas),
+                               weight_decay=hp.weight_decay)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = self.build_optimizer()
         if hp.schedule == "plateau":
-            scheduler = WarmupPlateau(optimizer, hp.warmup_steps, hp.plateau_factor, hp.plateau_patience)
+            scheduler = WarmupPlateau(optimizer, hp.warmup_steps, hp.plateau_factor, hp.plateau_patience,
+                                      warmup_every=hp.warmup_every)
         else:
             scheduler = WarmupCosine(optimizer, hp.warmup_steps, self.total_steps, hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -21,7 +21,7 @@ cosine, biases and norms not decayed, per-tensor gradient clipping at 3) is
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -55,6 +55,12 @@ class ASiT(PretrainModule):
         center_momentum: momentum of both centers.
         momentum: the teacher's EMA momentum at step 0, rising to 1 along a cosine.
         recon_weight: weight of the reconstruction loss.
+
+    The optimization defaults are the official recipe's (DESIGN.md section 7), the rest of
+    :class:`~pretrain.base.PretrainModule`'s arguments as there: AdamW at ``lr`` per 256 clips
+    of global batch, 10 warmup epochs then cosine to 1e-6 (epochs of AudioSet-2M at 256 clips
+    per step: 7,812 steps), weight decay 0.04 -> 0.4 sparing norms and biases, gradient clip
+    3.0 per tensor, drop path 0.1, one leading (cls) token.
     """
 
     exported = "teacher"
@@ -72,17 +78,35 @@ class ASiT(PretrainModule):
         student_temp: float = 0.1,
         teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04,
-        teacher_temp_warmup_steps: int = 30_000,
+        teacher_temp_warmup_steps: int = 234_360,
         center_momentum: float = 0.9,
         momentum: float = 0.996,
         recon_weight: float = 2.0,
         input_tdim: int = 1024,
+        num_lead_tokens: int = 1,
+        drop_path: float = 0.1,
+        optimizer: Literal["adam", "adamw"] = "adamw",
+        lr: float = 5e-4,
+        lr_batch_size: int | None = 256,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.04,
+        weight_decay_end: float | None = 0.4,
+        decay_norms_and_biases: bool = False,
+        gradient_clip_per_tensor: float = 3.0,
+        warmup_steps: int = 78_120,
+        schedule: Literal["plateau", "cosine"] = "cosine",
+        min_lr: float = 1e-6,
         **kwargs: Any,
     ) -> None:
         if input_tdim < view_frames:
             raise ValueError(f"clips of {input_tdim} frames are shorter than a view ({view_frames}); "
                              "raise the data's target_length or lower view_frames")
-        super().__init__(input_tdim=view_frames, **kwargs)  # the encoders see views
+        super().__init__(  # the encoders see views
+            input_tdim=view_frames, num_lead_tokens=num_lead_tokens, drop_path=drop_path, optimizer=optimizer, lr=lr,
+            lr_batch_size=lr_batch_size, betas=betas, weight_decay=weight_decay, weight_decay_end=weight_decay_end,
+            decay_norms_and_biases=decay_norms_and_biases, gradient_clip_per_tensor=gradient_clip_per_tensor,
+            warmup_steps=warmup_steps, schedule=schedule, min_lr=min_lr, **kwargs,
+        )
         config = self.encoder.config
         if view_frames % config.tshape:
             raise ValueError(f"view_frames ({view_frames}) must be a multiple of the patch width {config.tshape}")

@@ -26,7 +26,7 @@ whose feed-forward output before the residual is the same kind of target.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -66,6 +66,11 @@ class EAT(PretrainModule):
         ema_decay: the teacher's EMA decay at the first update.
         ema_end_decay: its decay from ``ema_anneal_end_step`` on.
         ema_anneal_end_step: updates over which the decay rises linearly.
+
+    The optimization defaults are EAT's released recipe (DESIGN.md section 7b), the rest of
+    :class:`~pretrain.base.PretrainModule`'s arguments as there: fairseq's Adam with decoupled
+    weight decay 0.05 sparing norms and biases, betas (0.9, 0.95), lr 5e-4, cosine after
+    53,333 warmup updates, one leading (cls) token.
     """
 
     exported = "encoder"  # the student, as EAT exports it
@@ -87,9 +92,22 @@ class EAT(PretrainModule):
         ema_decay: float = 0.9998,
         ema_end_decay: float = 0.99999,
         ema_anneal_end_step: int = 100_000,
+        num_lead_tokens: int = 1,
+        optimizer: Literal["adam", "adamw"] = "adamw",
+        lr: float = 5e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.05,
+        decay_norms_and_biases: bool = False,
+        warmup_steps: int = 53_333,
+        schedule: Literal["plateau", "cosine"] = "cosine",
+        min_lr: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            num_lead_tokens=num_lead_tokens, optimizer=optimizer, lr=lr, betas=betas, weight_decay=weight_decay,
+            decay_norms_and_biases=decay_norms_and_biases, warmup_steps=warmup_steps, schedule=schedule, min_lr=min_lr,
+            **kwargs,
+        )
         config = self.encoder.config
         self.top_k = average_top_k_layers or config.depth
         if not 1 <= self.top_k <= config.depth:

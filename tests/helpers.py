@@ -4,6 +4,7 @@ checkpoints in their published layouts, and a local HTTP server. Fixtures live i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import http.server
@@ -18,6 +19,7 @@ import numpy as np
 import soundfile
 import torch
 import webdataset as wds
+import yaml
 
 from ssast import EncoderConfig
 from ssast.audio import encode_flac
@@ -280,3 +282,37 @@ def logged(run: Path, name: str) -> list[float]:
     """Every value of ``name`` a run's CSVLogger (``<run>/csv/version_0``) wrote, in order."""
     rows = list(csv.DictReader((run / "csv/version_0/metrics.csv").open()))
     return [float(row[name]) for row in rows if row.get(name)]
+
+
+# --- recipes, resolved as the CLIs compose them ---------------------------------------------
+
+RECIPE_FAMILY = {name: "superb" for name in ("speechcommands_v1_12", "voxceleb1_sid", "iemocap_er")} | {
+    name: "eat" for name in ("eat_as20k", "eat_as2m", "eat_esc50", "eat_spcv2")}
+
+
+def recipe_files(stage: str, name: str) -> list[Path]:
+    """The files a recipe is given as, as its docs say (the stage's base is read by the CLI):
+    the family file of SUPERB's and EAT's finetuning recipes, then its own."""
+    configs = Path(__file__).resolve().parents[1] / "configs" / stage
+    family = [configs / f"{RECIPE_FAMILY[name]}.yaml"] if name in RECIPE_FAMILY else []
+    return [*family, configs / f"{name}.yaml"]
+
+
+def recipe_args(stage: str, name: str) -> list[str]:
+    """``--config`` arguments of a recipe (:func:`recipe_files`)."""
+    return [arg for path in recipe_files(stage, name) for arg in ("--config", str(path))]
+
+
+def resolved_recipe(stage: str, name: str) -> dict:
+    """A recipe's ``--print_config``, composed as :func:`recipe_files`."""
+    from finetune.cli import build_cli as finetune_cli
+    from pretrain.cli import build_cli as pretrain_cli
+
+    output = io.StringIO()
+    build = finetune_cli if stage == "finetune" else pretrain_cli
+    try:
+        with contextlib.redirect_stdout(output):
+            build(["fit", *recipe_args(stage, name), "--print_config"])
+    except SystemExit as exited:
+        assert exited.code in (0, None), exited.code
+    return yaml.safe_load(output.getvalue())

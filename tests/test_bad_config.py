@@ -29,7 +29,7 @@ def error_of(program, args: list[str]) -> str:
 
 
 def pretrain_args(corpus: Path, run: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(REPO / "configs/pretrain/demo.yaml"), "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
+    return ["fit", "--config", str(REPO / "configs/pretrain/mspm_demo.yaml"), "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
             "--trainer.default_root_dir", str(run), "--trainer.logger", "false", *extra]
 
 

@@ -30,9 +30,11 @@ from torch.utils.data import DataLoader
 from finetune.cli import build_cli
 from finetune.module import Finetune
 from pretrain.base import PretrainModule
-from pretrain.cli import PretrainCLI
+from pretrain.cli import BASE_RECIPE, PretrainCLI
+from pretrain.cli import build_cli as pretrain_cli
 from ssast.data.reader import ReaderOptions
 from ssast.files import written_atomically
+from ssast.train.cli import stage_parser_kwargs
 from ssast.train.callbacks import LastCheckpoint, RunCheckpoint
 from ssast.train.datamodule import AudioDataModule
 from ssast.train.recovery import AtomicCheckpointIO, WandbRunId, last_checkpoint, newest_checkpoint
@@ -48,8 +50,7 @@ TESTED_LIGHTNING = re.search(r'"lightning(.*?)"', (REPO / "pyproject.toml").read
 def test_both_clis_write_checkpoints_atomically_and_record_the_wandb_run(tmp_path):
     (tmp_path / "classes.txt").write_text("a\nb\n")
     trainer = ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
-    pretrain = PretrainCLI(PretrainModule, AudioDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                           run=False, args=["--config", str(REPO / "configs/pretrain/demo.yaml"), *trainer])
+    pretrain = pretrain_cli(["--config", str(REPO / "configs/pretrain/mspm_demo.yaml"), *trainer], run=False)
     finetune = build_cli(["--config", str(REPO / "configs/finetune/demo_events.yaml"), *trainer,
                           "--model.init_from", "null", "--data.train", str(tmp_path),
                           "--data.classes", str(tmp_path / "classes.txt")], run=False)
@@ -79,8 +80,9 @@ class FitArguments(PretrainCLI):
 
 
 def resolved(run: Path, *extra: str) -> FitArguments:
-    return FitArguments(PretrainModule, AudioDataModule, subclass_mode_model=True, subclass_mode_data=True, args=[
-        "fit", "--config", str(REPO / "configs/pretrain/demo.yaml"), "--trainer.default_root_dir", str(run),
+    return FitArguments(PretrainModule, AudioDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                        parser_kwargs=stage_parser_kwargs("ssast-pretrain", BASE_RECIPE, subcommands=True), args=[
+        "fit", "--config", str(REPO / "configs/pretrain/mspm_demo.yaml"), "--trainer.default_root_dir", str(run),
         "--trainer.logger.init_args.save_dir", str(run), *extra])
 
 
@@ -412,7 +414,7 @@ def expected_lr(model: dict, step: int) -> float:
 
 RECIPES = {  # recipe: the first param group's lr, as LearningRateMonitor names it
     "asit_demo.yaml": "lr-AdamW/pg1",
-    "demo.yaml": "lr-Adam",
+    "mspm_demo.yaml": "lr-Adam",
 }
 
 
@@ -518,7 +520,7 @@ def test_under_slurm_the_requeue_signal_saves_and_requeues_and_last_resumes_from
 
     def command(*extra: str) -> list[str]:
         callbacks = [{"class_path": "ssast.train.callbacks.LastCheckpoint"}]
-        return [sys.executable, "-m", "pretrain.cli", "fit", "--config", str(REPO / "configs/pretrain/demo.yaml"),
+        return [sys.executable, "-m", "pretrain.cli", "fit", "--config", str(REPO / "configs/pretrain/mspm_demo.yaml"),
                 "--model.init_args.size", "mini", "--data.init_args.train", str(tiny_corpus / "unlabeled"),
                 "--data.init_args.val", "null", "--data.init_args.batch_size", "2",
                 "--data.init_args.batches_per_epoch", "4", "--data.init_args.num_workers", "0",

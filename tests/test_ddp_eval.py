@@ -57,7 +57,7 @@ def run(program: str, args: list[str], tmp_path: Path) -> dict[str, list[float]]
 
 def test_pretraining_validates_one_clip_on_two_ranks(tiny_corpus, tmp_path):
     logged = run("pretrain.cli", [
-        "--config", str(REPO / "configs/pretrain/demo.yaml"), "--model.init_args.size", "mini",
+        "--config", str(REPO / "configs/pretrain/mspm_demo.yaml"), "--model.init_args.size", "mini",
         "--data.init_args.train", str(tiny_corpus / "unlabeled"), "--data.init_args.val", str(one_clip(tmp_path / "val")),
         "--data.init_args.batch_size", "2", "--data.init_args.batches_per_epoch", "2",
         "--data.init_args.num_workers", "2", "--data.init_args.stats", "audioset",

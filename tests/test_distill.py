@@ -130,7 +130,7 @@ def test_schedules():
 
 def small_asit(**changes) -> ASiT:
     settings = dict(size="mini", input_tdim=64, view_frames=48, cls_dim=32, patch_dim=16, drop_path=0.0,
-                    num_lead_tokens=1, gmml=GmmlOptions(align=16), decay_norms_and_biases=False)
+                    num_lead_tokens=1, gmml=GmmlOptions(align=16), decay_norms_and_biases=False, weight_decay_end=None)
     return ASiT(**{**settings, **changes})
 
 

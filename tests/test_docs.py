@@ -190,11 +190,13 @@ def _fake_downloads(home: Path, work: Path) -> None:
 
     from ssast import EncoderConfig
     from ssast.encoder import ASTEncoder
-    from helpers import hf_config, make_audioset, make_esc50, make_speechcommands, make_voxceleb1, ssast_state, write_clip
+    from helpers import (
+        hf_config, make_audioset, make_esc50, make_iemocap, make_speechcommands, make_voxceleb1, ssast_state, write_clip,
+    )
 
     downloads = home / "downloads"
     downloads.mkdir(parents=True)
-    for make in (make_esc50, make_speechcommands, make_voxceleb1, make_audioset):
+    for make in (make_esc50, make_speechcommands, make_voxceleb1, make_audioset, make_iemocap):
         make(downloads)
     # Enough evaluation clips that each of torchrun's 2 ranks gets one (DDP needs a batch on every rank).
     with (downloads / "audioset/eval_segments.csv").open("a") as segments:

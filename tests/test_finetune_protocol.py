@@ -23,7 +23,7 @@ from ssast.data.cli import main as data_main
 from ssast.train.callbacks import AverageEpochWeights
 from ssast.train.datamodule import AudioDataModule
 from ssast.train.schedules import WarmupStepDecay
-from helpers import make_esc50, write_clip
+from helpers import resolved_recipe, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "configs/finetune"
@@ -80,16 +80,16 @@ OFFICIAL = {  # the official scripts' flags (DESIGN.md section 8)
 
 @pytest.mark.parametrize("recipe", sorted(OFFICIAL))
 def test_every_step_of_a_recipe_has_the_official_loops_rate(recipe):
-    config = yaml.safe_load((RECIPES / f"{recipe}.yaml").read_text())
-    model, data = config["model"], config["data"]
-    steps_per_epoch = EPOCH_CLIPS[recipe] // data["batch_size"]
+    config = resolved_recipe("finetune", recipe)
+    model = config["model"]
+    steps_per_epoch = EPOCH_CLIPS[recipe] // config["global_batch_size"]
     epochs = config["trainer"]["max_epochs"]
-    base_lrs = [model["lr"], model["lr"] * model.get("head_lr", 1.0)]
+    base_lrs = [model["lr"], model["lr"] * model["head_lr"]]
     official = official_lrs(base_lrs, steps_per_epoch, epochs, **OFFICIAL[recipe])
     assert model["schedule"] == "step"
     ours = our_lrs(base_lrs, steps_per_epoch, epochs, decay_start=model["decay_start"],
                    decay_every=model["decay_every"], decay_factor=model["decay_factor"],
-                   warmup_steps=model["warmup_steps"], warmup_every=model.get("warmup_every", 1))
+                   warmup_steps=model["warmup_steps"], warmup_every=model["warmup_every"])
     assert_same_rates(ours, official)
 
 

@@ -145,8 +145,10 @@ def rates_over(optimizer, schedule, steps: int) -> list[float]:
 
 def test_warmup_plateau_schedule():
     optimizer = optimizer_with()
+    stairs = WarmupPlateau(optimizer_with(), warmup_steps=4, warmup_every=2)  # SSAST: 1000 in stairs of 50, from 0
+    assert rates_over(stairs.optimizer, stairs, 5) == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
     schedule = WarmupPlateau(optimizer, warmup_steps=4, factor=0.5, patience=2)
-    assert rates_over(optimizer, schedule, 5) == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert rates_over(optimizer, schedule, 5) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     for metric, expected in [(0.5, 1.0), (0.4, 1.0), (0.5, 1.0), (0.3, 0.5), (0.6, 0.5), (0.6, 0.5)]:
         schedule.report(metric)  # best 0.5; three reports without improvement halve the rate
         assert optimizer.param_groups[0]["lr"] == expected
@@ -154,6 +156,43 @@ def test_warmup_plateau_schedule():
     resumed = WarmupPlateau(optimizer_with(), warmup_steps=4)
     resumed.load_state_dict(schedule.state_dict())
     assert resumed.scale == 0.5 and resumed.best == 0.6 and resumed.get_lr() == [0.5]
+
+
+def official_pretraining_rates(lr: float, epoch_iter: int, metrics: list[float], patience: int = 2) -> list[float]:
+    """The rate of every step of SSAST's pretraining loop (``src/traintest_mask.py``): the
+    warmup sets ``g / 1000 * lr`` when ``g <= 1000 and g % 50 == 0``, and every
+    ``epoch_iter`` steps ``ReduceLROnPlateau(mode="max", factor=0.5)`` takes the eval accuracy."""
+    optimizer = optimizer_with(lr)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=patience)
+    rates, reports = [], iter(metrics)
+    for g in range(epoch_iter * len(metrics)):
+        if g <= 1000 and g % 50 == 0:
+            optimizer.param_groups[0]["lr"] = g / 1000 * lr
+        rates.append(optimizer.param_groups[0]["lr"])
+        if (g + 1) % epoch_iter == 0:
+            plateau.step(next(reports))
+    return rates
+
+
+@pytest.mark.parametrize("epoch_iter", [800, 4000])
+def test_the_plateau_schedule_gives_the_official_loops_rate_at_every_step(epoch_iter):
+    """``mspm_*_tiny`` (5e-4, checks every 800 steps) and the base recipes (1e-4, every
+    4,000): the rate of each step, with improvements, ties, gains under the threshold and
+    several halvings, as the official loop sets it."""
+    lr = 5e-4 if epoch_iter == 800 else 1e-4
+    metrics = [0.1, 0.2, 0.3, 0.3, 0.30001, 0.29, 0.31, 0.31, 0.2, 0.31, 0.32, 0.32, 0.32, 0.32, 0.4, 0.1, 0.1, 0.1]
+    optimizer = optimizer_with(lr)
+    schedule = WarmupPlateau(optimizer, warmup_steps=1000, factor=0.5, patience=2, warmup_every=50)
+    ours, reports = [], iter(metrics)
+    for step in range(epoch_iter * len(metrics)):
+        ours.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % epoch_iter == 0:  # a validation at the end of each of the recipe's epochs
+            schedule.report(next(reports))
+    official = official_pretraining_rates(lr, epoch_iter, metrics)
+    assert len(set(official)) > 20 and min(official[1000:]) <= lr / 8  # the stairs and three halvings happened
+    assert ours == pytest.approx(official, rel=1e-12, abs=0)
 
 
 def test_warmup_cosine_schedule():

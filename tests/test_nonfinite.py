@@ -25,7 +25,7 @@ TINY = dict(size="mini", fshape=128, tshape=2, input_tdim=FRAMES)
 
 
 def mspm(**changes) -> MSPM:
-    return MSPM(**{**TINY, "mask_patches": 4, "passes": 1, "warmup_steps": 2, "lr": 1e-3,
+    return MSPM(**{**TINY, "mask_patches": 4, "passes": 1, "warmup_steps": 0, "lr": 1e-3,
                    **changes})
 
 

@@ -27,7 +27,7 @@ def corpus(small_demo_corpus):
 def cli_args(corpus: Path, run: Path, epochs: int, *extra: str) -> list[str]:
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "csv"}}
     return [
-        "fit", "--config", str(REPO / "configs/pretrain/demo.yaml"),
+        "fit", "--config", str(REPO / "configs/pretrain/mspm_demo.yaml"),
         "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
         "--data.init_args.batch_size", "8", "--data.init_args.batches_per_epoch", "10",
         "--data.init_args.num_workers", "1",

@@ -290,7 +290,7 @@ def test_probes_under_ddp_on_two_cpu_processes(tiny_corpus, tmp_path):
                                                "test": str(tiny_corpus / "events/test")}]}}
     budget = {"class_path": "ssast.train.probe.TrainingBudget", "init_args": {"minutes": 10}}
     args = [
-        "fit", "--config", str(repo / "configs/pretrain/demo.yaml"),
+        "fit", "--config", str(repo / "configs/pretrain/mspm_demo.yaml"),
         "--model.init_args.mask_patches", "8", "--model.init_args.warmup_steps", "1",
         "--data.init_args.train", str(tiny_corpus / "unlabeled"), "--data.init_args.val", "null",
         "--data.init_args.stats", "audioset", "--data.init_args.target_length", "32",

@@ -172,7 +172,9 @@ TINY = ["--model.init_from", "null", "--model.size", "mini", "--trainer.accelera
 
 def run_args(recipe: str, run: Path, *extra: str) -> list[str]:
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}}
-    return ["--config", str(REPO / f"configs/finetune/{recipe}.yaml"), *TINY, "--trainer.default_root_dir", str(run),
+    from helpers import recipe_args
+
+    return [*recipe_args("finetune", recipe), *TINY, "--trainer.default_root_dir", str(run),
             "--trainer.logger", json.dumps(logger), *extra]
 
 

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="runs, report.md and the pictures")
     parser.add_argument("--corpus", type=Path, default=Path("demo_data"), help="the demo corpus (made when missing)")
     parser.add_argument("--pretrain", type=Path, default=REPO / "configs/pretrain/eat_demo.yaml",
-                        help="pretraining recipe (also asit_demo.yaml: ASiT, demo.yaml: MSPM)")
+                        help="pretraining recipe (also asit_demo.yaml: ASiT, mspm_demo.yaml: MSPM)")
     parser.add_argument("--configs", type=Path, default=REPO / "configs/finetune",
                         help="folder of the demo_{events,keywords,speakers}.yaml finetuning recipes")
     parser.add_argument("--pretrain-arg", action="append", default=[], metavar="ARG",

@@ -8,6 +8,7 @@ network) and ``wandb sync`` uploads the run later.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import re
@@ -18,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from ssast.checkpoints import CheckpointError
 from ssast.data.reader import NoReadableShards, TooManySkipped
@@ -56,9 +59,13 @@ warnings.filterwarnings("ignore", message="LightningCLI's args parameter is inte
 
 # Errors that are the user's to fix, reported in one line instead of a traceback (set
 # SSAST_TRACEBACK=1 to see it).
+class BatchSplitError(ValueError):
+    """A recipe's global batch that the run's devices cannot share evenly."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (
     CheckpointError, ResumeError, NonFiniteLossError, TooManySkipped, NoReadableShards, FileNotFoundError,
-    FileExistsError,
+    FileExistsError, BatchSplitError,
 )
 
 
@@ -96,8 +103,51 @@ def concise_error(message: str) -> str:
     if not keys:
         return lines[0].removeprefix("error: ") if lines else message
     reason = re.sub(r"<class '([\w.]+)'>", r"\1", reasons[0] if reasons else lines[-1])
+    given = next((line.removeprefix("Given value: ") for line in lines if line.startswith("Given value: ")), None)
+    if given is not None and "Got value" not in reason:  # a union's errors name no value; its report does
+        reason = f"{reason}. Got value: {given}"
     owner = f" ({classes[0]})" if classes else ""
     return f"{'.'.join(keys)}{owner}: {reason}"
+
+
+def stage_parser_kwargs(program: str, base: Path | None, subcommands: bool) -> dict[str, Any]:
+    """LightningCLI's ``parser_kwargs`` for a program whose recipes compose on ``base``: the
+    base is a default config file of every subcommand, read before any ``--config``."""
+    files = [str(base)] if base is not None else []
+    if not subcommands:
+        return {"prog": program, "default_config_files": files}
+    return {"prog": program, **{name: {"default_config_files": files} for name in ("fit", "validate", "test", "predict")}}
+
+
+def split_global_batch(global_batch: int, devices: int, max_device_batch: int | None = None) -> tuple[int, int]:
+    """``(clips per device and batch, batches accumulated per optimizer step)`` that make
+    ``global_batch`` clips per step on ``devices`` devices, with at most ``max_device_batch``
+    clips on a device at once (then the fewest accumulated batches that divide evenly)."""
+    if global_batch < 1 or devices < 1:
+        raise BatchSplitError(f"a global batch of {global_batch} clips on {devices} devices")
+    if global_batch % devices:
+        raise BatchSplitError(f"global_batch_size {global_batch} does not divide among {devices} devices: choose a device "
+                         "count that divides it, or another global batch")
+    per_device = global_batch // devices
+    limit = max_device_batch or per_device
+    accumulate = next(k for k in range(1, per_device + 1) if per_device % k == 0 and per_device // k <= limit)
+    return per_device // accumulate, accumulate
+
+
+def device_count(trainer: Namespace) -> int:
+    """The devices a parsed ``trainer`` config runs on, over all nodes, as Lightning counts
+    them: a number, a list of ids, or ``auto`` / -1 (every visible GPU, else one CPU process)."""
+    devices, nodes = trainer.get("devices", "auto"), int(trainer.get("num_nodes") or 1)
+    if isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([item for item in devices.split(",") if item.strip()])
+    elif str(devices) in ("auto", "-1"):
+        gpus = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        count = torch.cuda.device_count() if gpus else 1
+    else:
+        count = int(devices)
+    return count * nodes
 
 
 class RunCLI(LightningCLI):
@@ -107,7 +157,21 @@ class RunCLI(LightningCLI):
     newest of ``last.ckpt`` and SLURM's requeue checkpoints
     (:func:`~ssast.train.recovery.last_checkpoint`) and starts afresh when there is none yet,
     so a job script can pass it on its first start and on every restart alike.
+
+    Recipes compose (see :func:`stage_parser_kwargs`): the run is named after the last
+    ``--config`` file, ``runs/<name>`` and the logger's run ``<name>``, unless the recipe or
+    the command line names them. ``global_batch_size`` states a recipe's clips per optimizer
+    step; the clips per device (``data.batch_size``) and the accumulated batches follow from
+    the devices and nodes at start, and are logged in one line.
     """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--global_batch_size", type=int | None, default=None,
+                            help="clips per optimizer step over every device and node (the paper's batch); sets "
+                                 "data.batch_size and trainer.accumulate_grad_batches at start")
+        parser.add_argument("--max_device_batch_size", type=int | None, default=None,
+                            help="with global_batch_size: at most this many clips on a device at once (the rest "
+                                 "is accumulated)")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -119,6 +183,8 @@ class RunCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._command_config()
+        self._name_run(config)
+        self._split_batch(config)
         if config.get("ckpt_path") == "last":
             # Resolved here, once, so that the W&B run and the weights come from the same file.
             root = config.trainer.get("default_root_dir") or os.getcwd()
@@ -137,6 +203,16 @@ class RunCLI(LightningCLI):
     def _command_config(self) -> Namespace:
         subcommand = self.config.get("subcommand")
         return self.config[subcommand] if subcommand else self.config
+
+    def _name_run(self, config: Namespace) -> None:
+        files = [Path(str(path)) for path in config.get("config") or []]
+        if files:
+            name_run(config, files[-1].stem)
+
+    def _split_batch(self, config: Namespace) -> None:
+        settings = split_batch(config)
+        if settings is not None:
+            rank_zero_only(print)(settings, flush=True)  # once, not once per process
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -161,6 +237,44 @@ class RunCLI(LightningCLI):
         if kwargs.get("ckpt_path") not in (None, "last", "best", "hpc"):
             check_resumable(model, kwargs["ckpt_path"])
         return kwargs
+
+
+def name_run(config: Namespace, name: str) -> None:
+    """Name a parsed run ``name`` where the recipe leaves it unnamed: ``runs/<name>`` as the
+    trainer's ``default_root_dir``, each logger's run name (where it is its class's default:
+    W&B's none, CSV's and TensorBoard's ``lightning_logs``), and a W&B logger's folder."""
+    trainer = config.trainer
+    if not trainer.get("default_root_dir"):
+        trainer.default_root_dir = f"runs/{name}"
+    for cls, entry in _classes(trainer.get("logger")):
+        parameters = inspect.signature(cls.__init__).parameters
+        if "name" not in parameters:
+            continue
+        if entry.get("init_args") is None:
+            entry.init_args = Namespace()
+        if entry.init_args.get("name") in (None, parameters["name"].default):
+            entry.init_args.name = name
+        if issubclass(cls, WandbLogger) and entry.init_args.get("save_dir") in (None, "."):
+            entry.init_args.save_dir = trainer.default_root_dir
+
+
+def split_batch(config: Namespace) -> str | None:
+    """Set a parsed run's clips per device (``data.batch_size``) and accumulated batches from
+    its ``global_batch_size`` and its devices (:func:`split_global_batch`); returns the line
+    that says so (``None`` without a global batch). A ``data.batch_size`` given explicitly
+    wins."""
+    global_batch = config.get("global_batch_size")
+    if global_batch is None:
+        return None
+    data = config.data.init_args if config.data.get("init_args") is not None else config.data
+    if data.get("batch_size") is not None:  # asked for on the command line or in a later file
+        return f"data.batch_size {data.batch_size} per device, as given: global_batch_size {global_batch} is not applied"
+    devices = device_count(config.trainer)
+    per_device, accumulate = split_global_batch(global_batch, devices, config.get("max_device_batch_size"))
+    data.batch_size = per_device
+    config.trainer.accumulate_grad_batches = accumulate
+    return (f"global batch {global_batch} = {devices} device(s) x {per_device} clips x {accumulate} accumulated "
+            "batch(es) per optimizer step")
 
 
 def _classes(config: Any) -> list[tuple[type, Namespace]]:

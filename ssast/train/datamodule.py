@@ -39,7 +39,8 @@ class AudioDataModule(L.LightningDataModule):
         test: test shards (optional).
         predict: shards to predict on (optional); their labels are not read.
         target_length: frames per clip (AST pads or cuts the fbank to this).
-        batch_size: clips per batch on each device.
+        batch_size: clips per batch on each device; the CLIs derive it from a recipe's
+            ``global_batch_size`` when it is not given.
         num_workers: loader processes per device.
         batches_per_epoch: ``None``: an epoch is one exact pass over the training clips, as
             a DataLoader with ``shuffle=True, drop_last=True`` (each clip once, shuffled
@@ -85,12 +86,12 @@ class AudioDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train: str | list[str],
+        train: str | list[str] | None = None,
         val: str | list[str] | None = None,
         test: str | list[str] | None = None,
         predict: str | list[str] | None = None,
         target_length: int = 1024,
-        batch_size: int = 24,
+        batch_size: int | None = None,
         num_workers: int = 4,
         batches_per_epoch: int | None = None,
         stats: str | None = "auto",
@@ -107,6 +108,8 @@ class AudioDataModule(L.LightningDataModule):
         reader: ReaderOptions = ReaderOptions(),
     ) -> None:
         super().__init__()
+        if train is None:  # optional only so that a stage's base recipe can leave it to the recipe
+            raise ValueError("data.train is not set: the training shards (a folder, a pattern or a list)")
         if val_split is not None and val is not None:
             raise ValueError("data.val_split carves the validation set out of data.train: leave data.val unset")
         if val_split is not None and batches_per_epoch is None:
@@ -197,6 +200,9 @@ class AudioDataModule(L.LightningDataModule):
     def _stream(self, source: str | list[str], training: bool, labeled: bool = True,
                 key_split: KeySplit | None = None) -> ShardStream:
         hp = self.hparams
+        if hp.batch_size is None:
+            raise ValueError("no batch size: set global_batch_size (clips per optimizer step over every device) or "
+                             "data.batch_size (clips per device)")
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         urls = list_shards(source)
         exact = training and hp.batches_per_epoch is None

@@ -9,31 +9,39 @@ from torch.optim.lr_scheduler import LRScheduler
 
 
 class WarmupPlateau(LRScheduler):
-    """SSAST's schedule: linear warmup, then the learning rate is multiplied by ``factor``
-    whenever the reported metric has not improved for more than ``patience`` reports
-    (``ReduceLROnPlateau`` semantics, mode ``max``).
+    """SSAST's pretraining schedule (``src/traintest_mask.py``): a warmup that, while the step
+    is at most ``warmup_steps``, sets the rate to ``base_lr * step / warmup_steps`` every
+    ``warmup_every`` steps (SSAST: 1,000 in stairs of 50, from 0), then ``ReduceLROnPlateau``
+    (mode ``max``, relative ``threshold``): the rate is multiplied by ``factor`` whenever the
+    reported metric has not beaten the best by more than ``threshold`` for more than
+    ``patience`` reports.
 
     Unlike chaining a warmup scheduler with ``ReduceLROnPlateau``, the two never overwrite
     each other, and everything (best value, bad reports, reductions) is in
     ``state_dict``, so a resumed run continues the schedule.
     """
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int, factor: float = 0.5, patience: int = 2) -> None:
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, factor: float = 0.5, patience: int = 2,
+                 warmup_every: int = 1, threshold: float = 1e-4) -> None:
         self.warmup_steps = warmup_steps
+        self.warmup_every = warmup_every
         self.factor = factor
         self.patience = patience
+        self.threshold = threshold
         self.scale = 1.0
         self.best = -math.inf
         self.bad_reports = 0
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
-        warmup = min(1.0, (self.last_epoch + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+        warmup = 1.0
+        if self.last_epoch < self.warmup_steps:  # the stair a step is on; whole from warmup_steps on
+            warmup = self.last_epoch // self.warmup_every * self.warmup_every / self.warmup_steps
         return [base_lr * warmup * self.scale for base_lr in self.base_lrs]
 
     def report(self, metric: float) -> None:
         """Tell the schedule the latest validation metric (higher is better)."""
-        if metric > self.best:
+        if metric > self.best * (1 + self.threshold):  # ReduceLROnPlateau's test in mode max, relative
             self.best, self.bad_reports = metric, 0
             return
         self.bad_reports += 1
