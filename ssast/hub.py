@@ -211,7 +211,7 @@ class HubEncoder(nn.Module, PyTorchModelHubMixin, library_name="ssast", tags=["a
         """A copy of ``encoder`` (and of its classifier ``head``, which reads ``pooling``) with
         the ``preprocessing`` it was trained on (AudioSet's statistics and its input length
         when not given)."""
-        preprocessing = preprocessing or Preprocessing(target_length=encoder.config.input_tdim)
+        preprocessing = (preprocessing or Preprocessing()).for_encoder(encoder.config)
         classifier = None if head is None else classifier_record(head, labels)
         config = {"format": OUR_FORMAT, "version": 1, "encoder": encoder.config.to_dict(),
                   "preprocessing": dict(preprocessing.__dict__), "pooling": pooling, "classifier": classifier}

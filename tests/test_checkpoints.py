@@ -1,16 +1,21 @@
 """Loading encoders from our files, official SSAST, Hugging Face AST and ASiT."""
 
 import argparse
+import json
 import os
 import re
 
 import pytest
 import torch
 import transformers  # a [dev] dependency, for the parity tests only
+from safetensors import safe_open
 
+import ssast
+from pretrain.distill import ASiT
 from ssast import CheckpointError, load_checkpoint, load_encoder, save_encoder
-from ssast.checkpoints import Preprocessing
+from ssast.checkpoints import Preprocessing, lightning_metadata
 from ssast.encoder import ASTEncoder, adapt_pos_embed
+from ssast.masking import GmmlOptions
 
 from helpers import hf_config, ssast_state, tiny_encoder
 
@@ -160,6 +165,25 @@ def test_lightning_checkpoint(tmp_path):
     torch.save({"state_dict": state, "encoder_config": encoder.config.to_dict(), "epoch": 3}, tmp_path / "last.ckpt")
     checkpoint = load_checkpoint(tmp_path / "last.ckpt")
     assert checkpoint.format == "ssast-lightning" and same_outputs(checkpoint.encoder.eval(), encoder, atol=0)
+
+
+def test_an_asit_export_records_the_teacher_it_holds(tmp_path):
+    """ASiT's teacher sees views shorter than the data's clips: what a run writes of it, the
+    exported file and the Lightning checkpoint, records the teacher's input length."""
+    model = ASiT(size="mini", input_tdim=64, view_frames=48, cls_dim=32, patch_dim=16, head_hidden_dim=32,
+                 head_bottleneck_dim=16, num_lead_tokens=1, gmml=GmmlOptions(align=16))
+    teacher = model.exported_encoder
+    assert model.exported == "teacher" and teacher.config.input_tdim == 48
+    clips = Preprocessing(-6.0, 5.0, target_length=64)  # what the data module hands the writers
+    save_encoder(teacher, tmp_path / "encoder.safetensors", clips)
+    with safe_open(tmp_path / "encoder.safetensors", framework="pt") as handle:
+        recorded = json.loads(handle.metadata()["preprocessing"])
+    assert recorded == {"mean": -6.0, "std": 5.0, "target_length": 48}
+    run = {"state_dict": model.state_dict(), **lightning_metadata(teacher, model.exported, clips)}
+    torch.save(run, tmp_path / "last.ckpt")
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["preprocessing"]["target_length"] == 48
+    for path in (tmp_path / "encoder.safetensors", tmp_path / "last.ckpt"):
+        assert ssast.load_encoder(path).config == teacher.config
 
 
 class RunsCode:
