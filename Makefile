@@ -28,11 +28,14 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/ssast-demo --corpus $(DEMO_DIR) --out $(DEMO_OUT) $(DEMO_ARGS)
 
+# One pytest-xdist worker per core, a test file to a worker (the guides run in order on one machine).
+PYTEST_PARALLEL ?= -n auto --dist loadfile
+
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-all: setup
-	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "" $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/features.py

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-import soundfile
+# Under pytest-xdist, each worker gets its share of the cores: torch's default of one thread
+# per core in every worker oversubscribes them, and a small CPU step then runs ten times
+# slower. Set before torch is imported; the programs tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+import pytest  # noqa: E402
+import soundfile  # noqa: E402
 
 from helpers import SAMPLE_RATE, tone, write_corpus
 

@@ -37,6 +37,8 @@ import pytest
 import torch
 import yaml
 
+# The guides run in order on one scratch machine (each reuses what the ones before made): under
+# pytest-xdist, `--dist loadfile` (as the Makefile runs it) keeps them in one worker.
 REPO = Path(__file__).resolve().parents[1]
 # In reading order, but the README last: its commands reuse what the guides made.
 GUIDES = [
