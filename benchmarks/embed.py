@@ -1,5 +1,5 @@
 """Throughput of ``ssast-embed``: clips per second over 10 s files, through the function the
-program runs (:func:`ssast.embed.embed_inputs`), with reading and decoding the files (16 kHz,
+program runs (:func:`ssast.embed_cli.embed_inputs`), with reading and decoding the files (16 kHz,
 so no resampling), the fbank, the encoder and writing the outputs.
 
 ``--clips`` 10 s clips (a tone with a little noise, 16 kHz 16-bit FLAC) are written to a
@@ -27,7 +27,7 @@ import torch
 
 from ssast import save_encoder
 from ssast.checkpoints import Preprocessing
-from ssast.embed import embed_inputs
+from ssast.embed_cli import embed_inputs
 from ssast.encoder import ASTEncoder, EncoderConfig
 
 RATE, SECONDS, FRAMES = 16_000, 10.0, 1024

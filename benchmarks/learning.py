@@ -49,9 +49,8 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -60,7 +59,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: pretrain/ and ssast/ from this checkout
 
 from ssast.probe import load_clips, logmel_baseline  # noqa: E402
-from ssast.visualize import line_chart  # noqa: E402
+from ssast.visualize import xy_chart  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # name -> (recipe, options on top of it)
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -69,9 +71,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "eat": ("configs/pretrain/eat_demo.yaml", []),
 }
 TASKS = ("keywords", "speakers", "events")
-COLOURS = {"mspm": (31, 119, 180), "asit": (255, 127, 14), "eat": (44, 160, 44)}
 FLOOR = "log-mel stats"
-FLOOR_COLOUR = (128, 128, 128)
+COLOURS = {"mspm": "tab:blue", "asit": "tab:orange", "eat": "tab:green", FLOOR: "grey"}
 
 
 def available_methods() -> list[str]:
@@ -208,47 +209,22 @@ def logmel_floor(data: Path, max_clips: int) -> dict[str, float]:
     return floor
 
 
-def on_grid(series: list[list[float]], grid: np.ndarray, column: int) -> list[float]:
-    """A probe series ``[[minutes, knn, linear], ...]`` read at the ``grid`` minutes
-    (linear between probes), up to its last probe: a run that ended early draws shorter."""
-    minutes = np.array([point[0] for point in series])
-    values = np.array([point[column] for point in series])
-    kept = grid[grid <= minutes[-1] + 1e-9]
-    return np.interp(kept, minutes, values).tolist()
-
-
-def picture(results: dict[str, dict], floor: dict[str, float], minutes: float, path: Path, points: int = 13) -> None:
+def learning_chart(results: dict[str, dict], floor: dict[str, float], minutes: float) -> Figure:
     """Linear-probe (top row) and kNN (bottom row) accuracy against training minutes, a
-    panel per task, a line per method, the log-mel-statistics floor in grey, as a PNG.
-
-    ``line_chart`` draws values at x = 1, 2, ...: the series are read on an even grid of
-    ``points`` minutes from 0 to ``minutes``, so point ``i`` is minute ``(i - 1) * step``.
-    """
-    from PIL import Image, ImageDraw
-
-    grid = np.linspace(0, minutes, points)
+    panel per task, a line per method through its probes, the log-mel-statistics floor
+    dashed."""
     finished = {name: result for name, result in results.items() if "series" in result}
-    rows = []
+    panels = {}
     for column, kind in ((2, "linear"), (1, "kNN")):
-        panels = {}
         for task in TASKS:
-            series = {name: on_grid(result["series"][task], grid, column) for name, result in finished.items()}
+            series = {name: [(point[0], point[column]) for point in result["series"][task]]
+                      for name, result in finished.items()}
             if kind == "linear" and task in floor:
-                series[FLOOR] = [floor[task]] * points
+                series[FLOOR] = [(0.0, floor[task]), (minutes, floor[task])]
             panels[f"{task}: {kind} probe"] = series
-        colours = {name: COLOURS.get(name, (0, 0, 0)) for name in finished}
-        if kind == "linear":
-            colours[FLOOR] = FLOOR_COLOUR
-        rows.append(line_chart(panels, colours, y_label=f"(0 to {minutes:g} min)"))
-    header = Image.new("RGB", (rows[0].shape[1], 34), "white")
-    draw = ImageDraw.Draw(header)
-    draw.text((8, 4), f"Probe accuracy against pretraining minutes (probes left out), {minutes:g} min per method",
-              fill="black")
-    draw.text((8, 18), f"point i = minute {minutes / (points - 1):.3g} x (i - 1); top: linear probe, bottom: kNN",
-              fill=(80, 80, 80))
-    image = np.concatenate([np.asarray(header), *rows])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+    return xy_chart(panels, x_label="pretraining minutes", y_label="test accuracy", colours=COLOURS,
+                    baselines=(FLOOR,), columns=len(TASKS),
+                    title=f"Probe accuracy against pretraining minutes (probes left out), {minutes:g} min per method")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -293,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"learning.py: pretraining {method} for {args.minutes:g} training minutes", file=sys.stderr, flush=True)
         results[method] = run_method(method, data, out, args)
     picture_path = (args.picture or out / "learning.png").resolve()
-    picture(results, floor, args.minutes, picture_path)
+    picture_path.parent.mkdir(parents=True, exist_ok=True)
+    learning_chart(results, floor, args.minutes).savefig(picture_path)
     report = {
         "benchmark": "learning",
         "minutes": args.minutes,

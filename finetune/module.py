@@ -40,7 +40,7 @@ from ssast.encoder import ASTEncoder, EncoderConfig
 from ssast.heads import ClassificationHead, LayerWeights, UtteranceHead
 from ssast.train.module import EncoderModule, log_bar_chart
 from ssast.train.schedules import FairseqCosine, WarmupStepDecay
-from ssast.visualize import colorize
+from ssast.visualize import confusion_matrix_figure, render
 
 Task = Literal["multiclass", "multilabel"]
 Loss = Literal["ce", "bce"]
@@ -440,9 +440,8 @@ class Finetune(EncoderModule):
         return math.ceil(batches / self.trainer.accumulate_grad_batches)
 
 
-def confusion_picture(matrix: torch.Tensor, cell: int = 12) -> np.ndarray:
+def confusion_picture(matrix: torch.Tensor) -> np.ndarray:
     """A confusion matrix (rows: true class) as an ``[H, W, 3]`` picture, each row
     normalized by its count."""
     rows = matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1)
-    picture = colorize(rows.cpu().numpy(), 0.0, 1.0)
-    return np.repeat(np.repeat(picture, cell, axis=0), cell, axis=1)
+    return render(confusion_matrix_figure(rows.cpu().numpy()))

@@ -9,15 +9,20 @@ its constructor and writes its step as one function you can read top to bottom,
   optimizer (an EMA teacher, running centers),
 * :meth:`PretrainModule.apply_updates`: called after every optimizer step that was taken.
 
-The Lightning hooks below and ``benchmarks/pretrain_step.py`` call the same two functions
-(:func:`optimization_step` is the whole step without Lightning), so the benchmark times
-the step that trains. Pictures for the dashboard come from :meth:`PretrainModule.picture`,
-drawn by the :class:`~ssast.train.callbacks.LogPictures` callback.
+Both are told where the run is (:class:`~ssast.train.schedules.Progress`: the step and the
+run's length), which every schedule of a method reads (a teacher's temperature and EMA
+decay, the weight decay); a method never reads the trainer in a step. The Lightning hooks
+below hand them the trainer's; ``benchmarks/pretrain_step.py`` calls the same functions
+through :func:`optimization_step`, the whole step without Lightning at a step it is given,
+so the benchmark times the step that trains. Pictures for the dashboard come from
+:meth:`PretrainModule.picture`, drawn by the :class:`~ssast.train.callbacks.LogPictures`
+callback.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Literal
 
@@ -27,17 +32,11 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ssast.encoder import ASTEncoder, EncoderConfig, compile_blocks
+from ssast.renamed import refuse_renamed
 from ssast.train.module import EncoderModule
-from ssast.train.schedules import WarmupCosine, WarmupPlateau, cosine_ramp
+from ssast.train.schedules import Progress, WarmupCosine, WarmupPlateau, cosine_ramp
 
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """``teacher = momentum * teacher + (1 - momentum) * student``, parameter by parameter."""
-    teacher_params = list(teacher.parameters())
-    student_params = [p.detach() for p in student.parameters()]
-    torch._foreach_mul_(teacher_params, momentum)
-    torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
+ENDLESS_RUN_STEPS = 2**62  # the length a run without max_steps or max_epochs is given
 
 
 class PretrainModule(EncoderModule):
@@ -84,6 +83,8 @@ class PretrainModule(EncoderModule):
     validated: tuple[str, ...] = ("loss",)
     # The validation figure the plateau schedule watches, and whether higher is better.
     plateau_figure: tuple[str, Literal["min", "max"]] = ("loss", "min")
+    # Knobs refused under their old names, old -> new (see refuse_renamed); never hyperparameters.
+    renamed: dict[str, str] = {}
 
     def __init__(
         self,
@@ -111,7 +112,7 @@ class PretrainModule(EncoderModule):
         compile: bool = False,
     ) -> None:
         super().__init__(max_nonfinite_steps)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=list(self.renamed))
         for name, value in self.hparams.items():  # checkpoints hold plain values only (weights_only loads)
             if dataclasses.is_dataclass(value):
                 self.hparams[name] = dataclasses.asdict(value)
@@ -127,32 +128,68 @@ class PretrainModule(EncoderModule):
         self._last_batch_start: float | None = None
         self._compiled = False
 
+    @classmethod
+    def refuse_renamed(cls, **given: Any) -> None:
+        """Refuse the knobs of :attr:`renamed` given under their old names (not ``None``): a
+        method takes each old name as a keyword-only argument defaulting to ``None`` and hands
+        it here first (:func:`ssast.renamed.refuse_renamed`)."""
+        for old, value in given.items():
+            refuse_renamed(cls.__name__, old, cls.renamed[old], value)
+
     # --- the method -----------------------------------------------------------------------
 
-    def step(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor | float]:
-        """The method on a batch of normalized log-mels ``[B, T, F]``: ``"loss"`` (what is
-        minimized) and other figures to watch, all scalars (tensors, or floats for schedules). Randomness (masks, views) comes
-        from ``generator`` when one is given (validation: the same every time)."""
+    def step(self, fbank: torch.Tensor, progress: Progress,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor | float]:
+        """The method on a batch of normalized log-mels ``[B, T, F]`` at ``progress`` in the
+        run: ``"loss"`` (what is minimized) and other figures to watch, all scalars (tensors, or
+        floats for schedules). Randomness (masks, views) comes from ``generator`` when one is
+        given (validation: the same every time)."""
         raise NotImplementedError
 
-    def apply_updates(self, pending: list[Any]) -> None:
-        """What moves outside the optimizer after an optimizer step that was taken; ``pending``
-        is what :meth:`step` appended to ``self.pending_updates`` since the last step."""
+    def apply_updates(self, pending: list[Any], progress: Progress) -> None:
+        """What moves outside the optimizer after the optimizer step at ``progress`` was taken;
+        ``pending`` is what :meth:`step` appended to ``self.pending_updates`` since the last
+        step."""
 
     def picture(self, fbank: torch.Tensor) -> tuple[np.ndarray, str] | None:
         """A ``[H, W, 3]`` picture of what the method does to one clip ``[1, T, F]`` (input,
         mask, reconstruction ...) and its caption, or ``None``."""
         return None
 
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps of the whole run (1 outside a trainer)."""
-        try:
-            return max(1, int(self.trainer.estimated_stepping_batches))
-        except RuntimeError:  # not attached to a trainer
-            return 1
+    # --- around the optimizer step (the Lightning hooks and optimization_step call these) --
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+        """Between backward and the optimizer step at ``progress``: the scheduled weight decay
+        (``weight_decay_end``), then per-tensor gradient clipping."""
+        hp = self.hparams
+        if hp.weight_decay_end is not None:  # the first group is the one that decays
+            decay = cosine_ramp(hp.weight_decay, hp.weight_decay_end, progress.step, progress.total_steps)
+            optimizer.param_groups[0]["weight_decay"] = decay
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if hp.gradient_clip_per_tensor > 0 and grads:
+            norms = torch._foreach_norm(grads)
+            scales = [torch.clamp(hp.gradient_clip_per_tensor / (norm + 1e-6), max=1.0) for norm in norms]
+            torch._foreach_mul_(grads, scales)
+
+    def finish_optimizer_step(self, progress: Progress, skipped: bool = False) -> None:
+        """After the optimizer step at ``progress``: :meth:`apply_updates` with what
+        :meth:`step` left pending if the step was taken; a ``skipped`` (non-finite) batch
+        must leave no trace, here either."""
+        pending, self.pending_updates = self.pending_updates, []
+        if not skipped:
+            self.apply_updates(pending, progress)
 
     # --- Lightning hooks ------------------------------------------------------------------
+
+    def trainer_progress(self) -> Progress:
+        """Where the attached trainer's run is: the step the hooks hand the method (the trainer
+        counts a step once it is over, so this is the step being taken) and the run's length."""
+        try:
+            total = self.trainer.estimated_stepping_batches
+        except RuntimeError:  # not attached to a trainer: the method used on its own
+            return Progress(self.global_step, 1)
+        # An endless run (no max_steps, max_epochs -1) has no end for a ramp to reach: ramps hold their start.
+        return Progress(self.global_step, max(1, int(total)) if math.isfinite(total) else ENDLESS_RUN_STEPS)
 
     def configure_model(self) -> None:
         # After the method's constructor has built every encoder; once, however often called.
@@ -161,7 +198,7 @@ class PretrainModule(EncoderModule):
             self._compiled = True
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.step(batch["fbank"])
+        out = self.step(batch["fbank"], self.trainer_progress())
         size = len(batch["fbank"])
         for name, value in out.items():
             self.log(f"train/{name}", value, prog_bar=name in self.progress_bar, batch_size=size)
@@ -169,7 +206,7 @@ class PretrainModule(EncoderModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Randomness seeded by the batch index: every validation sees the same masks and views.
-        out = self.step(batch["fbank"], torch.Generator(self.device).manual_seed(batch_idx))
+        out = self.step(batch["fbank"], self.trainer_progress(), torch.Generator(self.device).manual_seed(batch_idx))
         size = len(batch["fbank"])
         weight = 0 if batch.get("padding") else size  # a DDP rank's placeholder batch (no data) counts for nothing
         for name, metric in self.val_figures.items():
@@ -191,21 +228,12 @@ class PretrainModule(EncoderModule):
         self._last_batch_start = now
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        hp = self.hparams
-        if hp.weight_decay_end is not None:  # the first group is the one that decays
-            decay = cosine_ramp(hp.weight_decay, hp.weight_decay_end, self.global_step, self.total_steps)
-            optimizer.param_groups[0]["weight_decay"] = decay
-            self.log("train/weight_decay", decay, batch_size=1)
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if hp.gradient_clip_per_tensor > 0 and grads:
-            norms = torch._foreach_norm(grads)
-            scales = [torch.clamp(hp.gradient_clip_per_tensor / (norm + 1e-6), max=1.0) for norm in norms]
-            torch._foreach_mul_(grads, scales)
+        self.before_optimizer_step(optimizer, self.trainer_progress())
+        if self.hparams.weight_decay_end is not None:
+            self.log("train/weight_decay", optimizer.param_groups[0]["weight_decay"], batch_size=1)
 
     def after_optimizer_step(self, skipped: bool) -> None:
-        pending, self.pending_updates = self.pending_updates, []
-        if not skipped:  # a skipped (non-finite) batch must leave no trace, here either
-            self.apply_updates(pending)
+        self.finish_optimizer_step(self.trainer_progress(), skipped)
 
     # --- optimization ---------------------------------------------------------------------
 
@@ -243,22 +271,25 @@ class PretrainModule(EncoderModule):
             scheduler = WarmupPlateau(optimizer, hp.warmup_steps, hp.plateau_factor, hp.plateau_patience,
                                       warmup_every=hp.warmup_every)
         else:
-            scheduler = WarmupCosine(optimizer, hp.warmup_steps, self.total_steps, hp.min_lr)
+            scheduler = WarmupCosine(optimizer, hp.warmup_steps, self.trainer_progress().total_steps, hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def optimization_step(module: PretrainModule, optimizer: torch.optim.Optimizer, fbank: torch.Tensor,
-                      autocast: bool = False) -> dict[str, torch.Tensor]:
+                      autocast: bool = False, *, step: int = 0, total_steps: int = 1) -> dict[str, torch.Tensor]:
     """One training step of ``module`` without Lightning, as the Lightning hooks run it:
-    :meth:`~PretrainModule.step`, backward, the gradient hooks, the optimizer, then
-    :meth:`~PretrainModule.apply_updates` (``autocast``: bf16 mixed precision; with
-    ``compile`` set, the blocks are compiled at the first call, as Lightning does)."""
+    :meth:`~PretrainModule.step`, backward, :meth:`~PretrainModule.before_optimizer_step`, the
+    optimizer, then :meth:`~PretrainModule.finish_optimizer_step`, all at optimizer step
+    ``step`` (from 0) of a run of ``total_steps``, where the method's schedules are taken
+    (``autocast``: bf16 mixed precision; with ``compile`` set, the blocks are compiled at the
+    first call, as Lightning does). The learning rate is the optimizer's as it is."""
+    progress = Progress(step, total_steps)
     module.configure_model()
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(fbank.device.type, dtype=torch.bfloat16, enabled=autocast):
-        out = module.step(fbank)
+        out = module.step(fbank, progress)
     out["loss"].backward()
-    module.on_before_optimizer_step(optimizer)
+    module.before_optimizer_step(optimizer, progress)
     optimizer.step()
-    module.after_optimizer_step(skipped=False)
+    module.finish_optimizer_step(progress)
     return out

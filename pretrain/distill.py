@@ -13,7 +13,8 @@ teacher, an EMA of the student, sees them clean; the student sees them corrupted
 Total: ``global + local + recon_weight * recon``. The teacher's outputs are centered (each
 loss keeps its own center, an EMA of the teacher's mean output over all ranks) and
 sharpened by a temperature warmed up from 0.04 to 0.07; after each optimizer step the
-centers move and the teacher follows the student with a momentum rising to 1 on a cosine.
+centers move and the teacher follows the student with an EMA decay rising to 1 on a cosine
+(:class:`~pretrain.teacher.EMATeacher`).
 The optimizer side of the recipe (AdamW, lr per 256 clips, weight decay 0.04 -> 0.4 on a
 cosine, biases and norms not decayed, per-tensor gradient clipping at 3) is
 :class:`~pretrain.base.PretrainModule`'s, set in the recipes.
@@ -31,9 +32,10 @@ from ssast.encoder import ASTEncoder
 from ssast.heads import DistillationHead, SpectrogramReconstructionHead
 from ssast.losses import CenteredDistillation, entropy
 from ssast.masking import GmmlOptions, gmml_corrupt
-from ssast.train.schedules import cosine_ramp, linear_warmup
+from ssast.train.schedules import Progress, linear_warmup
 from ssast.visualize import spectrogram_strip
-from pretrain.base import PretrainModule, ema_update
+from pretrain.base import PretrainModule
+from pretrain.teacher import EMATeacher
 
 
 class ASiT(PretrainModule):
@@ -53,8 +55,10 @@ class ASiT(PretrainModule):
         warmup_teacher_temp: the teacher's temperature at step 0.
         teacher_temp_warmup_steps: steps of the linear temperature warmup (30 epochs).
         center_momentum: momentum of both centers.
-        momentum: the teacher's EMA momentum at step 0, rising to 1 along a cosine.
+        ema_decay: the teacher's EMA decay at step 0; it rises along a cosine over the run.
+        ema_end_decay: the decay at the end of the run (1: the teacher no longer moves).
         recon_weight: weight of the reconstruction loss.
+        momentum: renamed ``ema_decay``; refused.
 
     The optimization defaults are the official recipe's (DESIGN.md section 7), the rest of
     :class:`~pretrain.base.PretrainModule`'s arguments as there: AdamW at ``lr`` per 256 clips
@@ -65,6 +69,7 @@ class ASiT(PretrainModule):
 
     exported = "teacher"
     validated = ("loss", "global", "local", "recon")
+    renamed = {"momentum": "ema_decay"}
 
     def __init__(
         self,
@@ -80,7 +85,8 @@ class ASiT(PretrainModule):
         warmup_teacher_temp: float = 0.04,
         teacher_temp_warmup_steps: int = 234_360,
         center_momentum: float = 0.9,
-        momentum: float = 0.996,
+        ema_decay: float = 0.996,
+        ema_end_decay: float = 1.0,
         recon_weight: float = 2.0,
         input_tdim: int = 1024,
         num_lead_tokens: int = 1,
@@ -96,8 +102,11 @@ class ASiT(PretrainModule):
         warmup_steps: int = 78_120,
         schedule: Literal["plateau", "cosine"] = "cosine",
         min_lr: float = 1e-6,
+        *,
+        momentum: float | None = None,
         **kwargs: Any,
     ) -> None:
+        self.refuse_renamed(momentum=momentum)
         if input_tdim < view_frames:
             raise ValueError(f"clips of {input_tdim} frames are shorter than a view ({view_frames}); "
                              "raise the data's target_length or lower view_frames")
@@ -116,9 +125,8 @@ class ASiT(PretrainModule):
         head_dims = (config.embed_dim, cls_dim, patch_dim, head_hidden_dim, head_bottleneck_dim)
         self.student_head = DistillationHead(*head_dims)
         self.teacher_head = DistillationHead(*head_dims)
-        for teacher, student in ((self.teacher, self.encoder), (self.teacher_head, self.student_head)):
-            teacher.load_state_dict(student.state_dict())
-            teacher.requires_grad_(False)
+        self.ema = EMATeacher([(self.encoder, self.teacher), (self.student_head, self.teacher_head)],
+                              ema_decay, ema_end_decay, "cosine")
         self.recon_head = SpectrogramReconstructionHead(config.embed_dim, config.fshape, config.tshape)
         self.global_loss = CenteredDistillation(cls_dim, student_temp, center_momentum)
         self.local_loss = CenteredDistillation(patch_dim, student_temp, center_momentum)
@@ -128,12 +136,9 @@ class ASiT(PretrainModule):
 
     # --- schedules ------------------------------------------------------------------------
 
-    def teacher_temperature(self) -> float:
+    def teacher_temperature(self, progress: Progress) -> float:
         hp = self.hparams
-        return linear_warmup(hp.warmup_teacher_temp, hp.teacher_temp, self.global_step, hp.teacher_temp_warmup_steps)
-
-    def teacher_momentum(self) -> float:
-        return cosine_ramp(self.hparams.momentum, 1.0, self.global_step, self.total_steps)
+        return linear_warmup(hp.warmup_teacher_temp, hp.teacher_temp, progress.step, hp.teacher_temp_warmup_steps)
 
     # --- the method -----------------------------------------------------------------------
 
@@ -149,14 +154,15 @@ class ASiT(PretrainModule):
         patches = encoder.patch_tokens(tokens)
         return (*head(encoder.pool(tokens, "cls"), patches), patches)
 
-    def step(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor | float]:
+    def step(self, fbank: torch.Tensor, progress: Progress,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor | float]:
         views = self.views(fbank, generator)
         corrupted, corrupted_bins = gmml_corrupt(views, self.gmml, generator)
         with torch.no_grad():
             teacher_cls, teacher_patch, _ = self.heads(self.teacher, self.teacher_head, views)
         student_cls, student_patch, student_tokens = self.heads(self.encoder, self.student_head, corrupted)
 
-        temperature = self.teacher_temperature()
+        temperature = self.teacher_temperature(progress)
         teacher_cls_probs = self.global_loss.teacher_probs(teacher_cls, temperature)
         # Global: view a's teacher against view b's student and back (the batch halves).
         global_loss = self.global_loss(student_cls, teacher_cls_probs.roll(len(fbank), dims=0))
@@ -178,16 +184,14 @@ class ASiT(PretrainModule):
             "global": global_loss, "local": local_loss, "recon": recon_loss,
             "teacher_entropy": teacher_entropy, "student_entropy": entropy(student_log_probs.exp()),
             "kl": cross_entropy - teacher_entropy,
-            "teacher_temp": temperature, "momentum": self.teacher_momentum(),
+            "teacher_temp": temperature, "ema_decay": self.ema.decay(progress),
         }
 
-    def apply_updates(self, pending: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def apply_updates(self, pending: list[tuple[torch.Tensor, torch.Tensor]], progress: Progress) -> None:
         for global_mean, local_mean in pending:
             self.global_loss.move_center(global_mean)
             self.local_loss.move_center(local_mean)
-        momentum = self.teacher_momentum()  # of the step just taken: global_step counts it only afterwards
-        ema_update(self.teacher, self.encoder, momentum)
-        ema_update(self.teacher_head, self.student_head, momentum)
+        self.ema.update(progress)
 
     @torch.no_grad()
     def picture(self, fbank: torch.Tensor) -> tuple[np.ndarray, str]:
@@ -196,4 +200,5 @@ class ASiT(PretrainModule):
         views = self.views(fbank[:1], generator)[:1]
         corrupted, _ = gmml_corrupt(views, self.gmml, generator)
         reconstruction = self.recon_head(self.encoder.patch_tokens(self.encoder(corrupted)), self.encoder.grid)
-        return spectrogram_strip(views[0], corrupted[0], reconstruction[0]), "clean view / corrupted / reconstructed"
+        titles = ("clean view", "corrupted", "reconstructed")
+        return spectrogram_strip(views[0], corrupted[0], reconstruction[0], titles=titles), " / ".join(titles)

@@ -12,16 +12,18 @@ over channels divided by ``sqrt(D)`` (data2vec 2.0's ``d2v_loss``):
 
 * frame: the decoder's predictions against the targets, averaged over the masked tokens;
 * utterance: the student's cls output against the targets' mean over tokens, **summed**
-  over the batch's clones, times ``cls_loss``. The official code multiplies this term by the
-  masked-token count that fairseq then divides every loss by, so it ends up a sum where the
-  frame loss is a mean; that balance is kept here.
+  over the batch's clones, times ``utterance_weight`` (the official config's ``cls_loss``).
+  The official code multiplies this term by the masked-token count that fairseq then divides
+  every loss by, so it ends up a sum where the frame loss is a mean; that balance is kept here.
 
 After each optimizer step the teacher follows the student with a decay rising linearly from
-``ema_decay`` to ``ema_end_decay`` over ``ema_anneal_end_step`` updates. The exported encoder
-is the student, as EAT's. Knob names are the official config's (``config/pretraining_AS2M.yaml``
-of cwx-worst-one/EAT). One difference in kind: EAT's blocks are post-norm with fixed sin-cos
-positions; ours are the pre-norm AST blocks with a learned position embedding (DESIGN.md §5),
-whose feed-forward output before the residual is the same kind of target.
+``ema_decay`` to ``ema_end_decay`` over ``ema_anneal_end_step`` updates
+(:class:`~pretrain.teacher.EMATeacher`). The exported encoder is the student, as EAT's. Knob
+names are the official config's (``config/pretraining_AS2M.yaml`` of cwx-worst-one/EAT) but
+for ``utterance_weight``, named as every method's loss weights are (``<logged loss>_weight``).
+One difference in kind: EAT's blocks are post-norm with fixed sin-cos positions; ours are the
+pre-norm AST blocks with a learned position embedding (DESIGN.md §5), whose feed-forward
+output before the residual is the same kind of target.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from ssast.encoder import ASTEncoder
 from ssast.heads import ConvDecoder
 from ssast.losses import layer_averaged_targets, scaled_squared_error
 from ssast.masking import inverse_block_kept, inverse_block_mask, true_positions
-from ssast.train.schedules import linear_warmup
+from ssast.train.schedules import Progress
 from ssast.visualize import spectrogram_strip
-from pretrain.base import PretrainModule, ema_update
+from pretrain.base import PretrainModule
+from pretrain.teacher import EMATeacher
 
 
 def channel_std(x: torch.Tensor) -> torch.Tensor:
@@ -62,10 +65,11 @@ class EAT(PretrainModule):
         decoder_kernel: its kernel size (3).
         decoder_groups: its convolution groups (16).
         mask_noise_std: standard deviation of the noise the decoder sees at masked positions.
-        cls_loss: weight of the utterance loss (1).
+        utterance_weight: weight of the utterance loss (1; the official config's ``cls_loss``).
         ema_decay: the teacher's EMA decay at the first update.
         ema_end_decay: its decay from ``ema_anneal_end_step`` on.
         ema_anneal_end_step: updates over which the decay rises linearly.
+        cls_loss: renamed ``utterance_weight``; refused.
 
     The optimization defaults are EAT's released recipe (DESIGN.md section 7b), the rest of
     :class:`~pretrain.base.PretrainModule`'s arguments as there: fairseq's Adam with decoupled
@@ -75,6 +79,7 @@ class EAT(PretrainModule):
 
     exported = "encoder"  # the student, as EAT exports it
     validated = ("loss", "frame", "utterance")
+    renamed = {"cls_loss": "utterance_weight"}
 
     def __init__(
         self,
@@ -88,7 +93,7 @@ class EAT(PretrainModule):
         decoder_kernel: int = 3,
         decoder_groups: int = 16,
         mask_noise_std: float = 0.01,
-        cls_loss: float = 1.0,
+        utterance_weight: float = 1.0,
         ema_decay: float = 0.9998,
         ema_end_decay: float = 0.99999,
         ema_anneal_end_step: int = 100_000,
@@ -101,8 +106,11 @@ class EAT(PretrainModule):
         warmup_steps: int = 53_333,
         schedule: Literal["plateau", "cosine"] = "cosine",
         min_lr: float = 0.0,
+        *,
+        cls_loss: float | None = None,
         **kwargs: Any,
     ) -> None:
+        self.refuse_renamed(cls_loss=cls_loss)
         super().__init__(
             num_lead_tokens=num_lead_tokens, optimizer=optimizer, lr=lr, betas=betas, weight_decay=weight_decay,
             decay_norms_and_biases=decay_norms_and_biases, warmup_steps=warmup_steps, schedule=schedule, min_lr=min_lr,
@@ -119,18 +127,9 @@ class EAT(PretrainModule):
         # Masked tokens are dropped, never replaced: no mask token, and DDP must not wait for its gradient.
         self.encoder.mask_embed.requires_grad_(False)
         self.teacher = ASTEncoder(config.replace(drop_path=0.0))
-        self.teacher.load_state_dict(self.encoder.state_dict())
-        self.teacher.requires_grad_(False)
+        self.ema = EMATeacher([(self.encoder, self.teacher)], ema_decay, ema_end_decay, "linear", ema_anneal_end_step)
         self.decoder = ConvDecoder(config.embed_dim, config.grid, decoder_dim, decoder_layers, decoder_kernel,
                                    decoder_groups)
-
-    # --- schedules ------------------------------------------------------------------------
-
-    def teacher_decay(self) -> float:
-        """The EMA decay of the update that follows this step: fairseq counts updates from 1
-        (``num_updates`` after the step) where ``global_step`` counts from 0."""
-        hp = self.hparams
-        return linear_warmup(hp.ema_decay, hp.ema_end_decay, self.global_step + 1, hp.ema_anneal_end_step)
 
     # --- the method -----------------------------------------------------------------------
 
@@ -147,7 +146,8 @@ class EAT(PretrainModule):
         layers = self.teacher.block_ffn_outputs(fbank)[-self.top_k :]
         return layer_averaged_targets([ffn[:, self.teacher.num_lead_tokens :] for ffn in layers])
 
-    def step(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor | float]:
+    def step(self, fbank: torch.Tensor, progress: Progress,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor | float]:
         lead, clones = self.encoder.num_lead_tokens, self.clone_batch
         mask = self.sample_mask(len(fbank) * clones, generator)  # clone j of clip i is row i * clones + j
         visible = true_positions(~mask, self.kept)
@@ -173,13 +173,13 @@ class EAT(PretrainModule):
         utterance = scaled_squared_error(cls, targets.mean(dim=1, keepdim=True)).sum()
 
         return {
-            "loss": frame + self.hparams.cls_loss * utterance, "frame": frame, "utterance": utterance,
+            "loss": frame + self.hparams.utterance_weight * utterance, "frame": frame, "utterance": utterance,
             "target_var": channel_std(targets), "pred_var": channel_std(prediction[masked]),
-            "ema_decay": self.teacher_decay(),
+            "ema_decay": self.ema.decay(progress),
         }
 
-    def apply_updates(self, pending: list[Any]) -> None:
-        ema_update(self.teacher, self.encoder, self.teacher_decay())
+    def apply_updates(self, pending: list[Any], progress: Progress) -> None:
+        self.ema.update(progress)
 
     @torch.no_grad()
     def picture(self, fbank: torch.Tensor) -> tuple[np.ndarray, str]:
@@ -189,4 +189,5 @@ class EAT(PretrainModule):
         hidden = repeat(mask, "(f t) -> (t pt) (f pf)", f=config.grid[0], pt=config.tstride, pf=config.fstride)
         seen = fbank[0].clone()
         seen[: hidden.shape[0], : hidden.shape[1]].masked_fill_(hidden, float(fbank[0].min()))
-        return spectrogram_strip(fbank[0], seen), "input / visible to the student"
+        titles = ("input", "visible to the student")
+        return spectrogram_strip(fbank[0], seen, titles=titles), " / ".join(titles)

@@ -22,7 +22,8 @@ from einops import rearrange
 
 from ssast.heads import PatchPredictionHead
 from ssast.losses import info_nce
-from ssast.masking import cluster_mask, random_mask
+from ssast.masking import cluster_mask, random_mask, true_positions
+from ssast.train.schedules import Progress
 from ssast.visualize import spectrogram_strip
 from pretrain.base import PretrainModule
 
@@ -44,8 +45,7 @@ def unpatchify(patches: torch.Tensor, fshape: int, tshape: int, frames: int, bin
 def gather_masked(values: torch.Tensor, mask: torch.Tensor, num_masked: int) -> torch.Tensor:
     """The rows of ``values [B, N, D]`` where ``mask [B, N]`` holds, in position order,
     as ``[B, num_masked, D]`` (every clip has exactly ``num_masked``)."""
-    # A stable sort puts each clip's masked positions first, in order, with no host sync.
-    index = mask.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :num_masked]
+    index = true_positions(mask, num_masked)
     return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
@@ -91,7 +91,8 @@ class MSPM(PretrainModule):
         """The encoder's outputs at the masked positions, ``[B, mask_patches, D]``."""
         return gather_masked(self.encoder.patch_tokens(self.encoder(fbank, mask)), mask, self.mask_patches)
 
-    def step(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def step(self, fbank: torch.Tensor, progress: Progress,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         config = self.encoder.config
         targets = patchify(fbank, config.fshape, config.tshape)
         mask = self.sample_mask(len(fbank), generator)
@@ -119,4 +120,5 @@ class MSPM(PretrainModule):
         rebuilt[mask[0]] = generated.to(patches.dtype)
         frames, bins = fbank.shape[1:]
         images = [unpatchify(p[None], config.fshape, config.tshape, frames, bins)[0] for p in (masked, rebuilt)]
-        return spectrogram_strip(fbank[0], *images), "input / masked / reconstructed"
+        titles = ("input", "masked", "reconstructed")
+        return spectrogram_strip(fbank[0], *images, titles=titles), " / ".join(titles)

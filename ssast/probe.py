@@ -38,9 +38,10 @@ from tqdm.auto import tqdm
 from ssast.checkpoints import adapt_encoder
 from ssast.data.reader import ShardStream, list_shards, read_classes
 from ssast.data.stats import read_stats
-from ssast.embed import check_layers
+from ssast.embed import Precision, autocast, check_layers, check_precision
 from ssast.encoder import Layers
 from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames
+from ssast.renamed import refuse_renamed
 
 # The linear probe's L2 penalty on the weights of standardized features, per clip-averaged
 # loss: ``cross_entropy + l2 * ||W||^2``. 1e-3 is about scikit-learn's default (C = 1) for a
@@ -162,8 +163,9 @@ def embed(
     layers: Layers = "last",
     batch_size: int = 64,
     device: torch.device | str | None = None,
-    bf16: bool | None = None,
+    precision: Precision | None = None,
     progress: bool = False,
+    bf16: bool | None = None,
 ) -> torch.Tensor:
     """Clip embeddings ``[N, D]`` (float32, on the CPU) of normalized log-mels ``[N, T, F]``
     by a frozen :class:`~ssast.encoder.ASTEncoder`: the mean of its patch tokens, as SSAST
@@ -181,21 +183,22 @@ def embed(
             lower layers keep more of the speaker); ``k``, block ``k``'s output (from 1).
         batch_size: clips per forward pass.
         device: where to run; ``None``: where the encoder's parameters are.
-        bf16: bf16 autocast; ``None``: on CUDA only.
+        precision: ``bf16`` (bf16 autocast) or ``fp32``; ``None``: bf16 on CUDA only.
         progress: show a progress bar.
+        bf16: the old name of ``precision``: giving it is an error that says so.
     """
+    refuse_renamed("ssast.probe.embed", "bf16", "precision", bf16)
     layers = check_layers(layers, encoder.config.depth)
+    precision = check_precision(precision)
     parameter = next(encoder.parameters())
     device = torch.device(device) if device is not None else parameter.device
-    bf16 = device.type == "cuda" if bf16 is None else bf16
     was_training = encoder.training
     encoder.eval()
     try:
         out = []
         for start in tqdm(range(0, len(fbank), batch_size), desc="embedding", disable=not progress, leave=False):
             batch = fbank[start : start + batch_size].to(device=device, dtype=parameter.dtype, non_blocking=True)
-            autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-            with autocast:
+            with autocast(device, precision):
                 out.append(encoder.pool(encoder.layer_tokens(batch, layers), "mean").float().cpu())
         return torch.cat(out)
     finally:
@@ -317,6 +320,7 @@ def probe(
     l2: float = DEFAULT_L2,
     layers: Layers = "last",
     batch_size: int = 64,
+    precision: Precision | None = None,
     bf16: bool | None = None,
 ) -> dict[str, float]:
     """kNN and linear-probe accuracy (``{"knn": ..., "linear": ...}``) of a frozen encoder's
@@ -334,15 +338,17 @@ def probe(
         l2: the linear probe's penalty.
         layers: the tokens the clip embeddings pool (see :func:`embed`).
         batch_size: clips per forward pass.
-        bf16: bf16 autocast; ``None``: on CUDA only.
+        precision: ``bf16`` (bf16 autocast) or ``fp32``; ``None``: bf16 on CUDA only.
+        bf16: the old name of ``precision``: giving it is an error that says so.
     """
+    refuse_renamed("ssast.probe.probe", "bf16", "precision", bf16)
     layers = check_layers(layers, encoder.config.depth)
     frames = train.fbank.shape[1]
     if encoder.config.input_tdim != frames:
         parameter = next(encoder.parameters())
         encoder = adapt_encoder(encoder, input_tdim=frames).to(parameter.device, parameter.dtype)
-    train_x = embed(encoder, train.features(frames), layers=layers, batch_size=batch_size, bf16=bf16)
-    test_x = embed(encoder, test.features(frames), layers=layers, batch_size=batch_size, bf16=bf16)
+    train_x = embed(encoder, train.features(frames), layers=layers, batch_size=batch_size, precision=precision)
+    test_x = embed(encoder, test.features(frames), layers=layers, batch_size=batch_size, precision=precision)
     return {
         "knn": knn_accuracy(train_x, train.labels, test_x, test.labels, k=k),
         "linear": linear_probe_accuracy(train_x, train.labels, test_x, test.labels, l2=l2),

@@ -28,6 +28,8 @@ FORCED = {"pictures": "ssast.train.callbacks.LogPictures", "export": "ssast.trai
 DEMO_NAMES = {"demo_events": "demo-events", "demo_keywords": "demo-keywords", "demo_speakers": "demo-speakers",
               "mspm_demo": "demo-mspm", "asit_demo": "demo-asit", "eat_demo": "demo-eat"}
 SUMMARY = "trainer.callbacks.[ssast.train.callbacks.MetricsSummary].names"
+# One name per idea (issue 23): knobs renamed, old -> new; the flat recipes keep the old names.
+RENAMED_KNOBS = {"momentum": "ema_decay", "cls_loss": "utterance_weight"}
 LAST_EVERY = "trainer.callbacks.[ssast.train.callbacks.LastCheckpoint].every_minutes"
 
 
@@ -53,6 +55,12 @@ def intended(stage: str, name: str, before: dict[str, Any]) -> dict[str, tuple[A
                         "model.init_args.decoder_dim": (before["model.init_args.decoder_dim"], None)})  # the width
     if name == "eat_esc50":  # eat.yaml's mixup chance; ESC-50 mixes nothing
         changes["model.batch_mixup_prob"] = (1.0, 0.9)
+    for old, new in RENAMED_KNOBS.items():  # the value moves to the new name; the old one is unset
+        old_key, new_key = f"model.init_args.{old}", f"model.init_args.{new}"
+        if before.get(old_key) is not None:
+            changes[old_key] = (before[old_key], None)
+            if before[new_key] != before[old_key]:
+                changes[new_key] = (before[new_key], before[old_key])
     return changes
 
 

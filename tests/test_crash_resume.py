@@ -35,7 +35,7 @@ from pretrain.cli import build_cli as pretrain_cli
 from ssast.data.reader import ReaderOptions
 from ssast.files import written_atomically
 from ssast.train.cli import stage_parser_kwargs
-from ssast.train.callbacks import LastCheckpoint, RunCheckpoint
+from ssast.train.callbacks import LastCheckpoint, MetricHistory, MetricsSummary, RunCheckpoint
 from ssast.train.datamodule import AudioDataModule
 from ssast.train.recovery import AtomicCheckpointIO, WandbRunId, last_checkpoint, newest_checkpoint
 from ssast.train.schedules import WarmupCosine, WarmupPlateau, cosine_ramp, linear_warmup
@@ -196,6 +196,24 @@ def test_last_ckpt_is_also_written_on_wall_clock_time(tmp_path):
     quick, saves = LastCheckpoint(every_minutes=1e-9), Saves()
     quiet_trainer(tmp_path / "quick", [quick, saves], fast_dev_run=2).fit(frozen_finetune(), train_dataloaders=clips(4))
     assert saves.steps == [] and not (tmp_path / "quick/checkpoints").exists()
+
+
+def test_what_the_metric_callbacks_kept_survives_a_resume(tmp_path):
+    def fit(epochs: int, ckpt_path: Path | None = None) -> tuple[MetricHistory, MetricsSummary]:
+        history, summary = MetricHistory(("val/loss",)), MetricsSummary(("train/loss", "val/loss"))
+        torch.manual_seed(0)
+        learning = Finetune(num_classes=2, size="mini", fshape=128, tshape=2, input_tdim=FRAMES, lr=0.1,
+                            warmup_steps=1, freeze_encoder=True)  # its losses move from epoch to epoch
+        trainer = quiet_trainer(tmp_path, [history, summary, LastCheckpoint()], max_epochs=epochs)
+        trainer.fit(learning, train_dataloaders=clips(2), val_dataloaders=clips(1, seed=1), ckpt_path=ckpt_path)
+        return history, summary
+
+    history, summary = fit(epochs=1)
+    resumed_history, resumed_summary = fit(epochs=2, ckpt_path=tmp_path / "checkpoints/last.ckpt")
+    losses = resumed_history.history["val/loss"]
+    assert len(losses) == 2 and losses[0] == history.history["val/loss"][0] and losses[1] != losses[0]
+    assert resumed_summary.first == summary.first  # where the run started, not where it resumed
+    assert resumed_summary.last["val/loss"] == losses[1]
 
 
 def test_a_resumed_run_draws_what_the_uninterrupted_run_would_have(tiny_corpus, tmp_path):
@@ -455,19 +473,19 @@ def test_a_run_killed_mid_epoch_resumes_with_its_step_schedules_and_wandb_run(re
     assert train_steps == list(range(STEPS_PER_EPOCH, TOTAL_STEPS))  # from the saved step on, none twice
 
     lr_name, model = RECIPES[recipe], yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
-    distill = model["schedule"] == "cosine"  # asit_demo.yaml: its momentum, temperature and weight decay too
-    names = [lr_name] + (["train/momentum", "train/teacher_temp", "train/weight_decay"] if distill else [])
+    distill = model["schedule"] == "cosine"  # asit_demo.yaml: its EMA decay, temperature and weight decay too
+    names = [lr_name] + (["train/ema_decay", "train/teacher_temp", "train/weight_decay"] if distill else [])
     for step in range(STEPS_PER_EPOCH, killed_at):  # the same steps before the kill and after the resume
         for name in names:
             assert after[step][name] == pytest.approx(before[step][name], rel=1e-6), (name, step)
     for step in train_steps:  # and what the schedules say for an uninterrupted run
         assert after[step][lr_name] == pytest.approx(expected_lr(model, step), rel=1e-6), step
         if distill:
-            momentum = cosine_ramp(model["momentum"], 1.0, step, TOTAL_STEPS)
+            ema_decay = cosine_ramp(model["ema_decay"], model["ema_end_decay"], step, TOTAL_STEPS)
             temperature = linear_warmup(model["warmup_teacher_temp"], model["teacher_temp"], step,
                                         model["teacher_temp_warmup_steps"])
             decay = cosine_ramp(model["weight_decay"], model["weight_decay_end"], step, TOTAL_STEPS)
-            assert after[step]["train/momentum"] == pytest.approx(momentum)
+            assert after[step]["train/ema_decay"] == pytest.approx(ema_decay)
             assert after[step]["train/teacher_temp"] == pytest.approx(temperature)
             assert after[step]["train/weight_decay"] == pytest.approx(decay)
 

@@ -1,18 +1,28 @@
-"""ASiT: GMML corruption, EMA teacher, centering, schedules and the three losses."""
+"""ASiT: GMML corruption, EMA teacher, centering, schedules (moving with the step given, in a
+loop of its own and under a Trainer) and the three losses; its renamed knob refused."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from pretrain.base import ema_update
+from pretrain.base import optimization_step
+from pretrain.cli import main
 from pretrain.distill import ASiT
+from pretrain.teacher import EMATeacher
 from ssast.losses import CenteredDistillation, entropy
 from ssast.masking import GmmlOptions, gmml_corrupt
-from ssast.train.schedules import cosine_ramp, linear_warmup
+from ssast.renamed import RenamedOptionError
+from ssast.train.schedules import Progress, cosine_ramp, linear_warmup
+
+REPO = Path(__file__).resolve().parents[1]
+START = Progress(step=0, total_steps=1)
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -96,12 +106,35 @@ def test_bad_settings_are_refused():
 # --- teacher, centers, schedules ------------------------------------------------------
 
 
-def test_ema_update_is_the_formula():
-    teacher, student = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    before = [p.detach().clone() for p in teacher.parameters()]
-    ema_update(teacher, student, 0.9)
-    for old, new, s in zip(before, teacher.parameters(), student.parameters()):
-        torch.testing.assert_close(new, 0.9 * old + 0.1 * s.detach())
+def test_the_ema_teacher_starts_as_its_students_frozen_and_follows_them_by_the_formula():
+    pairs = [(torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)), (torch.nn.Linear(2, 4), torch.nn.Linear(2, 4))]
+    ema = EMATeacher(pairs, decay=0.9, end_decay=1.0, schedule="cosine")
+    for student, teacher in pairs:
+        assert all(torch.equal(s, t) for s, t in zip(student.parameters(), teacher.parameters()))
+        assert not any(p.requires_grad for p in teacher.parameters())
+        assert all(p.requires_grad for p in student.parameters())
+        with torch.no_grad():
+            teacher.weight.add_(1.0)  # a teacher unlike its student
+    before = [[p.detach().clone() for p in teacher.parameters()] for _, teacher in pairs]
+    ema.update(START)  # the cosine's first step: decay 0.9
+    for (student, teacher), old in zip(pairs, before):
+        for t0, t1, s in zip(old, teacher.parameters(), student.parameters()):
+            torch.testing.assert_close(t1, 0.9 * t0 + 0.1 * s.detach())
+
+
+def test_the_ema_decay_schedules():
+    cosine = EMATeacher([], decay=0.996, end_decay=1.0, schedule="cosine")
+    assert [cosine.decay(Progress(step, 100)) for step in (0, 50, 100, 150)] == pytest.approx(
+        [0.996, 0.998, 1.0, 1.0])
+    linear = EMATeacher([], decay=0.9, end_decay=0.99, schedule="linear", anneal_steps=10)
+    # fairseq counts the update after step 0 as update 1; the run's length does not matter.
+    assert [linear.decay(Progress(step, 1000)) for step in (0, 4, 9, 50)] == pytest.approx([0.909, 0.945, 0.99, 0.99])
+    with pytest.raises(ValueError, match="anneal_steps >= 1"):
+        EMATeacher([], 0.9, 0.99, "linear")
+    with pytest.raises(ValueError, match="takes no anneal_steps"):
+        EMATeacher([], 0.9, 0.99, "cosine", anneal_steps=10)
+    with pytest.raises(ValueError, match="total_steps >= 1"):
+        Progress(step=0, total_steps=0)
 
 
 def test_centering_and_sharpening():
@@ -141,7 +174,7 @@ def reference_losses(model: ASiT, views: torch.Tensor, corrupted: torch.Tensor, 
         student_cls, student_patch, tokens = model.heads(model.encoder, model.student_head, corrupted)
         reconstruction = model.recon_head(tokens, model.encoder.grid)
     clips = len(views) // 2
-    temp, student_temp = model.teacher_temperature(), 0.1
+    temp, student_temp = model.teacher_temperature(START), 0.1
 
     def cross_entropy(teacher, center, student):
         p = torch.softmax((teacher - center) / temp, dim=-1)
@@ -173,7 +206,7 @@ def test_losses_match_a_reference():
         for p in model.teacher.parameters():
             p.add_(0.05 * torch.randn_like(p))
         fbank = torch.randn(3, 64, 128) * 0.5
-        out = model.step(fbank, seeded())
+        out = model.step(fbank, START, seeded())
         generator = seeded()  # the same draws as the step: views first, then their corruption
         views = model.views(fbank, generator)
         corrupted, mask = gmml_corrupt(views, model.gmml, generator)
@@ -194,7 +227,7 @@ def test_views_are_crops_of_the_clip():
 
 def test_teacher_gets_no_gradient_and_is_not_optimized():
     model = small_asit()
-    model.step(torch.randn(2, 64, 128))["loss"].backward()
+    model.step(torch.randn(2, 64, 128), START)["loss"].backward()
     assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
     assert all(p.grad is None for p in model.teacher_head.parameters())
     assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
@@ -220,7 +253,7 @@ def test_gradient_clipping_is_per_tensor():
             p.grad = torch.full_like(p, 10.0)
     small = model.encoder.cls_token
     small.grad = torch.full_like(small, 1e-3)
-    model.on_before_optimizer_step(None)
+    model.before_optimizer_step(None, START)
     norms = [p.grad.norm() for p in model.parameters() if p.grad is not None and p is not small]
     assert max(norms) == pytest.approx(1.0, rel=1e-4)
     assert torch.allclose(small.grad, torch.full_like(small, 1e-3))  # under the limit: untouched
@@ -235,3 +268,77 @@ def test_views_longer_than_the_clips_are_refused():
         small_asit(input_tdim=32, view_frames=48)
     with pytest.raises(ValueError, match="multiple of the patch width"):
         small_asit(view_frames=40)
+
+
+# --- where the run is: the step given, never the trainer read in the step -----------------
+
+
+def frame_asit() -> ASiT:
+    """A mini frame model on 16-frame clips, 12-frame views: the step of a CPU test."""
+    torch.manual_seed(0)
+    return ASiT(size="mini", fshape=128, tshape=2, input_tdim=16, view_frames=12, cls_dim=32, patch_dim=16,
+                head_hidden_dim=32, head_bottleneck_dim=16, warmup_steps=1, lr=1e-3, lr_batch_size=None,
+                teacher_temp_warmup_steps=2, ema_decay=0.9, ema_end_decay=0.99, weight_decay=0.04,
+                weight_decay_end=0.4)
+
+
+def test_the_schedules_move_with_the_step_given_to_optimization_step():
+    model = frame_asit()
+    optimizer = model.build_optimizer()
+    fbank = torch.randn(2, 16, 128)
+    first = optimization_step(model, optimizer, fbank, step=0, total_steps=4)
+    assert (first["teacher_temp"], first["ema_decay"]) == (pytest.approx(0.04), pytest.approx(0.9))
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.04)
+    teacher = model.teacher.cls_token.detach().clone()
+    later = optimization_step(model, optimizer, fbank, step=3, total_steps=4)
+    assert later["teacher_temp"] == pytest.approx(0.07)  # warmed up over 2 steps
+    assert later["ema_decay"] == pytest.approx(cosine_ramp(0.9, 0.99, 3, 4))
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(cosine_ramp(0.04, 0.4, 3, 4))
+    decay = later["ema_decay"]  # the teacher moved with the decay of step 3, not of step 0
+    expected = decay * teacher + (1 - decay) * model.encoder.cls_token.detach()
+    torch.testing.assert_close(model.teacher.cls_token, expected)
+
+
+class Figures(L.Callback):
+    """The figures each training step logged, by step."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names, self.by_step = names, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.by_step[trainer.global_step - 1] = {name: float(trainer.callback_metrics[name]) for name in self.names}
+
+
+def test_the_schedules_move_with_the_trainers_step():
+    model, steps = frame_asit(), 3
+    figures = Figures(("train/teacher_temp", "train/ema_decay", "train/weight_decay"))
+    clips = DataLoader([{"fbank": torch.randn(2, 16, 128)} for _ in range(steps)], batch_size=None)
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[figures])
+    trainer.fit(model, train_dataloaders=clips)
+    for step in range(steps):
+        progress = Progress(step, steps)
+        assert figures.by_step[step] == {
+            "train/teacher_temp": pytest.approx(model.teacher_temperature(progress)),
+            "train/ema_decay": pytest.approx(model.ema.decay(progress)),
+            "train/weight_decay": pytest.approx(cosine_ramp(0.04, 0.4, step, steps)),
+        }
+    assert [figures.by_step[step]["train/teacher_temp"] for step in range(steps)] == pytest.approx([0.04, 0.055, 0.07])
+
+
+# --- the knob's old name --------------------------------------------------------------------
+
+
+def test_the_old_name_of_the_ema_decay_is_refused_naming_the_new_one(tmp_path):
+    with pytest.raises(RenamedOptionError, match=r"^ASiT: momentum was renamed ema_decay; set ema_decay instead"):
+        small_asit(momentum=0.99)
+    model = small_asit(momentum=None)  # not given: nothing to refuse, nothing kept
+    assert model.hparams.ema_decay == 0.996 and "momentum" not in model.hparams
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(REPO / "configs/pretrain/asit_demo.yaml"), "--model.init_args.momentum", "0.99",
+              "--data.init_args.train", str(tmp_path / "none"), "--trainer.logger", "false",
+              "--trainer.default_root_dir", str(tmp_path / "run")])
+    message = exited.value.code
+    assert isinstance(message, str) and "\n" not in message, message  # one line, no traceback
+    assert message.startswith("ssast-pretrain: error: ASiT: momentum was renamed ema_decay"), message

@@ -38,7 +38,7 @@ def test_demo_recipe_trains_logs_and_exports_the_teacher(small_demo_corpus, tmp_
     for name in ("train/global", "train/local", "train/kl", "train/teacher_entropy", "train/student_entropy",
                  "val/loss", "val/global", "val/local", "val/recon"):
         assert all(torch.isfinite(torch.tensor(logged(run, name)))), name
-    for name in ("train/momentum", "train/teacher_temp", "train/weight_decay"):  # all rising over the run
+    for name in ("train/ema_decay", "train/teacher_temp", "train/weight_decay"):  # all rising over the run
         values = logged(run, name)
         assert values == sorted(values) and values[-1] > values[0], name
     assert logged(run, "train/teacher_entropy")[-1] > 1.0  # no collapse onto one prototype in 30 steps

@@ -1,5 +1,6 @@
 """EAT: targets and losses against a clip-by-clip reference, one teacher pass for all clones,
-the EMA schedule, the recipes' published values, and the demo recipe end to end."""
+the EMA schedule at the step given, the recipes' published values, its renamed knob refused,
+and the demo recipe end to end."""
 
 from __future__ import annotations
 
@@ -13,15 +14,19 @@ import torch.nn.functional as F
 import yaml
 
 import ssast
+from pretrain.base import optimization_step
 from pretrain.cli import main
 from pretrain.eat import EAT
 from ssast.demo.runner import recipe_for
 from ssast.heads import ConvDecoder
 from ssast.losses import layer_averaged_targets, scaled_squared_error
+from ssast.renamed import RenamedOptionError
+from ssast.train.schedules import Progress
 
 from helpers import logged, resolved_recipe
 
 REPO = Path(__file__).resolve().parents[1]
+START = Progress(step=0, total_steps=1)
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -95,7 +100,7 @@ def test_losses_match_a_clip_by_clip_reference(changes):
     for p in model.teacher.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
     fbank, clones, encoder = torch.randn(2, 64, 128), model.clone_batch, model.encoder
-    out = model.step(fbank, seeded(3))
+    out = model.step(fbank, START, seeded(3))
     mask = model.sample_mask(len(fbank) * clones, seeded(3))  # the step's first draw, again
     num_patches, dim = mask.shape[1], encoder.embed_dim
     assert (mask.sum(1) == num_patches - model.kept).all()
@@ -126,11 +131,11 @@ def test_losses_match_a_clip_by_clip_reference(changes):
 
 
 def test_mask_tokens_are_small_noise_and_the_utterance_weight_applies():
-    model = small_eat(cls_loss=0.5)
+    model = small_eat(utterance_weight=0.5)
     fbank = torch.randn(2, 64, 128)
     seen = {}
     model.decoder.register_forward_hook(lambda module, args, output: seen.update(input=args[0]))
-    out = model.step(fbank, seeded(1))
+    out = model.step(fbank, START, seeded(1))
     mask = model.sample_mask(2 * model.clone_batch, seeded(1))
     noise = seen["input"][mask]
     assert 0.005 < noise.std() < 0.02 and noise.mean().abs() < 0.002  # N(0, 0.01) at masked positions
@@ -150,7 +155,7 @@ def test_clones_share_one_teacher_pass():
             return original(x)
         block.forward_with_ffn = counted
     model.encoder.blocks[0].register_forward_hook(lambda m, args, out: batches["student"].append(args[0].shape[:2]))
-    model.step(torch.randn(3, 64, 128))
+    model.step(torch.randn(3, 64, 128), START)
     assert batches["teacher"] == [3] and batches["teacher_blocks"] == [3] * 4  # one pass, one row per clip
     assert batches["student"] == [(3 * 5, 1 + model.kept)]  # every clone, visible tokens only
     assert model.kept == 6  # int(32 * (1 - 0.8)), rounded down as data2vec 2.0
@@ -162,22 +167,33 @@ def test_clones_get_their_own_masks():
     assert len({tuple(row.tolist()) for row in mask}) == 8
 
 
-def test_teacher_follows_the_student_on_the_linear_decay_schedule(monkeypatch):
+def test_teacher_follows_the_student_on_the_linear_decay_schedule():
     model = small_eat(ema_decay=0.9, ema_end_decay=0.99, ema_anneal_end_step=10)
     assert all(not p.requires_grad for p in model.teacher.parameters())
     assert not model.encoder.mask_embed.requires_grad  # dropped tokens need no mask token
     for name, value in model.teacher.state_dict().items():  # the teacher starts as the student
         assert torch.equal(value, model.encoder.state_dict()[name]), name
-    assert model.teacher_decay() == pytest.approx(0.9 + 0.09 * 1 / 10)  # fairseq's num_updates = 1
+    assert model.ema.decay(START) == pytest.approx(0.9 + 0.09 * 1 / 10)  # fairseq's num_updates = 1
     model.encoder.cls_token.data.fill_(1.0)
     model.teacher.cls_token.data.fill_(0.0)
-    model.apply_updates([])
+    model.apply_updates([], START)
     assert torch.allclose(model.teacher.cls_token, torch.full_like(model.teacher.cls_token, 1 - 0.909))
     # 0.9998 -> 0.99999 over 100k updates, as EAT: halfway after 50k, the end value from 100k.
     paper = small_eat()
     for step, decay in ((49_999, 0.9998 + 0.5 * (0.99999 - 0.9998)), (99_999, 0.99999), (300_000, 0.99999)):
-        monkeypatch.setattr(EAT, "global_step", property(lambda self, s=step: s))
-        assert paper.teacher_decay() == pytest.approx(decay, abs=1e-12)
+        assert paper.ema.decay(Progress(step, total_steps=400_000)) == pytest.approx(decay, abs=1e-12)
+
+
+def test_the_ema_decay_moves_with_the_step_given_to_optimization_step():
+    model = small_eat(ema_decay=0.9, ema_end_decay=0.99, ema_anneal_end_step=10, clone_batch=2)
+    optimizer = model.build_optimizer()
+    fbank = torch.randn(2, 64, 128)
+    assert optimization_step(model, optimizer, fbank, step=0, total_steps=20)["ema_decay"] == pytest.approx(0.909)
+    teacher = model.teacher.cls_token.detach().clone()
+    later = optimization_step(model, optimizer, fbank, step=4, total_steps=20)
+    assert later["ema_decay"] == pytest.approx(0.945)  # update 5 of 10
+    expected = 0.945 * teacher + 0.055 * model.encoder.cls_token.detach()  # the teacher moved with it
+    torch.testing.assert_close(model.teacher.cls_token, expected)
 
 
 def test_exports_the_student_and_trains_only_student_and_decoder():
@@ -246,7 +262,8 @@ def test_recipes_hold_the_published_settings(recipe, size, capsys):
     assert config["model"]["class_path"] == "pretrain.eat.EAT" and model["size"] == size
     assert (model["fshape"], model["tshape"], model["num_lead_tokens"], data["target_length"]) == (16, 16, 1, 1024)
     assert (model["mask_prob"], model["mask_length"], model["mask_prob_adjust"]) == (0.8, 5, 0.07)
-    assert (model["clone_batch"], model["average_top_k_layers"], model["cls_loss"]) == (16, None, 1.0)  # all 12
+    assert (model["clone_batch"], model["average_top_k_layers"]) == (16, None)  # None: all 12
+    assert model["utterance_weight"] == 1.0
     assert (model["decoder_layers"], model["decoder_kernel"], model["decoder_groups"]) == (6, 3, 16)
     assert model["decoder_dim"] is None and model["mask_noise_std"] == 0.01  # as wide as the encoder
     assert (model["ema_decay"], model["ema_end_decay"], model["ema_anneal_end_step"]) == (0.9998, 0.99999, 100_000)
@@ -262,6 +279,22 @@ def test_demo_recipe_uses_frame_tokens_on_a_mini_model(capsys):
     model, data = config["model"]["init_args"], config["data"]["init_args"]
     assert (model["size"], model["fshape"], model["tshape"]) == ("mini", 128, 2)
     assert data["train"] == "demo_data/unlabeled"
+    assert model["utterance_weight"] == 0.0078 and model["cls_loss"] is None
+
+
+def test_the_old_name_of_the_utterance_weight_is_refused_naming_the_new_one(tmp_path):
+    with pytest.raises(RenamedOptionError, match=r"^EAT: cls_loss was renamed utterance_weight; set utterance_weight"):
+        small_eat(cls_loss=0.5)
+    # A recipe written with the old name: one line, no traceback.
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("model:\n  init_args:\n    cls_loss: 1\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(REPO / "configs/pretrain/eat_demo.yaml"), "--config", str(recipe),
+              "--data.init_args.train", str(tmp_path / "none"), "--trainer.logger", "false",
+              "--trainer.default_root_dir", str(tmp_path / "run")])
+    message = exited.value.code
+    assert isinstance(message, str) and "\n" not in message, message
+    assert message.startswith("ssast-pretrain: error: EAT: cls_loss was renamed utterance_weight"), message
 
 
 @pytest.mark.slow

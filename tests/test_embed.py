@@ -1,4 +1,4 @@
-"""Embeddings of clips and long recordings (ssast.embed) and the ssast-embed program."""
+"""Embeddings of clips and long recordings (ssast.embed) and the ssast-embed program (ssast.embed_cli)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 from ssast import Embedder, save_encoder
 from ssast.audio import AudioFile, resample
 from ssast.checkpoints import Preprocessing
-from ssast.embed import Windowing, main
+from ssast.embed import Windowing
+from ssast.embed_cli import main
 from ssast.features import Fbank, Normalize, fit_frames
 
 from helpers import SAMPLE_RATE, flac_sample, tiny_encoder, write_shard
@@ -167,7 +168,7 @@ def test_peak_memory_of_ssast_embed_does_not_grow_with_the_file(tmp_path):
     30 minutes rather than 10: a 10-minute file decoded whole (38 MB of float32) would hide
     in the ~550 MB that torch itself takes; 30 minutes whole would add 115 MB."""
     save_encoder(tiny_encoder(input_tdim=128), tmp_path / "enc.pt", Preprocessing(MEAN, STD, 128))
-    report = ("import resource, sys; from ssast.embed import main; code = main(sys.argv[1:]); "
+    report = ("import resource, sys; from ssast.embed_cli import main; code = main(sys.argv[1:]); "
               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
     peaks = {}
     for minutes in (1, 30):

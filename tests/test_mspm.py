@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from pretrain.mspm import MSPM, gather_masked, patchify, unpatchify
 from ssast.losses import info_nce
 from ssast.masking import cluster_mask
-from ssast.train.schedules import WarmupCosine, WarmupPlateau
+from ssast.train.schedules import Progress, WarmupCosine, WarmupPlateau
+
+START = Progress(step=0, total_steps=1)
 
 
 def reference_info_nce(prediction, target):
@@ -82,7 +84,7 @@ def test_losses_follow_the_method(passes):
     calls = []
     model.encoder.register_forward_hook(lambda module, args, out: calls.append(args[1]))
     fbank = torch.randn(3, 64, 128)
-    out = model.step(fbank)
+    out = model.step(fbank, START)
     assert len(calls) == passes and all(mask.sum(1).eq(20).all() for mask in calls)
     assert out["loss"].item() == pytest.approx(out["nce"].item() + 10 * out["mse"].item(), rel=1e-5)
     # The generative loss, recomputed by hand from the encoder's output at the masked patches.
@@ -102,7 +104,7 @@ def test_two_passes_use_independent_masks_and_patch_models_cluster():
     model = tiny_mspm(passes=2)
     masks = []
     model.encoder.register_forward_hook(lambda module, args, out: masks.append(args[1]))
-    model.step(torch.randn(4, 64, 128))
+    model.step(torch.randn(4, 64, 128), START)
     assert not torch.equal(masks[0], masks[1])
     assert model.cluster and not tiny_mspm(fshape=128, tshape=2).cluster
 
@@ -113,8 +115,8 @@ def test_training_lowers_the_loss():
     fbank = torch.randn(4, 64, 128) * 0.5
     generator = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(25):
-        out = model.step(fbank, generator)
+    for _ in range(35):  # the loss falls after a plateau of about 10 steps, later on fewer threads
+        out = model.step(fbank, START, generator)
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()

@@ -32,7 +32,7 @@ def mspm(**changes) -> MSPM:
 def asit(**changes) -> ASiT:
     return ASiT(**{**TINY, "view_frames": 12, "cls_dim": 32, "patch_dim": 16, "head_hidden_dim": 32,
                    "head_bottleneck_dim": 16, "warmup_steps": 2, "lr": 1e-2, "teacher_temp_warmup_steps": 4,
-                   "momentum": 0.9, **changes})
+                   "ema_decay": 0.9, **changes})
 
 
 def finetune(**changes) -> Finetune:

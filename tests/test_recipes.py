@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from helpers import resolved_recipe
+from pretrain import mspm
 from pretrain.mspm import MSPM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,8 @@ def test_recipe_resolves(recipe):
         assert gmml["replace_probability"] == 0.5 and (model["num_lead_tokens"], model["optimizer"]) == (1, "adamw")
         assert (model["cls_dim"], model["patch_dim"], model["student_temp"]) == (8192, 1024, 0.1)
         assert (model["warmup_teacher_temp"], model["teacher_temp"], model["center_momentum"]) == (0.04, 0.07, 0.9)
-        assert (model["momentum"], model["recon_weight"], model["gradient_clip_per_tensor"]) == (0.996, 2.0, 3.0)
+        assert (model["ema_decay"], model["ema_end_decay"], model["recon_weight"]) == (0.996, 1.0, 2.0)
+        assert model["gradient_clip_per_tensor"] == 3.0
         assert model["lr_batch_size"] == 256 and model["decay_norms_and_biases"] is False
         assert (model["lr"], model["weight_decay"], model["weight_decay_end"]) == (5e-4, 0.04, 0.4)
         steps_per_epoch = data["batches_per_epoch"]
@@ -54,19 +56,26 @@ def test_recipe_resolves(recipe):
     if recipe.stem in ("eat_tiny", "eat_base"):  # DESIGN.md section 7b
         assert (model["optimizer"], model["lr"], model["betas"], model["weight_decay"]) == ("adamw", 5e-4, [0.9, 0.95], 0.05)
         assert (model["warmup_steps"], config["trainer"]["max_steps"], config["global_batch_size"]) == (53333, 400000, 48)
-        assert (model["clone_batch"], model["mask_prob"], model["mask_length"], model["cls_loss"]) == (16, 0.8, 5, 1.0)
+        assert (model["clone_batch"], model["mask_prob"], model["mask_length"], model["utterance_weight"]) == (16, 0.8, 5, 1.0)
         assert (model["ema_decay"], model["ema_end_decay"], model["ema_anneal_end_step"]) == (0.9998, 0.99999, 100000)
         assert config["trainer"]["gradient_clip_val"] == 4.0 and model["num_lead_tokens"] == 1
 
 
-def test_reconstruction_picture():
+def test_reconstruction_picture(monkeypatch):
     torch.manual_seed(0)
     model = MSPM(size="tiny", input_tdim=64, mask_patches=20)
-    picture, caption = model.picture(torch.randn(1, 64, 128))
-    assert picture.shape == (3 * 128 + 2 * 2, 64, 3) and picture.dtype.name == "uint8"
-    top, middle = picture[:128].astype(int), picture[130:258].astype(int)
-    assert (top != middle).any(axis=-1).sum() > 0  # masked patches are drawn differently
+    fbank = torch.randn(1, 64, 128)
+    picture, caption = model.picture(fbank)
+    assert picture.ndim == 3 and picture.shape[2] == 3 and picture.dtype.name == "uint8" and picture.std() > 0
     assert caption == "input / masked / reconstructed"
+    drawn = {}
+    monkeypatch.setattr(mspm, "spectrogram_strip", lambda *rows, titles: drawn.update(rows=rows, titles=titles))
+    model.picture(fbank)
+    shown, masked, rebuilt = drawn["rows"]
+    assert drawn["titles"] == ("input", "masked", "reconstructed") and torch.equal(shown, fbank[0])
+    hidden = masked != shown
+    assert 0 < hidden.float().mean() < 1 and (masked[hidden] == fbank.min()).all()  # masked patches are blanked
+    assert torch.equal(rebuilt[~hidden], shown[~hidden]) and not torch.equal(rebuilt[hidden], shown[hidden])
 
 
 FINETUNE_RECIPES = sorted(path for path in (REPO / "configs/finetune").glob("*.yaml")

@@ -92,12 +92,14 @@ class WriteSummary:
         )
         duration = f"{self.seconds / 3600:.1f} h" if self.seconds >= 3600 else f"{self.seconds / 60:.1f} min"
         text = f"wrote {sum(self.clips.values())} clips ({duration}) to {self.out} [{splits or 'nothing'}]"
-        text += f"; {len(self.errors)} failed"
-        if self.errors:
-            text += f" (reasons in {self.out / 'errors.txt'})"
-        if self.ignored:
-            text += f"; ignored {self.ignored} non-audio files"
-        return text
+        return text + left_out(len(self.errors), "failed", self.out / "errors.txt", self.ignored)
+
+
+def left_out(count: int, verb: str, reasons: Path, ignored: int) -> str:
+    """The end of a run's summary line: how many inputs ``verb`` (and where the reasons are
+    when any did), and the non-audio files passed over."""
+    text = f"; {count} {verb}" + (f" (reasons in {reasons})" if count else "")
+    return text + (f"; ignored {ignored} non-audio files" if ignored else "")
 
 
 def sanitize_key(text: str) -> str:

@@ -30,9 +30,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
-from PIL import Image
 
 from finetune.cli import fit_then_test
 from pretrain.cli import main as pretrain_main
@@ -43,11 +43,16 @@ from ssast.train.callbacks import MetricHistory
 from ssast.train.cli import default_wandb_to_offline
 from ssast.visualize import line_chart, xy_chart
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 REPO = Path(__file__).resolve().parents[2]
 TASKS = ("events", "keywords", "speakers")
 STARTS = ("scratch", "pretrained")
-COLOURS = {"scratch": (230, 120, 30), "pretrained": (40, 90, 200)}
-PROBE_COLOURS = {"linear probe": (40, 90, 200), "kNN": (120, 170, 230), "log-mel statistics": (128, 128, 128)}
+LOGMEL = "log-mel statistics"  # the linear probe on them: the floor in the learning chart
+COLOURS = {"scratch": "tab:orange", "pretrained": "tab:blue"}
+PROBE_COLOURS = {"linear probe": "tab:blue", "kNN": "tab:cyan", LOGMEL: "grey"}
+METRIC_NAMES = {"acc": "accuracy", "mAP": "mAP"}
 RECIPE_CORPUS = "demo_data/"  # how the demo recipes name the corpus
 # The published task each demo task stands for; its recipe follows that task's protocol.
 STANDS_FOR = {"events": "ESC-50", "keywords": "Speech Commands v2", "speakers": "VoxCeleb1 SID"}
@@ -147,7 +152,7 @@ def table(results: list[TaskResult]) -> str:
     return "\n".join(lines)
 
 
-def learning_chart(results: list[TaskResult]) -> Image.Image:
+def learning_chart(results: list[TaskResult]) -> Figure:
     """Probe accuracy against pretraining minutes (probes left out), a panel per task, with
     the log-mel-statistics floor."""
     panels = {}
@@ -156,18 +161,26 @@ def learning_chart(results: list[TaskResult]) -> Image.Image:
         panels[r.task] = {
             "linear probe": [(m, point["linear"]) for m, point in zip(minutes, r.probes)],
             "kNN": [(m, point["knn"]) for m, point in zip(minutes, r.probes)],
-            "log-mel statistics": [(minutes[0], r.logmel), (minutes[-1], r.logmel)],
+            LOGMEL: [(minutes[0], r.logmel), (minutes[-1], r.logmel)],
         }
-    return Image.fromarray(xy_chart(panels, PROBE_COLOURS, x_label="pretraining minutes"))
+    return xy_chart(panels, x_label="pretraining minutes", y_label="test accuracy", colours=PROBE_COLOURS,
+                    baselines=(LOGMEL,), title="Linear probe and kNN on the frozen encoder during pretraining")
+
+
+def validation_chart(results: list[TaskResult]) -> Figure:
+    """Each finetune's validation metric by epoch, a panel per task, from scratch and from
+    the pretrained encoder."""
+    metrics = sorted({METRIC_NAMES.get(r.metric, r.metric) for r in results})
+    return line_chart({r.task: {start: r.curves[start] for start in STARTS} for r in results},
+                      x_label="epoch", y_label=f"validation {' / '.join(metrics)}", colours=COLOURS,
+                      title="Finetuning from scratch and from the pretrained encoder")
 
 
 def write_report(results: list[TaskResult], out: Path, recipe: Path, corpus: Path, seconds: dict[str, float]) -> str:
-    chart = line_chart({r.task: {start: r.curves[start] for start in STARTS} for r in results}, COLOURS,
-                       y_label="validations")
-    Image.fromarray(chart).save(out / "val_curves.png")
+    validation_chart(results).savefig(out / "val_curves.png")
     probed = all(r.probes for r in results)
     if probed:
-        learning_chart(results).save(out / "learning.png")
+        learning_chart(results).savefig(out / "learning.png")
     demo = json.loads((corpus / "demo.json").read_text())
     budget = ", ".join(f"{task} {demo['tasks'][task]['clips']['train']} clips ({demo['tasks'][task]['classes']} classes)"
                        for task in TASKS)

@@ -55,7 +55,8 @@ class ExportEncoder(L.Callback):
 
 
 class MetricsSummary(L.Callback):
-    """Prints where the watched metrics started and ended, once training is over.
+    """Prints where the watched metrics started and ended, once training is over. The values
+    are kept in checkpoints, so a resumed run's summary starts where the run started.
 
     Args:
         names: logged metrics to follow (as in ``trainer.callback_metrics``).
@@ -84,6 +85,12 @@ class MetricsSummary(L.Callback):
         if trainer.is_global_zero and self.last:
             lines = [f"  {name}: {self.first[name]:.4f} -> {self.last[name]:.4f}" for name in self.last]
             print(f"after {trainer.global_step} steps:", *lines, sep="\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first": dict(self.first), "last": dict(self.last)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.first, self.last = dict(state_dict["first"]), dict(state_dict["last"])
 
 
 CHECKPOINT_FOLDER = "checkpoints"
@@ -180,7 +187,8 @@ class LastCheckpoint(Checkpoint):
 
 class MetricHistory(L.Callback):
     """Keeps the value of each named metric after every validation (sanity checks aside),
-    for reports drawn once the run is over.
+    for reports drawn once the run is over; kept in checkpoints, so a resumed run's history
+    has them all.
 
     Args:
         names: logged metrics to keep (as in ``trainer.callback_metrics``).
@@ -197,6 +205,12 @@ class MetricHistory(L.Callback):
             value = trainer.callback_metrics.get(name)
             if value is not None:
                 self.history[name].append(float(value))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": {name: list(values) for name, values in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {name: list(state_dict["history"].get(name, [])) for name in self.names}
 
 
 class LogPictures(L.Callback):

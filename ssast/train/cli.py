@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ssast.checkpoints import CheckpointError
 from ssast.data.reader import NoReadableShards, TooManySkipped
+from ssast.renamed import RenamedOptionError
 from ssast.train.callbacks import LastCheckpoint
 from ssast.train.module import NonFiniteLossError
 from ssast.train.recovery import (
@@ -65,18 +66,22 @@ class BatchSplitError(ValueError):
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     CheckpointError, ResumeError, NonFiniteLossError, TooManySkipped, NoReadableShards, FileNotFoundError,
-    FileExistsError, BatchSplitError,
+    FileExistsError, BatchSplitError, RenamedOptionError,
 )
 
 
 def run_program(program: str, run: Callable[[], object]) -> None:
-    """Runs ``run``; a :data:`USER_ERRORS` error exits with ``program: error: ...``."""
+    """Runs ``run``; a :data:`USER_ERRORS` error exits with ``program: error: ...``, also one
+    that a class raised while jsonargparse built it (jsonargparse raises its own error from it)."""
     try:
         run()
-    except USER_ERRORS as error:
-        if os.environ.get("SSAST_TRACEBACK"):
+    except Exception as error:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, USER_ERRORS):
+            cause = cause.__cause__
+        if cause is None or os.environ.get("SSAST_TRACEBACK"):
             raise
-        sys.exit(f"{program}: error: {error}")
+        sys.exit(f"{program}: error: {cause}")
 
 
 class ConciseParser(LightningArgumentParser):

@@ -15,7 +15,7 @@ re-implement:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -63,6 +63,29 @@ def log_bar_chart(module: L.LightningModule, key: str, labels: list[str], values
             else:
                 logger.log_metrics({f"{key}/{label}": value for label, value in zip(labels, values)},
                                    step=module.global_step)
+        except Exception as error:  # a dashboard chart must never end a long run
+            log.warning("could not log %s to %s: %s", key, type(logger).__name__, error)
+
+
+def log_line_chart(module: L.LightningModule, key: str, series: Mapping[str, Sequence[tuple[float, float]]],
+                   title: str, x_label: str) -> None:
+    """Series of ``(x, y)`` points (``{name: points}``) to the module's W&B loggers as one
+    native W&B line chart, each series against its own x values. Other loggers get nothing:
+    the values behind such a chart are logged as scalars where they are measured. Like a
+    picture, it is never fatal."""
+    drawn = {name: points for name, points in series.items() if points}
+    if not drawn:
+        return
+    for logger in module.loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        try:
+            import wandb
+
+            xs = [[x for x, _ in points] for points in drawn.values()]
+            ys = [[y for _, y in points] for points in drawn.values()]
+            chart = wandb.plot.line_series(xs, ys, keys=list(drawn), title=title, xname=x_label)
+            logger.experiment.log({key: chart})
         except Exception as error:  # a dashboard chart must never end a long run
             log.warning("could not log %s to %s: %s", key, type(logger).__name__, error)
 

@@ -39,10 +39,12 @@ from typing import Any, NamedTuple
 import lightning as L
 
 from ssast.data.reader import find_beside
-from ssast.embed import check_layers
+from ssast.embed import Precision, check_layers, check_precision
 from ssast.encoder import Layers
 from ssast.files import written_atomically
 from ssast.probe import DEFAULT_L2, LabeledClips, load_clips, probe
+from ssast.renamed import refuse_renamed
+from ssast.train.module import log_line_chart
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +121,14 @@ class ProbeMonitor(L.Callback):
             ``hidden_states`` with equal weights); ``k``, block ``k``'s output (from 1; checked
             against the encoder's depth when the fit starts).
         batch_size: clips per forward pass of the encoder.
-        bf16: bf16 autocast for the encoder; ``None``: on CUDA only.
+        precision: ``bf16`` (bf16 autocast for the encoder) or ``fp32``; ``None``: bf16 on CUDA
+            only.
         at_start: probe the untrained encoder before the first step.
         history_file: where the history is written as JSON after every probe (relative
             paths are under the trainer's ``default_root_dir``; ``None``: nowhere).
         progress: show progress bars while reading and embedding.
+        bf16: the old name of ``precision``: giving it (a recipe's ``bf16:`` too) is an error
+            that says so.
 
     Attributes:
         history: ``{task: [ProbePoint(step, seconds, knn, linear), ...]}``, on rank 0.
@@ -140,11 +145,14 @@ class ProbeMonitor(L.Callback):
         l2: float = DEFAULT_L2,
         layers: Layers = "last",
         batch_size: int = 64,
-        bf16: bool | None = None,
+        precision: Precision | None = None,
         at_start: bool = True,
         history_file: str | None = "probes.json",
         progress: bool = False,
+        *,
+        bf16: bool | None = None,
     ) -> None:
+        refuse_renamed("ProbeMonitor", "bf16", "precision", bf16)
         tasks = [ProbeTask(**task) if isinstance(task, dict) else task for task in tasks]
         if not tasks:
             raise ValueError("ProbeMonitor needs at least one task")
@@ -163,7 +171,7 @@ class ProbeMonitor(L.Callback):
         self.l2 = l2
         self.layers: Layers = check_layers(layers)
         self.batch_size = batch_size
-        self.bf16 = bf16
+        self.precision = check_precision(precision)
         self.at_start = at_start
         self.history_file = history_file
         self.progress = progress
@@ -214,6 +222,12 @@ class ProbeMonitor(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._last_step:
             self.run(trainer, pl_module)
+        if trainer.is_global_zero:  # the history, drawn against minutes (the scalars are logged by step)
+            for task, points in self.history.items():
+                log_line_chart(pl_module, f"probe/{task}/learning",
+                               {"linear probe": [(point.seconds / 60, point.linear) for point in points],
+                                "kNN": [(point.seconds / 60, point.knn) for point in points]},
+                               title=f"{task}: probe accuracy", x_label="pretraining minutes")
 
     # --- what ------------------------------------------------------------------------------
 
@@ -232,7 +246,7 @@ class ProbeMonitor(L.Callback):
                 train, test = self._task_clips(task, pl_module.exported_encoder.config.input_tdim)
                 layers = task.layers if task.layers is not None else self.layers
                 result = probe(pl_module.exported_encoder, train, test, k=self.k, l2=self.l2, layers=layers,
-                               batch_size=self.batch_size, bf16=self.bf16)
+                               batch_size=self.batch_size, precision=self.precision)
                 self.history[task.name].append(ProbePoint(step, seconds, result["knn"], result["linear"]))
                 metrics[f"probe/{task.name}/knn"] = result["knn"]
                 metrics[f"probe/{task.name}/linear"] = result["linear"]
@@ -310,7 +324,8 @@ class TrainingBudget(L.Callback):
     by learning per minute (Lightning's ``max_time`` would count the probes).
 
     The decision is global rank 0's, broadcast to the others every step (one small
-    collective), so that all ranks stop at the same step.
+    collective), so that all ranks stop at the same step. The seconds spent are kept in
+    checkpoints, so a resumed run continues the same budget.
 
     Args:
         minutes: the training time allowed.
@@ -321,15 +336,18 @@ class TrainingBudget(L.Callback):
             raise ValueError(f"minutes must be positive, got {minutes}")
         self.minutes = minutes
         self.clock: Callable[[], float] = time.perf_counter  # seconds; a test may put a fake clock here
+        self._monitors: list[ProbeMonitor] = []
         self._fit_start = 0.0
+        self._offset = 0.0  # training seconds of the runs this one resumes
         self._last_step = -1
 
-    def elapsed_seconds(self, trainer: L.Trainer) -> float:
-        """Training seconds since the fit started, probes left out."""
-        probing = sum(callback.probe_seconds for callback in trainer.callbacks if isinstance(callback, ProbeMonitor))
-        return self.clock() - self._fit_start - probing
+    def elapsed_seconds(self) -> float:
+        """Training seconds so far, probes left out (continuing a resumed run's count)."""
+        probing = sum(monitor.probe_seconds for monitor in self._monitors)  # this fit's, as the clock's
+        return self._offset + self.clock() - self._fit_start - probing
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._monitors = [callback for callback in trainer.callbacks if isinstance(callback, ProbeMonitor)]
         self._fit_start = self.clock()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -337,6 +355,12 @@ class TrainingBudget(L.Callback):
         if trainer.global_step == self._last_step:
             return  # a batch that only accumulated gradients
         self._last_step = trainer.global_step
-        due = self.elapsed_seconds(trainer) >= 60 * self.minutes
+        due = self.elapsed_seconds() >= 60 * self.minutes
         if trainer.strategy.broadcast(due, src=0):
             trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"training_seconds": self.elapsed_seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._offset = float(state_dict["training_seconds"])

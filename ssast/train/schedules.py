@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -160,9 +161,24 @@ class FairseqCosine(LRScheduler):
         return [base_lr * share for base_lr in self.base_lrs]
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a run is, for the schedules that move with it (a teacher's EMA decay and
+    temperature, the weight decay): ``step`` optimizer steps were taken before the current
+    one (0 at the first), of ``total_steps`` in the whole run. The Lightning hooks read it
+    from the trainer; a loop of its own says it."""
+
+    step: int
+    total_steps: int
+
+    def __post_init__(self) -> None:
+        if self.step < 0 or self.total_steps < 1:
+            raise ValueError(f"need step >= 0 and total_steps >= 1, got {self.step} and {self.total_steps}")
+
+
 def cosine_ramp(start: float, end: float, step: int, total_steps: int) -> float:
     """``start`` at step 0 to ``end`` at ``total_steps`` along a half cosine (DINO's
-    schedules of the teacher momentum and the weight decay)."""
+    schedules of the teacher's EMA decay and the weight decay)."""
     progress = min(1.0, step / max(1, total_steps))
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
 
