@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
+from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
 from ssast.encoder import ASTEncoder, EncoderConfig, compile_blocks
@@ -127,6 +128,8 @@ class PretrainModule(EncoderModule):
         self.pending_updates: list[Any] = []
         self._last_batch_start: float | None = None
         self._compiled = False
+        self._run_steps: int | None = None  # see run_steps()
+        self._checkpoint_progress: Progress | None = None  # where a loaded checkpoint's run was
 
     @classmethod
     def refuse_renamed(cls, **given: Any) -> None:
@@ -165,11 +168,10 @@ class PretrainModule(EncoderModule):
         if hp.weight_decay_end is not None:  # the first group is the one that decays
             decay = cosine_ramp(hp.weight_decay, hp.weight_decay_end, progress.step, progress.total_steps)
             optimizer.param_groups[0]["weight_decay"] = decay
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if hp.gradient_clip_per_tensor > 0 and grads:
-            norms = torch._foreach_norm(grads)
-            scales = [torch.clamp(hp.gradient_clip_per_tensor / (norm + 1e-6), max=1.0) for norm in norms]
-            torch._foreach_mul_(grads, scales)
+        if hp.gradient_clip_per_tensor > 0:  # each tensor on its own, as DINO's clip_gradients
+            for parameter in self.parameters():
+                if parameter.grad is not None:
+                    nn.utils.clip_grad_norm_(parameter, hp.gradient_clip_per_tensor)
 
     def finish_optimizer_step(self, progress: Progress, skipped: bool = False) -> None:
         """After the optimizer step at ``progress``: :meth:`apply_updates` with what
@@ -183,13 +185,38 @@ class PretrainModule(EncoderModule):
 
     def trainer_progress(self) -> Progress:
         """Where the attached trainer's run is: the step the hooks hand the method (the trainer
-        counts a step once it is over, so this is the step being taken) and the run's length."""
+        counts a step once it is over, so this is the step being taken) and the run's length
+        (:meth:`run_steps`). Outside a fit (``validate``), where the checkpoint's run was; with
+        no checkpoint, a run ending at the current step."""
         try:
-            total = self.trainer.estimated_stepping_batches
+            fitting = self.trainer.state.fn == TrainerFn.FITTING
         except RuntimeError:  # not attached to a trainer: the method used on its own
             return Progress(self.global_step, 1)
-        # An endless run (no max_steps, max_epochs -1) has no end for a ramp to reach: ramps hold their start.
-        return Progress(self.global_step, max(1, int(total)) if math.isfinite(total) else ENDLESS_RUN_STEPS)
+        if fitting:
+            return Progress(self.global_step, self.run_steps())
+        return self._checkpoint_progress or Progress(self.global_step, max(1, self.global_step))
+
+    def run_steps(self) -> int:
+        """The optimizer steps of the run being fitted, worked out once per fit: the trainer
+        sizes it from the train loader, which must not be built again at every step."""
+        if self._run_steps is None:
+            total = self.trainer.estimated_stepping_batches
+            # An endless run (no max_steps, max_epochs -1) has no end for a ramp to reach: ramps hold their start.
+            self._run_steps = max(1, int(total)) if math.isfinite(total) else ENDLESS_RUN_STEPS
+        return self._run_steps
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self._run_steps = None  # each fit sizes its own run (a resumed one may have another max_steps)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["run_steps"] = self.trainer_progress().total_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "run_steps" in checkpoint:
+            self._checkpoint_progress = Progress(checkpoint["global_step"], checkpoint["run_steps"])
 
     def configure_model(self) -> None:
         # After the method's constructor has built every encoder; once, however often called.
@@ -271,7 +298,7 @@ class PretrainModule(EncoderModule):
             scheduler = WarmupPlateau(optimizer, hp.warmup_steps, hp.plateau_factor, hp.plateau_patience,
                                       warmup_every=hp.warmup_every)
         else:
-            scheduler = WarmupCosine(optimizer, hp.warmup_steps, self.trainer_progress().total_steps, hp.min_lr)
+            scheduler = WarmupCosine(optimizer, hp.warmup_steps, self.run_steps(), hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -73,9 +73,11 @@ class EMATeacher:
 
     @torch.no_grad()
     def update(self, progress: Progress) -> None:
-        """Move every teacher towards its student, after the step at ``progress`` was taken."""
+        """Move every teacher towards its student, after the step at ``progress`` was taken
+        (multiply, then add: the official loops' order of rounding)."""
         decay = self.decay(progress)
-        teacher = [p for _, module in self.pairs for p in module.parameters()]
-        student = [p.detach() for module, _ in self.pairs for p in module.parameters()]
-        torch._foreach_mul_(teacher, decay)
-        torch._foreach_add_(teacher, student, alpha=1 - decay)
+        # Listed at every update, not once: a strategy that shards or wraps the modules (FSDP)
+        # replaces their parameters with new tensors.
+        for student_module, teacher_module in self.pairs:
+            for teacher, student in zip(teacher_module.parameters(), student_module.parameters(), strict=True):
+                teacher.mul_(decay).add_(student.detach(), alpha=1 - decay)

@@ -327,6 +327,29 @@ def test_the_schedules_move_with_the_trainers_step():
     assert [figures.by_step[step]["train/teacher_temp"] for step in range(steps)] == pytest.approx([0.04, 0.055, 0.07])
 
 
+class ValidatedProgress(L.Callback):
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.progress = pl_module.trainer_progress()
+
+
+def test_validating_needs_no_train_loader_and_sees_the_fitted_runs_length(tmp_path):
+    model, steps = frame_asit(), 3
+    clips = DataLoader([{"fbank": torch.randn(2, 16, 128)} for _ in range(steps)], batch_size=None)
+    options = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(max_steps=steps, limit_val_batches=0, default_root_dir=tmp_path, **options)
+    trainer.fit(model, train_dataloaders=clips)
+    assert model.run_steps() == steps
+    trainer.save_checkpoint(tmp_path / "fitted.ckpt")
+
+    # validate alone (ssast-pretrain validate): no train loader to size a run from
+    seen = ValidatedProgress()
+    L.Trainer(callbacks=[seen], **options).validate(frame_asit(), dataloaders=clips, ckpt_path=tmp_path / "fitted.ckpt")
+    assert seen.progress == Progress(steps, steps)  # the schedules where the fit left them
+    # a module that was never fitted: its run taken as ending where it is
+    L.Trainer(callbacks=[seen], **options).validate(frame_asit(), dataloaders=clips)
+    assert seen.progress == Progress(0, 1)
+
+
 # --- the knob's old name --------------------------------------------------------------------
 
 
