@@ -1,39 +1,51 @@
 """Learning per minute (DESIGN.md §12): probe accuracy against pretraining wall-clock time.
 
-Pretrains each method on the demo corpus's unlabeled pool for the same training time, one
-after the other in this process, through the real ``ssast-pretrain`` program
+Pretrains each method on a corpus's unlabeled pool for the same training time, one after
+the other in this process, through the real ``ssast-pretrain`` program
 (``pretrain.cli.main``) with each method's demo recipe:
 
 * ``mspm``: ``configs/pretrain/mspm_demo.yaml`` with ``passes: 1`` (one shared encoder pass);
 * ``asit``: ``configs/pretrain/asit_demo.yaml``;
 * ``eat``: ``configs/pretrain/eat_demo.yaml``, when ``pretrain.eat`` and its recipe exist.
 
+``--data`` takes one corpus or several (the built-in ``ssast-demo corpus`` and the recorded
+``ssast-demo recorded``, comma-separated), ``--minutes`` one budget or several
+(``5,15,30``): every method runs once per corpus and budget.
+
+The recipes' schedules are fitted to each budget (``--stretch``, the default): a pilot of
+``--pilot-minutes`` measures the method's training steps per minute on this machine, and the
+run is then given the steps its budget allows, with ``max_epochs`` and every knob that
+counts the run's steps (:data:`RUN_LENGTH_KNOBS`, such as EAT's teacher anneal) scaled by
+the same factor; warmups keep their length. ``--no-stretch`` keeps the recipes' lengths, so
+a budget longer than a recipe ends with the recipe (``"ended": "recipe"``).
+
 ``--layers last,all`` probes each task twice at every point, on the final output and on the
 mean of every block's output (SUPERB's reading), reported as ``<task>`` and ``<task>@all``.
 
-Each run gets a :class:`~ssast.train.probe.ProbeMonitor` on the demo's keywords, speakers
+Each run gets a :class:`~ssast.train.probe.ProbeMonitor` on the corpus's keywords, speakers
 and events train -> test sets (kNN and linear probe on the frozen exported encoder: at the
 start, every ``--probe-minutes`` of training or ``--probe-steps`` steps, and at the end)
-and a :class:`~ssast.train.probe.TrainingBudget` that stops it after ``--minutes`` of
+and a :class:`~ssast.train.probe.TrainingBudget` that stops it after its budget of
 training, the probes' time left out, so every method gets the same budget whatever its
 probes cost. What the recipes do besides training is switched off so that it does not eat
 into the budget: validation, checkpoints, pictures and the W&B logger (a CSV log is written
-instead). The recipes' schedules are kept (``--epochs`` overrides their length); a method
-whose recipe ends before the budget is reported as ``"ended": "recipe"``.
+instead).
 
 The floor (DESIGN.md §12) is printed beside: a linear probe on the per-bin mean and
 standard deviation of each clip's log-mel (``logmel_stats``); the step-0 probes of each
 method are its untrained encoder's.
 
-Prints ONE JSON line: per method the steps done, clips/s, training and probing minutes,
-the probe accuracies at the start and the end per task, and the series
-``[minutes, knn, linear]`` per task; and writes a PNG (``--picture``): linear-probe (top)
-and kNN (bottom) accuracy against training minutes, one panel per task, one line per
-method, the log-mel-statistics floor beside.
+Prints ONE JSON line: per corpus, budget and method the steps done, clips/s, training and
+probing minutes, the probe accuracies at the start and the end per task, and the series
+``[minutes, knn, linear]`` per task. Writes PNGs into ``--out``: ``learning-<corpus>.png``
+per corpus (linear-probe and kNN accuracy against training minutes in the longest budget's
+runs, one panel per task, one line per method, the log-mel-statistics floor beside) and,
+with several budgets, ``budgets.png``, the closing figure: linear-probe accuracy at the end
+of each budget, a row per corpus, the untrained encoder and the floor beside.
 
     ssast-demo corpus --out demo_data
     python benchmarks/learning.py --data demo_data --minutes 3
-    python benchmarks/learning.py --data demo_data --minutes 1 --methods mspm,eat --out runs/learning
+    python benchmarks/learning.py --data demo_data,dev_data --minutes 5,15,30 --out runs/learning
 
 Timings are only comparable within one run on one machine (a shared CPU slows every
 method, not necessarily alike).
@@ -47,7 +59,9 @@ import json
 import logging
 import shlex
 import sys
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,9 +84,12 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "asit": ("configs/pretrain/asit_demo.yaml", []),
     "eat": ("configs/pretrain/eat_demo.yaml", []),
 }
+# Knobs that count the steps of the whole run, scaled with it when a recipe is fitted to a budget.
+RUN_LENGTH_KNOBS: dict[str, tuple[str, ...]] = {"eat": ("ema_anneal_end_step",)}
 TASKS = ("keywords", "speakers", "events")
 FLOOR = "log-mel stats"
-COLOURS = {"mspm": "tab:blue", "asit": "tab:orange", "eat": "tab:green", FLOOR: "grey"}
+UNTRAINED = "untrained"
+COLOURS = {"mspm": "tab:blue", "asit": "tab:orange", "eat": "tab:green", FLOOR: "grey", UNTRAINED: "black"}
 
 
 def available_methods() -> list[str]:
@@ -104,43 +121,18 @@ def layer_value(choice: str) -> str | int:
     return int(choice) if choice.isdigit() else choice
 
 
-def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace) -> list[str]:
-    """The ``ssast-pretrain fit`` command line of one method's run.
+@dataclass(frozen=True)
+class Budget:
+    """One run's length: its training minutes and, when fitted to them, its steps."""
 
-    Args:
-        method: a key of :data:`METHODS`.
-        data: the demo corpus.
-        run: the run's folder.
-        args: the benchmark's options.
-    """
-    recipe, options = METHODS[method]
-    probe = {"class_path": "ssast.train.probe.ProbeMonitor", "init_args": {
-        "tasks": probe_tasks(data, args.layers.split(",")), "every_n_steps": args.probe_steps,
-        "every_minutes": args.probe_minutes or args.minutes / 6, "max_clips": args.max_clips,
-        "history_file": str(run / "probes.json"),
-    }}
-    budget = {"class_path": "ssast.train.probe.TrainingBudget", "init_args": {"minutes": args.minutes}}
-    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "csv"}}
-    command = [
-        "fit", "--config", str(REPO / recipe), *options,
-        "--data.init_args.train", str(data / "unlabeled"),
-        "--trainer.default_root_dir", str(run),
-        "--trainer.logger", json.dumps(logger),
-        # The probes and the budget replace the recipe's callbacks (checkpoints), and no
-        # pictures are drawn: nothing but training counts against the budget. No validation either.
-        "--trainer.callbacks", json.dumps([probe, budget]), "--pictures.every_n_steps", "0",
-        "--trainer.enable_checkpointing", "false",
-        "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    ]
-    if args.epochs:
-        command += ["--trainer.max_epochs", str(args.epochs)]
-    return command + shlex.split(args.cli_args)
+    minutes: float
+    steps: int | None = None  # None: the recipe's own length
 
 
-def recipe_settings(method: str, args: argparse.Namespace) -> tuple[int, int]:
-    """``(clips per step, planned_steps)`` of a method's recipe (one device, as the demo
-    recipes run; with ``--epochs``, and the batch of ``--cli-args`` when it sets one)."""
+def recipe_settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """What a method's recipe says about its run's length: ``batch_size`` (clips per step, on
+    one device as the demo recipes run, or the batch ``--cli-args`` sets), ``max_epochs``
+    (or ``--epochs``), ``batches_per_epoch``, ``steps`` and its :data:`RUN_LENGTH_KNOBS`."""
     recipe = yaml.safe_load((REPO / METHODS[method][0]).read_text())
     data = recipe["data"]["init_args"]
     batch_size = recipe["global_batch_size"]
@@ -149,20 +141,91 @@ def recipe_settings(method: str, args: argparse.Namespace) -> tuple[int, int]:
         if option in extra:
             batch_size = int(extra[extra.index(option) + 1])
     epochs = args.epochs or recipe["trainer"]["max_epochs"]
-    return batch_size, epochs * data["batches_per_epoch"]
+    knobs = {name: recipe["model"]["init_args"][name] for name in RUN_LENGTH_KNOBS.get(method, ())
+             if name in recipe["model"]["init_args"]}
+    return {"batch_size": batch_size, "max_epochs": epochs, "batches_per_epoch": data["batches_per_epoch"],
+            "steps": epochs * data["batches_per_epoch"], "run_length_knobs": knobs}
 
 
-def run_method(method: str, data: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Pretrain one method under the budget and summarize its probes (``{"error": ...}``
+def stretched_options(method: str, steps: int, args: argparse.Namespace) -> list[str]:
+    """The options that fit a method's recipe to ``steps``: ``max_steps``, the epochs that hold
+    them, and the run-length knobs scaled by the same factor as the run."""
+    recipe = recipe_settings(method, args)
+    factor = steps / recipe["steps"]
+    options = ["--trainer.max_steps", str(steps),
+               "--trainer.max_epochs", str(math.ceil(steps / recipe["batches_per_epoch"]))]
+    for name, value in recipe["run_length_knobs"].items():
+        options += [f"--model.init_args.{name}", str(max(1, round(value * factor)))]
+    return options
+
+
+def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace, budget: Budget,
+                  probes: bool = True) -> list[str]:
+    """The ``ssast-pretrain fit`` command line of one method's run.
+
+    Args:
+        method: a key of :data:`METHODS`.
+        data: the corpus.
+        run: the run's folder.
+        args: the benchmark's options.
+        budget: the run's training minutes and, when fitted to them, its steps.
+        probes: probe the encoder during the run (a pilot does not).
+    """
+    recipe, options = METHODS[method]
+    callbacks: list[dict[str, Any]] = [
+        {"class_path": "ssast.train.probe.TrainingBudget", "init_args": {"minutes": budget.minutes}}]
+    if probes:
+        callbacks.insert(0, {"class_path": "ssast.train.probe.ProbeMonitor", "init_args": {
+            "tasks": probe_tasks(data, args.layers.split(",")), "every_n_steps": args.probe_steps,
+            "every_minutes": args.probe_minutes or budget.minutes / 6, "max_clips": args.max_clips,
+            "history_file": str(run / "probes.json"),
+        }})
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "csv"}}
+    command = [
+        "fit", "--config", str(REPO / recipe), *options,
+        "--data.init_args.train", str(data / "unlabeled"),
+        "--trainer.default_root_dir", str(run),
+        "--trainer.logger", json.dumps(logger),
+        # The probes and the budget replace the recipe's callbacks (checkpoints), and no
+        # pictures are drawn: nothing but training counts against the budget. No validation either.
+        "--trainer.callbacks", json.dumps(callbacks), "--pictures.every_n_steps", "0",
+        "--trainer.enable_checkpointing", "false",
+        "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]
+    if args.epochs:
+        command += ["--trainer.max_epochs", str(args.epochs)]
+    if budget.steps is not None:
+        command += stretched_options(method, budget.steps, args)
+    return command + shlex.split(args.cli_args)
+
+
+def pilot(method: str, data: Path, out: Path, args: argparse.Namespace) -> float:
+    """Training steps per minute of ``method`` on this machine: a run of ``--pilot-minutes``
+    without probes, at the recipe's own settings."""
+    from pretrain.cli import build_cli
+    from ssast.train.cli import run_program
+
+    fitted: list[Any] = []
+    run_program("ssast-pretrain", lambda: fitted.append(build_cli(
+        pretrain_args(method, data, out / f"{method}-pilot", args, Budget(args.pilot_minutes), probes=False))))
+    steps = fitted[0].trainer.global_step
+    if steps < 2:
+        sys.exit(f"learning.py: error: the {method} pilot took {steps} steps in {args.pilot_minutes:g} min, too few "
+                 "to time; give it longer with --pilot-minutes")
+    return steps / args.pilot_minutes
+
+
+def run_method(method: str, data: Path, run: Path, args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
+    """Pretrain one method under ``budget`` and summarize its probes (``{"error": ...}``
     when the run failed: the other methods still run)."""
     from pretrain.cli import main
 
-    run = out / method
     history_path = run / "probes.json"
     history_path.unlink(missing_ok=True)  # never report an earlier run's probes
     started = time.perf_counter()
     try:
-        main(pretrain_args(method, data, run, args))
+        main(pretrain_args(method, data, run, args, budget))
     except (Exception, SystemExit) as error:  # the program reports its users' errors by exiting
         log.exception("%s failed", method)
         return {"error": f"{type(error).__name__}: {error}"}
@@ -172,11 +235,13 @@ def run_method(method: str, data: Path, out: Path, args: argparse.Namespace) -> 
     tasks = history["tasks"]
     points = next(iter(tasks.values()))["probes"]
     steps, seconds = points[-1]["step"], points[-1]["seconds"]
-    batch_size, planned = recipe_settings(method, args)
+    recipe = recipe_settings(method, args)
+    planned = budget.steps or recipe["steps"]
     return {
         "recipe": METHODS[method][0],
         "steps": steps,
-        "clips_per_s": round(steps * batch_size / max(seconds, 1e-9), 2),
+        "planned_steps": planned,
+        "clips_per_s": round(steps * recipe["batch_size"] / max(seconds, 1e-9), 2),
         "train_minutes": round(seconds / 60, 3),
         "probe_minutes": round(history["probe_seconds"] / 60, 3),
         "wall_minutes": round((time.perf_counter() - started) / 60, 3),
@@ -209,7 +274,7 @@ def logmel_floor(data: Path, max_clips: int) -> dict[str, float]:
     return floor
 
 
-def learning_chart(results: dict[str, dict], floor: dict[str, float], minutes: float) -> Figure:
+def learning_chart(results: dict[str, dict], floor: dict[str, float], minutes: float, corpus: str = "") -> Figure:
     """Linear-probe (top row) and kNN (bottom row) accuracy against training minutes, a
     panel per task, a line per method through its probes, the log-mel-statistics floor
     dashed."""
@@ -222,64 +287,135 @@ def learning_chart(results: dict[str, dict], floor: dict[str, float], minutes: f
             if kind == "linear" and task in floor:
                 series[FLOOR] = [(0.0, floor[task]), (minutes, floor[task])]
             panels[f"{task}: {kind} probe"] = series
+    where = f" on {corpus}" if corpus else ""
     return xy_chart(panels, x_label="pretraining minutes", y_label="test accuracy", colours=COLOURS,
-                    baselines=(FLOOR,), columns=len(TASKS),
-                    title=f"Probe accuracy against pretraining minutes (probes left out), {minutes:g} min per method")
+                    baselines=(FLOOR, UNTRAINED), columns=len(TASKS),
+                    title=f"Probe accuracy against pretraining minutes{where} (probes left out), "
+                          f"{minutes:g} min per method")
+
+
+def budgets_chart(runs: dict[str, dict[float, dict[str, dict]]], floors: dict[str, dict[str, float]]) -> Figure:
+    """The closing figure: each method's linear-probe accuracy at the end of each budget, a
+    row per corpus and a panel per task, beside the untrained encoder's (the methods' step-0
+    probes, averaged) and the log-mel-statistics floor, both dashed.
+
+    Args:
+        runs: ``{corpus: {minutes: {method: result}}}``, results as :func:`run_method` gives.
+        floors: ``{corpus: {task: accuracy}}``.
+    """
+    panels = {}
+    for corpus, budgets in runs.items():
+        span = (min(budgets), max(budgets))
+        for task in TASKS:
+            series: dict[str, list[tuple[float, float]]] = {}
+            untrained = []
+            for minutes, results in sorted(budgets.items()):
+                for method, result in results.items():
+                    if task in result.get("tasks", {}):
+                        series.setdefault(method, []).append((minutes, result["tasks"][task]["end"]["linear"]))
+                        untrained.append(result["tasks"][task]["start"]["linear"])
+            if untrained:
+                level = sum(untrained) / len(untrained)
+                series[UNTRAINED] = [(span[0], level), (span[1], level)]
+            if task in floors.get(corpus, {}):
+                series[FLOOR] = [(span[0], floors[corpus][task]), (span[1], floors[corpus][task])]
+            panels[f"{corpus}: {task}"] = series
+    return xy_chart(panels, x_label="pretraining budget (minutes)", y_label="linear-probe test accuracy",
+                    colours=COLOURS, baselines=(FLOOR, UNTRAINED), columns=len(TASKS),
+                    title="Linear-probe accuracy after each pretraining budget, schedules fitted to it")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("demo_data"), help="the demo corpus (ssast-demo corpus)")
-    parser.add_argument("--minutes", type=float, default=3.0, help="training minutes per method, probes left out")
+    parser.add_argument("--data", default="demo_data",
+                        help="the corpora (ssast-demo corpus, ssast-demo recorded), comma-separated")
+    parser.add_argument("--minutes", default="3",
+                        help="training minutes per method and run, probes left out; several budgets comma-separated")
     parser.add_argument("--methods", default=None,
                         help=f"comma-separated, of {', '.join(METHODS)} (default: all this checkout has)")
+    parser.add_argument("--stretch", action=argparse.BooleanOptionalAction, default=True,
+                        help="fit the recipes' schedules to each budget, timed by a pilot run")
+    parser.add_argument("--pilot-minutes", type=float, default=0.5, help="length of the pilot that times a method")
     parser.add_argument("--probe-minutes", type=float, default=None,
-                        help="probe every this many training minutes (default: a sixth of --minutes)")
+                        help="probe every this many training minutes (default: a sixth of the budget)")
     parser.add_argument("--probe-steps", type=int, default=0, help="also probe every this many steps (0: off)")
     parser.add_argument("--max-clips", type=int, default=1000, help="clips per probe train and test set at most")
     parser.add_argument("--layers", default="last",
                         help="the layers the probes read, comma-separated (last, all, a block): the first is reported "
                              "as <task>, the others as <task>@<choice>, all probed at the same steps")
-    parser.add_argument("--epochs", type=int, default=None, help="override the recipes' max_epochs")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override the recipes' max_epochs (before any stretching)")
     parser.add_argument("--cli-args", default="", help="more ssast-pretrain options for every method, one string")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=Path("runs/learning"), help="the runs' folders")
-    parser.add_argument("--picture", type=Path, default=None, help="the PNG (default: OUT/learning.png)")
-    return parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=Path("runs/learning"), help="the runs' folders and the PNGs")
+    args = parser.parse_args(argv)
+    try:
+        args.budgets = sorted({float(value) for value in args.minutes.split(",")})
+    except ValueError:
+        parser.error(f"--minutes takes numbers, comma-separated; got {args.minutes!r}")
+    if min(args.budgets) <= 0:
+        parser.error(f"--minutes must be positive, got {args.minutes!r}")
+    args.corpora = [Path(value) for value in args.data.split(",")]
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = args.data.resolve()
-    if not (data / "unlabeled").is_dir():
-        sys.exit(f"learning.py: error: {data} is not a demo corpus (no unlabeled/); make one with "
-                 f"`ssast-demo corpus --out {args.data}`")
+    corpora = {}
+    for path in args.corpora:
+        if not (path / "unlabeled").is_dir():
+            sys.exit(f"learning.py: error: {path} is not a corpus (no unlabeled/); make one with "
+                     f"`ssast-demo corpus --out {path}` or `ssast-demo recorded --out {path}`")
+        corpora[path.name] = path.resolve()
+    if len(corpora) < len(args.corpora):
+        sys.exit(f"learning.py: error: two corpora share a folder name in {args.data!r}; rename one")
     methods = args.methods.split(",") if args.methods else available_methods()
     unknown = [name for name in methods if name not in available_methods()]
     if unknown:
         sys.exit(f"learning.py: error: unknown or unavailable methods {unknown}; this checkout has "
                  f"{available_methods()}")
     out = args.out.resolve()
-    floor = logmel_floor(data, args.max_clips)
-    results = {}
-    for method in methods:
-        print(f"learning.py: pretraining {method} for {args.minutes:g} training minutes", file=sys.stderr, flush=True)
-        results[method] = run_method(method, data, out, args)
-    picture_path = (args.picture or out / "learning.png").resolve()
-    picture_path.parent.mkdir(parents=True, exist_ok=True)
-    learning_chart(results, floor, args.minutes).savefig(picture_path)
+    floors = {name: logmel_floor(data, args.max_clips) for name, data in corpora.items()}
+    runs: dict[str, dict[float, dict[str, dict]]] = {}
+    rates: dict[str, dict[str, float]] = {}
+    for name, data in corpora.items():
+        runs[name] = {minutes: {} for minutes in args.budgets}
+        for method in methods:
+            if args.stretch:
+                print(f"learning.py: timing {method} on {name} ({args.pilot_minutes:g} min pilot)", file=sys.stderr,
+                      flush=True)
+                rates.setdefault(name, {})[method] = round(pilot(method, data, out / name, args), 2)
+            for minutes in args.budgets:
+                steps = math.floor(0.95 * rates[name][method] * minutes) if args.stretch else None
+                budget = Budget(minutes, max(1, steps) if steps is not None else None)
+                print(f"learning.py: pretraining {method} on {name} for {minutes:g} training minutes"
+                      + (f" ({budget.steps} steps)" if budget.steps else ""), file=sys.stderr, flush=True)
+                run = out / name / f"{method}-{minutes:g}min"
+                runs[name][minutes][method] = run_method(method, data, run, args, budget)
+    pictures = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for name in corpora:
+        longest = max(args.budgets)
+        pictures[name] = str(out / f"learning-{name}.png")
+        learning_chart(runs[name][longest], floors[name], longest, name).savefig(pictures[name])
+    if len(args.budgets) > 1:
+        pictures["budgets"] = str(out / "budgets.png")
+        budgets_chart(runs, floors).savefig(pictures["budgets"])
     report = {
         "benchmark": "learning",
-        "minutes": args.minutes,
+        "budgets_minutes": args.budgets,
+        "stretched": args.stretch,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),
-        "data": str(data),
-        "logmel_stats": floor,
-        "methods": results,
-        "picture": str(picture_path),
+        "corpora": {name: str(data) for name, data in corpora.items()},
+        "logmel_stats": floors,
+        "steps_per_minute": rates,
+        "runs": {name: {f"{minutes:g}": results for minutes, results in budgets.items()}
+                 for name, budgets in runs.items()},
+        "pictures": pictures,
     }
     print(json.dumps(report), flush=True)
     return report

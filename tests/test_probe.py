@@ -5,6 +5,7 @@ against a hand computation, reading labeled shards, and the ProbeMonitor callbac
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -355,7 +356,6 @@ def test_probes_under_ddp_on_two_cpu_processes(tiny_corpus, tmp_path):
     history, and the budget stops both ranks at the same step."""
     import os
     import subprocess
-    import sys
 
     repo = Path(__file__).resolve().parents[1]
     probe_callback = {"class_path": "ssast.train.probe.ProbeMonitor", "init_args": {
@@ -388,6 +388,7 @@ def learning_benchmark():
     path = Path(__file__).resolve().parents[1] / "benchmarks/learning.py"
     spec = importlib.util.spec_from_file_location("learning_benchmark", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -407,19 +408,59 @@ def test_learning_benchmark_chart_draws_each_probe_at_its_minute():
     assert len(figure.axes) == 2 * len(learning.TASKS) and figure.get_suptitle().endswith("2 min per method")
 
 
+def test_learning_benchmark_fits_a_recipe_to_its_budget():
+    learning = learning_benchmark()
+    args = learning.parse_args(["--minutes", "15,5,30", "--data", "demo_data,dev_data"])
+    assert args.budgets == [5.0, 15.0, 30.0] and [path.name for path in args.corpora] == ["demo_data", "dev_data"]
+    eat = learning.recipe_settings("eat", args)
+    assert eat["steps"] == eat["max_epochs"] * eat["batches_per_epoch"]
+    steps = 3 * eat["steps"] + 7  # three times the recipe: every run-length knob three times as long
+    options = learning.stretched_options("eat", steps, args)
+    given = dict(zip(options[::2], options[1::2]))
+    assert given["--trainer.max_steps"] == str(steps)
+    assert int(given["--trainer.max_epochs"]) * eat["batches_per_epoch"] >= steps
+    anneal = eat["run_length_knobs"]["ema_anneal_end_step"]
+    assert given["--model.init_args.ema_anneal_end_step"] == str(round(anneal * steps / eat["steps"]))
+    command = learning.pretrain_args("eat", Path("dev_data"), Path("run"), args, learning.Budget(30.0, steps))
+    assert command[-len(options):] == options
+    assert "--trainer.max_steps" not in learning.pretrain_args("eat", Path("d"), Path("r"), args, learning.Budget(5.0))
+    with pytest.raises(SystemExit):
+        learning.parse_args(["--minutes", "5,0"])
+
+
+def test_learning_benchmark_budgets_chart_draws_each_budgets_end_beside_the_untrained_encoder():
+    learning = learning_benchmark()
+
+    def result(start: float, end: float) -> dict:
+        return {"tasks": {task: {"start": {"linear": start}, "end": {"linear": end}} for task in learning.TASKS}}
+
+    runs = {"demo_data": {5.0: {"eat": result(0.4, 0.5)}, 15.0: {"eat": result(0.4, 0.6)}},
+            "dev_data": {5.0: {"eat": result(0.2, 0.3), "mspm": {"error": "failed"}}, 15.0: {"eat": result(0.2, 0.1)}}}
+    figure = learning.budgets_chart(runs, {"dev_data": {"events": 0.25}})
+    assert len(figure.axes) == 2 * len(learning.TASKS)
+    dev_events = next(ax for ax in figure.axes if ax.get_title() == "dev_data: events")
+    eat, untrained, floor = dev_events.get_lines()
+    assert list(eat.get_xdata()) == [5.0, 15.0] and list(eat.get_ydata()) == [0.3, 0.1]
+    assert list(untrained.get_ydata()) == [pytest.approx(0.2)] * 2 and list(floor.get_ydata()) == [0.25, 0.25]
+
+
 @pytest.mark.slow
 def test_learning_benchmark_end_to_end(small_demo_corpus, tmp_path):
     import subprocess
-    import sys
 
     repo = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "benchmarks/learning.py", "--data", str(small_demo_corpus), "--minutes", "0.1",
-               "--methods", "mspm", "--out", str(tmp_path), "--threads", "1"]
+    command = [sys.executable, "benchmarks/learning.py", "--data", str(small_demo_corpus), "--minutes", "0.1,0.2",
+               "--pilot-minutes", "0.1", "--methods", "mspm", "--out", str(tmp_path), "--threads", "1"]
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    mspm = report["methods"]["mspm"]
-    assert mspm["steps"] > 0 and mspm["ended"] == "budget" and mspm["train_minutes"] >= 0.1
-    assert set(mspm["tasks"]) == set(report["logmel_stats"]) == {"keywords", "speakers", "events"}
-    assert all(len(series) >= 2 for series in mspm["series"].values())
-    assert Path(report["picture"]).is_file()
+    corpus = small_demo_corpus.name
+    rate = report["steps_per_minute"][corpus]["mspm"]
+    for minutes in ("0.1", "0.2"):
+        mspm = report["runs"][corpus][minutes]["mspm"]
+        assert mspm["planned_steps"] == max(1, int(0.95 * rate * float(minutes)))  # the schedule fitted to the budget
+        assert 0 < mspm["steps"] <= mspm["planned_steps"]
+        assert set(mspm["tasks"]) == set(report["logmel_stats"][corpus]) == {"keywords", "speakers", "events"}
+        assert all(len(series) >= 2 for series in mspm["series"].values())
+    assert all(Path(path).is_file() for path in report["pictures"].values())
+    assert set(report["pictures"]) == {corpus, "budgets"}

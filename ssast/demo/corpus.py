@@ -16,12 +16,16 @@ gives the class away.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import shutil
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -175,9 +179,10 @@ def clip_specs(scale: float = 1.0, seed: int = 0) -> list[ClipSpec]:
 class DemoSummary:
     out: Path
     lines: list[str] = field(default_factory=list)
+    title: str = "demo corpus"
 
     def __str__(self) -> str:
-        return "\n".join([f"demo corpus in {self.out}:", *self.lines])
+        return "\n".join([f"{self.title} in {self.out}:", *self.lines])
 
 
 def build_demo(
@@ -189,31 +194,59 @@ def build_demo(
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     out = Path(out)
+    identity = {"version": CORPUS_VERSION, "seed": seed, "scale": scale}
+    if keep_or_clear(out, identity, overwrite):
+        return DemoSummary(out, ["  already there (same version, seed and scale); kept"])
+    specs = clip_specs(scale, seed)
+    clips = zip((spec.task for spec in specs), parallel_map(_encode, specs, workers))
+    return write_corpus(out, clips, len(specs), identity, desc="synthesizing", progress=progress)
+
+
+def keep_or_clear(out: Path, identity: dict[str, Any], overwrite: bool) -> bool:
+    """Whether ``out`` already holds the complete corpus that ``identity`` describes (the
+    ``demo.json`` keys that make a corpus what it is; a ``source`` key absent from it means
+    the synthetic corpus): then it is kept. Otherwise what is there is cleared, when it is
+    the leftovers of an interrupted build or with ``overwrite``; any other corpus is an error."""
     if not overwrite and (out / "demo.json").is_file():
         made = json.loads((out / "demo.json").read_text())
-        if (made.get("version"), made.get("seed"), made.get("scale")) == (CORPUS_VERSION, seed, scale):
-            return DemoSummary(out, ["  already there (same version, seed and scale); kept"])
+        if all(made.get(key) == identity.get(key) for key in {*identity, "source"}):
+            return True
     existing = [out / name for name in [*TASKS, "demo.json"] if (out / name).exists()]
     # demo.json is written last: without it, task folders that our shard writer made are
     # the leftovers of an interrupted build, to be built again.
     interrupted = not (out / "demo.json").exists() and all(any(path.rglob(SHARD_INDEX)) for path in existing)
     if existing and not (overwrite or interrupted):
-        raise FileExistsError(f"{out} already holds another demo corpus ({existing[0].name}: an older version, or "
-                              "another seed or scale); pass overwrite (--overwrite) to replace it")
+        raise FileExistsError(f"{out} already holds another demo corpus ({existing[0].name}: an older version, "
+                              "another seed or scale, or another source); pass overwrite (--overwrite) to replace it")
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return False
 
-    specs = clip_specs(scale, seed)
-    writers = {name: ShardSetWriter(out / name, SHARD_SIZE) for name in TASKS}
-    clips = parallel_map(_encode, specs, workers)
-    for spec, clip in tqdm(zip(specs, clips), total=len(specs), unit="clip", desc="synthesizing", disable=not progress):
-        writers[spec.task].write(clip)
-    for writer in writers.values():
-        writer.close()
 
-    summary = DemoSummary(out)
-    manifest = {"version": CORPUS_VERSION, "seed": seed, "scale": scale, "sample_rate": SAMPLE_RATE, "tasks": {}}
-    for task in TASKS.values():
+def write_corpus(
+    out: Path,
+    clips: Iterable[tuple[str, EncodedClip]],
+    total: int,
+    identity: dict[str, Any],
+    *,
+    tasks: Mapping[str, Task] = TASKS,
+    task_info: Mapping[str, dict[str, Any]] | None = None,
+    title: str = "demo corpus",
+    desc: str = "writing",
+    progress: bool = True,
+) -> DemoSummary:
+    """Write ``clips`` (task name, clip) into the folders of ``tasks`` under ``out``, then
+    each task's ``classes.txt`` and ``stats.json`` (of its train split), and ``demo.json``
+    last: ``identity``, the sample rate, and per task its classes, clip length, frames and
+    clips per split (with ``task_info``'s entries added)."""
+    with ExitStack() as writing:  # a failure leaves the folders marked interrupted, their shards closed
+        writers = {name: writing.enter_context(ShardSetWriter(out / name, SHARD_SIZE)) for name in tasks}
+        for task, clip in tqdm(clips, total=total, unit="clip", desc=desc, disable=not progress):
+            writers[task].write(clip)
+
+    summary = DemoSummary(out, title=title)
+    manifest = {**identity, "sample_rate": SAMPLE_RATE, "tasks": {}}
+    for task in tasks.values():
         folder = out / task.name
         write_classes(folder, task.classes)
         split = "train" if task.classes else None
@@ -223,6 +256,7 @@ def build_demo(
         manifest["tasks"][task.name] = {
             "classes": len(task.classes), "clip_seconds": task.clip_seconds, "target_length": task.target_length,
             "clips": {str(split or "all"): count for split, count in counts.items()},
+            **(task_info or {}).get(task.name, {}),
         }
         splits = ", ".join(f"{split or 'all'} {count}" for split, count in counts.items())
         kind = f"{len(task.classes)} classes" if task.classes else "no labels"
@@ -232,3 +266,15 @@ def build_demo(
         )
     write_text_atomic(out / "demo.json", json.dumps(manifest, indent=2) + "\n")
     return summary
+
+
+def corpus_parser(prog: str, default_out: Path, description: str) -> argparse.ArgumentParser:
+    """The options every corpus-making command takes: where, how many clips, which seed,
+    how many worker processes, and whether to replace a corpus already there."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--out", type=Path, default=default_out, help=f"output folder (default: {default_out})")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the number of clips (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="the corpus is a function of this seed (default: 0)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="worker processes")
+    parser.add_argument("--overwrite", action="store_true", help="replace a corpus already in the output folder")
+    return parser

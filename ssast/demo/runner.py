@@ -2,6 +2,7 @@
 
     ssast-demo [--out runs/demo] [--corpus demo_data] [--pretrain configs/pretrain/eat_demo.yaml]
     ssast-demo corpus [--out demo_data] [--scale 1] [--seed 0]    # only make the corpus
+    ssast-demo recorded [--out dev_data] [--root /usr/share]      # a corpus of real recordings (ssast.demo.recorded)
 
 1. generates the demo corpus when it is missing (``ssast-demo corpus``);
 2. pretrains an encoder on its unlabeled pool with the ``--pretrain`` recipe (by default the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,7 +37,7 @@ import yaml
 from finetune.cli import fit_then_test
 from pretrain.cli import main as pretrain_main
 from ssast.data.reader import read_classes
-from ssast.demo.corpus import CORPUS_VERSION, build_demo
+from ssast.demo.corpus import CORPUS_VERSION, build_demo, corpus_parser
 from ssast.probe import load_clips, logmel_baseline
 from ssast.train.callbacks import MetricHistory
 from ssast.train.cli import default_wandb_to_offline
@@ -215,18 +215,14 @@ def ensure_corpus(corpus: Path, workers: int = 2) -> None:
     manifest = corpus / "demo.json"
     if not manifest.exists():
         print(build_demo(corpus, workers=workers))
-    elif json.loads(manifest.read_text()).get("version") != CORPUS_VERSION:
+    elif (made := json.loads(manifest.read_text())).get("version") != CORPUS_VERSION:
+        command = "recorded" if made.get("source") == "recorded" else "corpus"
         sys.exit(f"ssast-demo: error: {corpus} holds a demo corpus made by an older version of ssast; make it "
-                 f"again with: ssast-demo corpus --out {corpus} --overwrite")
+                 f"again with: ssast-demo {command} --out {corpus} --overwrite")
 
 
 def corpus_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="ssast-demo corpus", description="generate the built-in synthetic demo corpus")
-    parser.add_argument("--out", type=Path, default=Path("demo_data"), help="output folder (default: demo_data)")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the number of clips (default: 1)")
-    parser.add_argument("--seed", type=int, default=0, help="the corpus is a function of this seed (default: 0)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="synthesis processes")
-    parser.add_argument("--overwrite", action="store_true", help="replace a corpus already in the output folder")
+    parser = corpus_parser("ssast-demo corpus", Path("demo_data"), "generate the built-in synthetic demo corpus")
     args = parser.parse_args(argv)
     try:
         print(build_demo(args.out, scale=args.scale, seed=args.seed, workers=args.workers, overwrite=args.overwrite))
@@ -238,6 +234,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "corpus":
         corpus_main(argv[1:])
+        return
+    if argv and argv[0] == "recorded":
+        from ssast.demo.recorded import main as recorded_main
+
+        recorded_main(argv[1:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="runs, report.md and the pictures")
