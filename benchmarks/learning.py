@@ -13,7 +13,8 @@ the other in this process, through the real ``ssast-pretrain`` program
 (``5,15,30``): every method runs once per corpus and budget.
 
 The recipes' schedules are fitted to each budget (``--stretch``, the default): a pilot of
-``--pilot-minutes`` measures the method's training steps per minute on this machine, and the
+``--pilot-minutes`` measures the method's training steps per minute on this machine (over its
+second half: the first loads data and warms caches), and the
 run is then given the steps its budget allows, with ``max_epochs`` and every knob that
 counts the run's steps (:data:`RUN_LENGTH_KNOBS`, such as EAT's teacher anneal) scaled by
 the same factor; warmups keep their length. ``--no-stretch`` keeps the recipes' lengths, so
@@ -202,18 +203,21 @@ def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace, 
 
 def pilot(method: str, data: Path, out: Path, args: argparse.Namespace) -> float:
     """Training steps per minute of ``method`` on this machine: a run of ``--pilot-minutes``
-    without probes, at the recipe's own settings."""
+    without probes, at the recipe's own settings, timed over its second half (the first
+    loads data and warms caches)."""
     from pretrain.cli import build_cli
     from ssast.train.cli import run_program
+    from ssast.train.probe import TrainingBudget
 
     fitted: list[Any] = []
     run_program("ssast-pretrain", lambda: fitted.append(build_cli(
         pretrain_args(method, data, out / f"{method}-pilot", args, Budget(args.pilot_minutes), probes=False))))
-    steps = fitted[0].trainer.global_step
-    if steps < 2:
-        sys.exit(f"learning.py: error: the {method} pilot took {steps} steps in {args.pilot_minutes:g} min, too few "
-                 "to time; give it longer with --pilot-minutes")
-    return steps / args.pilot_minutes
+    budget = next(callback for callback in fitted[0].trainer.callbacks if isinstance(callback, TrainingBudget))
+    rate = budget.steps_per_minute()
+    if rate is None:
+        sys.exit(f"learning.py: error: the {method} pilot took {fitted[0].trainer.global_step} steps in "
+                 f"{args.pilot_minutes:g} min, too few to time; give it longer with --pilot-minutes")
+    return rate
 
 
 def run_method(method: str, data: Path, run: Path, args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
@@ -336,7 +340,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated, of {', '.join(METHODS)} (default: all this checkout has)")
     parser.add_argument("--stretch", action=argparse.BooleanOptionalAction, default=True,
                         help="fit the recipes' schedules to each budget, timed by a pilot run")
-    parser.add_argument("--pilot-minutes", type=float, default=0.5, help="length of the pilot that times a method")
+    parser.add_argument("--pilot-minutes", type=float, default=1.0, help="length of the pilot that times a method")
     parser.add_argument("--probe-minutes", type=float, default=None,
                         help="probe every this many training minutes (default: a sixth of the budget)")
     parser.add_argument("--probe-steps", type=int, default=0, help="also probe every this many steps (0: off)")

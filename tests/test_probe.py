@@ -313,6 +313,24 @@ def test_training_budget_leaves_probe_time_out(tiny_corpus, monkeypatch, one_thr
     assert [point.seconds for point in monitor.history["events"]] == [0.0, 80.0]
 
 
+def test_training_budget_times_a_run_past_its_start():
+    from types import SimpleNamespace
+
+    budget, now = TrainingBudget(minutes=60.0), [0.0]
+    budget.clock = lambda: now[0]
+    trainer = SimpleNamespace(global_step=0, should_stop=False, callbacks=[],
+                              strategy=SimpleNamespace(broadcast=lambda value, src: value))
+    budget.on_fit_start(trainer, None)
+    for step in range(1, 11):  # two slow steps (loading, warming up), then one a second
+        now[0] += 30.0 if step <= 2 else 1.0
+        trainer.global_step = step
+        budget.on_train_batch_end(trainer, None, None, None, step)
+        if step == 3:
+            assert budget.steps_per_minute() is None  # too few steps to time
+    assert budget.steps_per_minute() == pytest.approx(60.0)  # the run's own average would say 8.8
+    assert not trainer.should_stop
+
+
 def test_a_resumed_run_continues_its_training_budget(tmp_path, one_thread):
     """A run stopped at its checkpoint and resumed from it with ``ckpt_path`` spends what is
     left of its budget, not a new one."""

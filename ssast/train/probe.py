@@ -340,6 +340,7 @@ class TrainingBudget(L.Callback):
         self._fit_start = 0.0
         self._offset = 0.0  # training seconds of the runs this one resumes
         self._last_step = -1
+        self.timeline: list[tuple[int, float]] = []  # (optimizer steps done, training seconds) after each step
 
     def elapsed_seconds(self) -> float:
         """Training seconds so far, probes left out (continuing a resumed run's count)."""
@@ -355,9 +356,21 @@ class TrainingBudget(L.Callback):
         if trainer.global_step == self._last_step:
             return  # a batch that only accumulated gradients
         self._last_step = trainer.global_step
-        due = self.elapsed_seconds() >= 60 * self.minutes
+        elapsed = self.elapsed_seconds()
+        self.timeline.append((trainer.global_step, elapsed))
+        if len(self.timeline) > 2048:  # a long run keeps every other point: enough to time its second half
+            self.timeline = self.timeline[::2]
+        due = elapsed >= 60 * self.minutes
         if trainer.strategy.broadcast(due, src=0):
             trainer.should_stop = True
+
+    def steps_per_minute(self) -> float | None:
+        """The pace of this fit's second half (its start, which loads data and warms caches,
+        left out); ``None`` before it took four optimizer steps."""
+        if len(self.timeline) < 4:
+            return None
+        (first_step, first_seconds), (last_step, last_seconds) = self.timeline[len(self.timeline) // 2], self.timeline[-1]
+        return 60 * (last_step - first_step) / max(last_seconds - first_seconds, 1e-9)
 
     def state_dict(self) -> dict[str, Any]:
         return {"training_seconds": self.elapsed_seconds()}
