@@ -231,7 +231,7 @@ def test_a_resumed_run_draws_what_the_uninterrupted_run_would_have(tiny_corpus, 
     def fit(root: Path, epochs: int, ckpt_path: Path | None = None) -> dict[int, list]:
         model = Finetune(num_classes=2, size="mini", fshape=128, tshape=2, input_tdim=FRAMES, freeze_encoder=True)
         data = AudioDataModule(train=str(tiny_corpus / "events/train"), target_length=FRAMES, batch_size=2,
-                               num_workers=1, batches_per_epoch=3, stats="audioset", classes="auto",  # persistent
+                               num_workers=1, batches_per_epoch=3, stats="audioset", classes="auto",  # in a worker
                                reader=ReaderOptions(shuffle_buffer=4))
         keys = Keys()
         quiet_trainer(root, [keys, LastCheckpoint()], max_epochs=epochs, limit_val_batches=0).fit(
