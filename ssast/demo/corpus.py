@@ -83,7 +83,8 @@ class ClipSpec:
         return torch.Generator().manual_seed(zlib.crc32(text.encode()))
 
 
-def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+def draw_uniform(generator: torch.Generator, low: float, high: float) -> float:
+    """One float32 draw in [low, high) from ``generator`` (both corpora's placements and levels)."""
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
@@ -95,7 +96,7 @@ def _background(num_samples: int, generator: torch.Generator) -> torch.Tensor:
     """Unit-RMS noise with a random spectral tilt, from brown-ish to hiss."""
     spectrum = torch.fft.rfft(torch.randn(num_samples, generator=generator))
     freqs = torch.fft.rfftfreq(num_samples, 1 / SAMPLE_RATE).clamp_min(20.0)
-    tilt = _uniform(generator, -1.0, 0.3)
+    tilt = draw_uniform(generator, -1.0, 0.3)
     noise = torch.fft.irfft(spectrum * (freqs / 1000) ** tilt, n=num_samples)
     return noise / noise.square().mean().sqrt()
 
@@ -107,15 +108,15 @@ def _compose(sound: torch.Tensor, clip_seconds: float, generator: torch.Generato
     onset = int(torch.randint(num_samples - sound.numel() + 1, (), generator=generator))
     placed = torch.zeros(num_samples)
     placed[onset : onset + sound.numel()] = sound / sound.square().mean().sqrt().clamp_min(1e-8)
-    snr_db = _uniform(generator, 5.0, 25.0)
+    snr_db = draw_uniform(generator, 5.0, 25.0)
     mix = placed * 10 ** (snr_db / 20) + _background(num_samples, generator)
-    level_db = _uniform(generator, -36.0, -16.0)  # RMS in dBFS, independent of the class
+    level_db = draw_uniform(generator, -36.0, -16.0)  # RMS in dBFS, independent of the class
     mix = mix / mix.square().mean().sqrt() * 10 ** (level_db / 20)
     return mix / max(1.0, float(mix.abs().max()) / 0.99)
 
 
 def _events_clip(spec: ClipSpec, generator: torch.Generator) -> torch.Tensor:
-    duration = _uniform(generator, 0.4, 1.6)  # drawn the same way for every class
+    duration = draw_uniform(generator, 0.4, 1.6)  # drawn the same way for every class
     return synth_event(spec.label, duration, generator)
 
 
@@ -136,7 +137,7 @@ def _speakers_clip(spec: ClipSpec, generator: torch.Generator) -> torch.Tensor:
 def _unlabeled_clip(spec: ClipSpec, generator: torch.Generator) -> torch.Tensor:
     if torch.rand((), generator=generator) < 0.5:
         name = sorted(EVENT_CLASSES)[int(torch.randint(len(EVENT_CLASSES), (), generator=generator))]
-        return synth_event(name, _uniform(generator, 0.4, 2.5), generator)
+        return synth_event(name, draw_uniform(generator, 0.4, 2.5), generator)
     return synth_utterance(_random_words(3, generator), Voice.random(generator), generator)
 
 

@@ -75,7 +75,8 @@ from tqdm.auto import tqdm
 from ssast.audio import SAMPLE_RATE, AudioDecodeError, AudioFile
 from ssast.data.writer import AUDIO_SUFFIXES, EncodedClip, encode_clip, parallel_map
 from ssast.demo.corpus import (
-    CORPUS_VERSION, SPLITS, TASKS, UNLABELED_CLIPS, DemoSummary, Task, corpus_parser, keep_or_clear, write_corpus,
+    CORPUS_VERSION, SPLITS, TASKS, UNLABELED_CLIPS, DemoSummary, Task, corpus_parser, draw_uniform, keep_or_clear,
+    write_corpus,
 )
 
 # Raised whenever what a seed, scale and the packages produce changes (besides CORPUS_VERSION).
@@ -564,10 +565,6 @@ def _sound(piece: Piece) -> torch.Tensor:
     return active_span(waveform, piece.utterance)
 
 
-def _uniform(generator: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
-
-
 def make_clip(clip: RecordedClip) -> tuple[torch.Tensor, list[str]]:
     """A clip's waveform (its recordings one after the other, with short pauses, as many as
     fit, at a random onset and loudness) and the names of the recordings used."""
@@ -575,7 +572,7 @@ def make_clip(clip: RecordedClip) -> tuple[torch.Tensor, list[str]]:
     num_samples = round(TASKS[clip.task].clip_seconds * SAMPLE_RATE)
     joined, used = _sound(clip.pieces[0])[:num_samples], [clip.pieces[0].name]
     for piece in clip.pieces[1:]:
-        pause = torch.zeros(round(_uniform(generator, *PAUSE) * SAMPLE_RATE))
+        pause = torch.zeros(round(draw_uniform(generator, *PAUSE) * SAMPLE_RATE))
         sound = _sound(piece)
         if joined.numel() + pause.numel() + sound.numel() > num_samples:
             break
@@ -588,7 +585,7 @@ def make_clip(clip: RecordedClip) -> tuple[torch.Tensor, list[str]]:
         program = dict(clip.metadata).get("program")
         raise ValueError(f"{clip.task}/{clip.split or 'all'}/{clip.index}: {', '.join(used)}"
                          f"{'' if program is None else f' (program {program})'} is silent")
-    level_db = _uniform(generator, *LEVEL_DB)
+    level_db = draw_uniform(generator, *LEVEL_DB)
     placed = placed / rms * 10 ** (level_db / 20)
     return placed / max(1.0, float(placed.abs().max()) / 0.99), used
 
