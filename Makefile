@@ -28,7 +28,7 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/ssast-demo --corpus $(DEMO_DIR) --out $(DEMO_OUT) $(DEMO_ARGS)
 
-# One pytest-xdist worker per core, a test file to a worker (the guides run in order on one machine).
+# One pytest-xdist worker per core, a test file to a worker (a test_guides_*.py file runs its guides in order on one machine).
 PYTEST_PARALLEL ?= -n auto --dist loadfile
 
 test: setup
