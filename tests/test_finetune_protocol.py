@@ -13,7 +13,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch.optim.lr_scheduler import MultiStepLR
 
 from finetune.callbacks import History
@@ -277,7 +276,7 @@ def test_esc50_cross_validation_as_the_official_scripts(tmp_path):
     data_main(["esc50", str(source), str(data), "--workers", "1"])
     run = tmp_path / "cv"
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}}
-    main(["cv", "--config", str(RECIPES / "esc50.yaml"), "--model.init_from", "null", "--model.size", "tiny",
+    main(["cv", "--config", str(RECIPES / "esc50.yaml"), "--model.init_from", "null", "--model.size", "mini",
           "--data.train", str(data), "--data.target_length", "48", "--model.timem", "12", "--data.batch_size", "8",
           "--data.num_workers", "0", "--trainer.max_epochs", "8", "--trainer.accelerator", "cpu",
           "--trainer.devices", "1", "--trainer.precision", "32-true", "--trainer.default_root_dir", str(run),

@@ -467,14 +467,14 @@ def test_learning_benchmark_end_to_end(small_demo_corpus, tmp_path):
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "benchmarks/learning.py", "--data", str(small_demo_corpus), "--minutes", "0.1,0.2",
-               "--pilot-minutes", "0.1", "--methods", "mspm", "--out", str(tmp_path), "--threads", "1"]
+    command = [sys.executable, "benchmarks/learning.py", "--data", str(small_demo_corpus), "--minutes", "0.05,0.1",
+               "--pilot-minutes", "0.05", "--methods", "mspm", "--out", str(tmp_path), "--threads", "1"]
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     corpus = small_demo_corpus.name
     rate = report["steps_per_minute"][corpus]["mspm"]
-    for minutes in ("0.1", "0.2"):
+    for minutes in ("0.05", "0.1"):
         mspm = report["runs"][corpus][minutes]["mspm"]
         assert mspm["planned_steps"] == max(1, int(0.95 * rate * float(minutes)))  # the schedule fitted to the budget
         assert 0 < mspm["steps"] <= mspm["planned_steps"]
