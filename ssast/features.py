@@ -166,3 +166,24 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean}, std={self.std}"
+
+
+def logmel_statistics(fbank: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-bin mean and standard deviation of log-mels over time: ``[N, T, F]`` ->
+    ``[N, 2F]`` (the ``F`` means, then the ``F`` standard deviations; population standard
+    deviation, over the first ``frames[i]`` frames of clip ``i``, or all ``T``).
+
+    The simple baseline a pretrained encoder has to beat (DESIGN.md §12): a linear probe
+    on these already separates many sound classes and speakers. Also the target of the
+    pretraining methods' clip-statistics loss (``clip_stats_weight``), which keeps them in
+    the encoder.
+    """
+    fbank = fbank.double()
+    if frames is None:
+        frames = torch.full(fbank.shape[:1], fbank.shape[1])
+    frames = frames.clamp_min(1).to(fbank.device)
+    valid = (torch.arange(fbank.shape[1], device=fbank.device) < frames[:, None]).unsqueeze(-1)
+    count = frames[:, None].double()
+    mean = (fbank * valid).sum(dim=1) / count
+    variance = ((fbank - mean[:, None]).square() * valid).sum(dim=1) / count
+    return torch.cat([mean, variance.sqrt()], dim=1).float()

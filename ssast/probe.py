@@ -40,7 +40,7 @@ from ssast.data.reader import ShardStream, list_shards, read_classes
 from ssast.data.stats import read_stats
 from ssast.embed import Precision, autocast, check_layers, check_precision
 from ssast.encoder import Layers
-from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames
+from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames, logmel_statistics
 from ssast.renamed import refuse_renamed
 
 # The linear probe's L2 penalty on the weights of standardized features, per clip-averaged
@@ -290,25 +290,6 @@ def linear_probe_accuracy(
     with torch.no_grad():
         predictions = (test @ weight + bias).argmax(dim=1)
     return float((predictions == test_labels).double().mean())
-
-
-def logmel_statistics(fbank: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
-    """The per-bin mean and standard deviation of log-mels over time: ``[N, T, F]`` ->
-    ``[N, 2F]`` (the ``F`` means, then the ``F`` standard deviations; population standard
-    deviation, over the first ``frames[i]`` frames of clip ``i``, or all ``T``).
-
-    The simple baseline a pretrained encoder has to beat (DESIGN.md §12): a linear probe
-    on these already separates many sound classes and speakers.
-    """
-    fbank = fbank.double()
-    if frames is None:
-        frames = torch.full(fbank.shape[:1], fbank.shape[1])
-    frames = frames.clamp_min(1).to(fbank.device)
-    valid = (torch.arange(fbank.shape[1], device=fbank.device) < frames[:, None]).unsqueeze(-1)
-    count = frames[:, None].double()
-    mean = (fbank * valid).sum(dim=1) / count
-    variance = ((fbank - mean[:, None]).square() * valid).sum(dim=1) / count
-    return torch.cat([mean, variance.sqrt()], dim=1).float()
 
 
 def probe(
