@@ -28,11 +28,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from einops import repeat
 from torch import nn
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
 from ssast.encoder import ASTEncoder, EncoderConfig, compile_blocks
+from ssast.features import logmel_statistics
 from ssast.renamed import refuse_renamed
 from ssast.train.module import EncoderModule
 from ssast.train.schedules import Progress, WarmupCosine, WarmupPlateau, cosine_ramp
@@ -73,6 +76,12 @@ class PretrainModule(EncoderModule):
         plateau_patience: validation checks without improvement that are tolerated.
         max_nonfinite_steps: consecutive optimizer steps skipped for a NaN or infinite loss
             that stop the run (1: the first one does).
+        clip_stats_weight: weight of the clip-statistics loss (0: off): a linear head on the
+            mean of the student's patch outputs regresses each clip's per-bin log-mel mean and
+            standard deviation (:func:`~ssast.features.logmel_statistics`, squared error), so
+            that the encoder keeps the clip-level spectrum (a speaker's, an instrument's) that
+            masked objectives over whitened targets let it drop. Regression onto hand-made
+            features as an auxiliary self-supervised task is PASE's (Pascual et al., 2019).
         compile: compile the transformer blocks of every encoder (student, teacher) with
             ``torch.compile`` before training (:meth:`configure_model`); the first steps
             then take the compilation time. Mixed precision is the trainer's
@@ -110,6 +119,7 @@ class PretrainModule(EncoderModule):
         plateau_factor: float = 0.5,
         plateau_patience: int = 2,
         max_nonfinite_steps: int = 20,
+        clip_stats_weight: float = 0.0,
         compile: bool = False,
     ) -> None:
         super().__init__(max_nonfinite_steps)
@@ -123,6 +133,9 @@ class PretrainModule(EncoderModule):
             num_lead_tokens=num_lead_tokens, drop_path=drop_path,
         )
         self.encoder = ASTEncoder(config)
+        if clip_stats_weight < 0:
+            raise ValueError(f"clip_stats_weight must be at least 0, got {clip_stats_weight}")
+        self.clip_stats_head = nn.Linear(config.embed_dim, 2 * config.input_fdim) if clip_stats_weight > 0 else None
         self.val_figures = nn.ModuleDict({name: MeanMetric() for name in self.validated})
         # What step() left for apply_updates() since the last optimizer step (e.g. teacher means).
         self.pending_updates: list[Any] = []
@@ -148,6 +161,19 @@ class PretrainModule(EncoderModule):
         floats for schedules). Randomness (masks, views) comes from ``generator`` when one is
         given (validation: the same every time)."""
         raise NotImplementedError
+
+    def add_clip_stats(self, out: dict[str, Any], patches: torch.Tensor, fbank: torch.Tensor) -> dict[str, Any]:
+        """``out`` of :meth:`step` with the clip-statistics loss (``clip_stats_weight``) added to
+        its ``"loss"`` and reported as ``"clip_stats"``; unchanged when that loss is off.
+        ``patches`` are the student's patch outputs ``[B * k, N, D]`` for ``k`` encodings of
+        each clip of ``fbank [B, T, F]`` (masked clones, say; rows ``i * k`` to ``i * k + k - 1``
+        are clip ``i``'s); the statistics are the whole clip's."""
+        if self.clip_stats_head is None:
+            return out
+        prediction = self.clip_stats_head(patches.mean(dim=1)).float()
+        target = repeat(logmel_statistics(fbank), "b s -> (b k) s", k=len(patches) // len(fbank))
+        clip_stats = F.mse_loss(prediction, target.to(prediction.device))
+        return {**out, "loss": out["loss"] + self.hparams.clip_stats_weight * clip_stats, "clip_stats": clip_stats}
 
     def apply_updates(self, pending: list[Any], progress: Progress) -> None:
         """What moves outside the optimizer after the optimizer step at ``progress`` was taken;

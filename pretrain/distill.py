@@ -179,13 +179,14 @@ class ASiT(PretrainModule):
             student_log_probs = self.global_loss.student_log_probs(student_cls)
             teacher_entropy = entropy(teacher_cls_probs)
             cross_entropy = -(teacher_cls_probs * student_log_probs).sum(-1).mean()
-        return {
+        out = {
             "loss": global_loss + local_loss + self.hparams.recon_weight * recon_loss,
             "global": global_loss, "local": local_loss, "recon": recon_loss,
             "teacher_entropy": teacher_entropy, "student_entropy": entropy(student_log_probs.exp()),
             "kl": cross_entropy - teacher_entropy,
             "teacher_temp": temperature, "ema_decay": self.ema.decay(progress),
         }
+        return self.add_clip_stats(out, student_tokens, views)  # each view's own statistics
 
     def apply_updates(self, pending: list[tuple[torch.Tensor, torch.Tensor]], progress: Progress) -> None:
         for global_mean, local_mean in pending:

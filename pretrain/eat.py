@@ -172,11 +172,12 @@ class EAT(PretrainModule):
         cls = rearrange(tokens[:, 0], "(b c) d -> b c d", c=clones)
         utterance = scaled_squared_error(cls, targets.mean(dim=1, keepdim=True)).sum()
 
-        return {
+        out = {
             "loss": frame + self.hparams.utterance_weight * utterance, "frame": frame, "utterance": utterance,
             "target_var": channel_std(targets), "pred_var": channel_std(prediction[masked]),
             "ema_decay": self.ema.decay(progress),
         }
+        return self.add_clip_stats(out, patches, fbank)
 
     def apply_updates(self, pending: list[Any], progress: Progress) -> None:
         self.ema.update(progress)

@@ -87,26 +87,24 @@ class MSPM(PretrainModule):
             return cluster_mask(batch_size, config.grid, self.mask_patches, device=self.device, generator=generator)
         return random_mask(batch_size, config.num_patches, self.mask_patches, device=self.device, generator=generator)
 
-    def masked_tokens(self, fbank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The encoder's outputs at the masked positions, ``[B, mask_patches, D]``."""
-        return gather_masked(self.encoder.patch_tokens(self.encoder(fbank, mask)), mask, self.mask_patches)
+    def masked_outputs(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's outputs ``tokens`` at the masked positions, ``[B, mask_patches, D]``."""
+        return gather_masked(self.encoder.patch_tokens(tokens), mask, self.mask_patches)
 
     def step(self, fbank: torch.Tensor, progress: Progress,
              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         config = self.encoder.config
         targets = patchify(fbank, config.fshape, config.tshape)
         mask = self.sample_mask(len(fbank), generator)
-        if self.passes == 2:
-            generative_mask = self.sample_mask(len(fbank), generator)
-            discriminative = self.discriminative_head(self.masked_tokens(fbank, mask))
-            generative = self.generative_head(self.masked_tokens(fbank, generative_mask))
-        else:
-            generative_mask = mask
-            tokens = self.masked_tokens(fbank, mask)
-            discriminative, generative = self.discriminative_head(tokens), self.generative_head(tokens)
+        generative_mask = self.sample_mask(len(fbank), generator) if self.passes == 2 else mask
+        tokens = self.encoder(fbank, mask)
+        generative_tokens = self.encoder(fbank, generative_mask) if self.passes == 2 else tokens
+        discriminative = self.discriminative_head(self.masked_outputs(tokens, mask))
+        generative = self.generative_head(self.masked_outputs(generative_tokens, generative_mask))
         nce, accuracy = info_nce(discriminative, gather_masked(targets, mask, self.mask_patches))
         mse = F.mse_loss(generative.float(), gather_masked(targets, generative_mask, self.mask_patches))
-        return {"loss": nce + self.mse_weight * mse, "nce": nce, "mse": mse, "acc": accuracy}
+        out = {"loss": nce + self.mse_weight * mse, "nce": nce, "mse": mse, "acc": accuracy}
+        return self.add_clip_stats(out, self.encoder.patch_tokens(tokens), fbank)
 
     @torch.no_grad()
     def picture(self, fbank: torch.Tensor) -> tuple[np.ndarray, str]:
@@ -114,7 +112,7 @@ class MSPM(PretrainModule):
         config = self.encoder.config
         mask = self.sample_mask(1, torch.Generator(self.device).manual_seed(0))
         patches = patchify(fbank[:1], config.fshape, config.tshape)[0]
-        generated = self.generative_head(self.masked_tokens(fbank[:1], mask))[0]
+        generated = self.generative_head(self.masked_outputs(self.encoder(fbank[:1], mask), mask))[0]
         masked, rebuilt = patches.clone(), patches.clone()
         masked[mask[0]] = patches.min()
         rebuilt[mask[0]] = generated.to(patches.dtype)
