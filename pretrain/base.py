@@ -172,7 +172,7 @@ class PretrainModule(EncoderModule):
             return out
         prediction = self.clip_stats_head(patches.mean(dim=1)).float()
         target = repeat(logmel_statistics(fbank), "b s -> (b k) s", k=len(patches) // len(fbank))
-        clip_stats = F.mse_loss(prediction, target.to(prediction.device))
+        clip_stats = F.mse_loss(prediction, target)
         return {**out, "loss": out["loss"] + self.hparams.clip_stats_weight * clip_stats, "clip_stats": clip_stats}
 
     def apply_updates(self, pending: list[Any], progress: Progress) -> None:

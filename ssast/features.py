@@ -180,7 +180,7 @@ def logmel_statistics(fbank: torch.Tensor, frames: torch.Tensor | None = None) -
     """
     fbank = fbank.double()
     if frames is None:
-        frames = torch.full(fbank.shape[:1], fbank.shape[1])
+        frames = torch.full(fbank.shape[:1], fbank.shape[1], device=fbank.device)  # no host copy per training step
     frames = frames.clamp_min(1).to(fbank.device)
     valid = (torch.arange(fbank.shape[1], device=fbank.device) < frames[:, None]).unsqueeze(-1)
     count = frames[:, None].double()
