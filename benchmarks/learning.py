@@ -20,6 +20,10 @@ counts the run's steps (:data:`RUN_LENGTH_KNOBS`, such as EAT's teacher anneal) 
 the same factor; warmups keep their length. ``--no-stretch`` keeps the recipes' lengths, so
 a budget longer than a recipe ends with the recipe (``"ended": "recipe"``).
 
+``--probe-split val`` scores the probes (and the floor) on each task's validation split
+instead of its test split: the corpus that chooses a setting is read on ``val``, the one that
+reports its gain on ``test`` (CONTRIBUTING.md).
+
 ``--layers last,all`` probes each task twice at every point, on the final output and on the
 mean of every block's output (SUPERB's reading), reported as ``<task>`` and ``<task>@all``.
 
@@ -107,13 +111,15 @@ def task_lengths(data: Path) -> dict[str, int | None]:
     return {task: tasks.get(task, {}).get("target_length") for task in TASKS}
 
 
-def probe_tasks(data: Path, layers: list[str] = ("last",)) -> list[dict[str, Any]]:
+def probe_tasks(data: Path, layers: list[str] = ("last",), split: str = "test") -> list[dict[str, Any]]:
     """The demo's labeled sets as :class:`~ssast.train.probe.ProbeTask` values, once per
     choice of ``layers``: ``<task>`` reads the first choice, ``<task>@<choice>`` the others,
-    so one run probes them side by side at the same steps."""
+    so one run probes them side by side at the same steps. The probes learn on ``train`` and
+    are scored on ``split``: ``val`` on the corpus that chooses a setting, ``test`` on the
+    one that reports it (CONTRIBUTING.md)."""
     lengths = task_lengths(data)
     return [{"name": task if index == 0 else f"{task}@{choice}", "train": str(data / task / "train"),
-             "test": str(data / task / "test"), "target_length": lengths[task], "layers": layer_value(choice)}
+             "test": str(data / task / split), "target_length": lengths[task], "layers": layer_value(choice)}
             for index, choice in enumerate(layers) for task in TASKS]
 
 
@@ -177,7 +183,7 @@ def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace, 
         {"class_path": "ssast.train.probe.TrainingBudget", "init_args": {"minutes": budget.minutes}}]
     if probes:
         callbacks.insert(0, {"class_path": "ssast.train.probe.ProbeMonitor", "init_args": {
-            "tasks": probe_tasks(data, args.layers.split(",")), "every_n_steps": args.probe_steps,
+            "tasks": probe_tasks(data, args.layers.split(","), args.probe_split), "every_n_steps": args.probe_steps,
             "every_minutes": args.probe_minutes or budget.minutes / 6, "max_clips": args.max_clips,
             "history_file": str(run / "probes.json"),
         }})
@@ -264,8 +270,9 @@ def run_method(method: str, data: Path, run: Path, args: argparse.Namespace, bud
     }
 
 
-def logmel_floor(data: Path, max_clips: int) -> dict[str, float]:
-    """Linear-probe accuracy on each task's log-mel statistics (DESIGN.md §12's floor)."""
+def logmel_floor(data: Path, max_clips: int, split: str = "test") -> dict[str, float]:
+    """Linear-probe accuracy on each task's log-mel statistics (DESIGN.md §12's floor),
+    learned on ``train`` and scored on ``split``."""
     lengths = task_lengths(data)
     floor = {}
     for task in TASKS:
@@ -273,7 +280,7 @@ def logmel_floor(data: Path, max_clips: int) -> dict[str, float]:
                        target_length=lengths[task] or 1024)
         stats = data / task / "stats.json"
         train = load_clips(data / task / "train", stats=stats if stats.is_file() else None, **options)
-        test = load_clips(data / task / "test", stats=train.normalize, **options)
+        test = load_clips(data / task / split, stats=train.normalize, **options)
         floor[task] = round(logmel_baseline(train, test), 4)
     return floor
 
@@ -345,6 +352,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="probe every this many training minutes (default: a sixth of the budget)")
     parser.add_argument("--probe-steps", type=int, default=0, help="also probe every this many steps (0: off)")
     parser.add_argument("--max-clips", type=int, default=1000, help="clips per probe train and test set at most")
+    parser.add_argument("--probe-split", choices=("test", "val"), default="test",
+                        help="the labeled split the probes and the floor are scored on: val on the corpus that "
+                             "chooses a setting, test on the one that reports it (CONTRIBUTING.md)")
     parser.add_argument("--layers", default="last",
                         help="the layers the probes read, comma-separated (last, all, a block): the first is reported "
                              "as <task>, the others as <task>@<choice>, all probed at the same steps")
@@ -382,7 +392,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(f"learning.py: error: unknown or unavailable methods {unknown}; this checkout has "
                  f"{available_methods()}")
     out = args.out.resolve()
-    floors = {name: logmel_floor(data, args.max_clips) for name, data in corpora.items()}
+    floors = {name: logmel_floor(data, args.max_clips, args.probe_split) for name, data in corpora.items()}
     runs: dict[str, dict[float, dict[str, dict]]] = {}
     rates: dict[str, dict[str, float]] = {}
     for name, data in corpora.items():
@@ -412,6 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "learning",
         "budgets_minutes": args.budgets,
         "stretched": args.stretch,
+        "probe_split": args.probe_split,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),
         "corpora": {name: str(data) for name, data in corpora.items()},

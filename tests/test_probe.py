@@ -446,6 +446,17 @@ def test_learning_benchmark_fits_a_recipe_to_its_budget():
         learning.parse_args(["--minutes", "5,0"])
 
 
+def test_learning_benchmark_scores_the_choosing_corpus_on_its_validation_split():
+    learning = learning_benchmark()
+    assert learning.parse_args([]).probe_split == "test"
+    tasks = learning.probe_tasks(Path("dev_data"), ["last", "all"], learning.parse_args(["--probe-split", "val"]).probe_split)
+    assert {Path(task["test"]).name for task in tasks} == {"val"}
+    assert {Path(task["train"]).name for task in tasks} == {"train"}
+    assert [task["name"] for task in tasks][-1] == "events@all"
+    with pytest.raises(SystemExit):
+        learning.parse_args(["--probe-split", "train"])
+
+
 def test_learning_benchmark_budgets_chart_draws_each_budgets_end_beside_the_untrained_encoder():
     learning = learning_benchmark()
 
