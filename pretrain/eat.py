@@ -2,7 +2,8 @@
 
 The teacher, an EMA of the student, sees each whole clip once. Its targets are the
 feed-forward outputs (before the residual) of its top ``average_top_k_layers`` blocks at the
-patch tokens, each instance-normalised over the tokens, averaged, then layer-normalised
+patch tokens, each instance-normalised over the tokens (``target_layer_norm: layer``
+normalises over the channels instead), averaged, then layer-normalised
 (:func:`ssast.losses.layer_averaged_targets`). Each clip is cloned ``clone_batch`` times and
 every clone gets its own inverse block mask (:func:`ssast.masking.inverse_block_mask`: blocks
 are kept, 80% is masked). The student encodes only a clone's visible tokens; a light CNN
@@ -60,6 +61,10 @@ class EAT(PretrainModule):
         clone_batch: masked clones of each clip sharing one teacher pass (16).
         average_top_k_layers: the teacher's last blocks averaged into targets (``None``:
             all, as EAT-Base's 12 of 12).
+        target_layer_norm: how each of those blocks' outputs is normalised before the average
+            (:func:`~ssast.losses.layer_averaged_targets`): ``instance``, over the tokens (EAT's
+            ``instance_norm_target_layer``: the targets lose what a whole clip shares), or
+            ``layer``, over the channels (``layer_norm_target_layer``: they keep it).
         decoder_dim: the CNN decoder's width (``None``: the encoder's; EAT-Base 768).
         decoder_layers: its convolution blocks (6).
         decoder_kernel: its kernel size (3).
@@ -88,6 +93,7 @@ class EAT(PretrainModule):
         mask_prob_adjust: float = 0.07,
         clone_batch: int = 16,
         average_top_k_layers: int | None = None,
+        target_layer_norm: Literal["instance", "layer"] = "instance",
         decoder_dim: int | None = None,
         decoder_layers: int = 6,
         decoder_kernel: int = 3,
@@ -122,6 +128,8 @@ class EAT(PretrainModule):
             raise ValueError(f"average_top_k_layers must be in 1..{config.depth} (the depth), got {average_top_k_layers}")
         if clone_batch < 1:
             raise ValueError(f"clone_batch must be at least 1, got {clone_batch}")
+        if target_layer_norm not in ("instance", "layer"):
+            raise ValueError(f"target_layer_norm must be 'instance' or 'layer', got {target_layer_norm!r}")
         self.clone_batch = clone_batch
         self.kept = inverse_block_kept(config.num_patches, mask_prob)
         # Masked tokens are dropped, never replaced: no mask token, and DDP must not wait for its gradient.
@@ -144,7 +152,8 @@ class EAT(PretrainModule):
         """The teacher's targets for whole clips, ``[B, N, D]`` float32: its top blocks'
         feed-forward outputs at the patch tokens, normalised and averaged."""
         layers = self.teacher.block_ffn_outputs(fbank)[-self.top_k :]
-        return layer_averaged_targets([ffn[:, self.teacher.num_lead_tokens :] for ffn in layers])
+        return layer_averaged_targets([ffn[:, self.teacher.num_lead_tokens :] for ffn in layers],
+                                      self.hparams.target_layer_norm)
 
     def step(self, fbank: torch.Tensor, progress: Progress,
              generator: torch.Generator | None = None) -> dict[str, torch.Tensor | float]:

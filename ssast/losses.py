@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -76,15 +77,31 @@ class CenteredDistillation(nn.Module):
         self.move_center(self.teacher_mean(teacher_logits))
 
 
-def layer_averaged_targets(layer_outputs: list[torch.Tensor]) -> torch.Tensor:
-    """data2vec 2.0's ``make_targets`` as EAT configures it (``instance_norm_target_layer``,
-    ``layer_norm_targets``): each layer's ``[B, N, D]`` output is instance-normalised (over the
-    ``N`` tokens, per clip and channel), the layers are averaged, and the average is
-    layer-normalised (over the ``D`` channels, per token). No affine parameters, eps 1e-5,
-    float32; no gradient flows (the teacher's outputs are targets)."""
+def layer_averaged_targets(
+    layer_outputs: list[torch.Tensor], per_layer: Literal["instance", "layer"] = "instance"
+) -> torch.Tensor:
+    """data2vec 2.0's ``make_targets``: each layer's ``[B, N, D]`` output is normalised, the
+    layers are averaged, and the average is layer-normalised (over the ``D`` channels, per
+    token; ``layer_norm_targets``). No affine parameters, eps 1e-5, float32; no gradient flows
+    (the teacher's outputs are targets).
+
+    ``per_layer`` is how each layer is normalised before the average:
+
+    * ``instance`` (``instance_norm_target_layer``, EAT's setting): over the ``N`` tokens, per
+      clip and channel. It removes what every token of a clip shares, such as the voice or
+      the instrument of the whole clip;
+    * ``layer`` (``layer_norm_target_layer``, data2vec 2.0's other option): over the ``D``
+      channels, per token, which keeps it.
+    """
+    if per_layer not in ("instance", "layer"):
+        raise ValueError(f"per_layer must be 'instance' or 'layer', got {per_layer!r}")
     with torch.no_grad():
-        total = sum(F.instance_norm(rearrange(y.float(), "b n d -> b d n")) for y in layer_outputs)
-        average = rearrange(total / len(layer_outputs), "b d n -> b n d")
+        if per_layer == "instance":
+            normalised = [rearrange(F.instance_norm(rearrange(y.float(), "b n d -> b d n")), "b d n -> b n d")
+                          for y in layer_outputs]
+        else:
+            normalised = [F.layer_norm(y.float(), y.shape[-1:]) for y in layer_outputs]
+        average = sum(normalised) / len(normalised)
         return F.layer_norm(average, average.shape[-1:])
 
 

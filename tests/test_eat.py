@@ -88,6 +88,26 @@ def test_layer_averaged_targets_normalise_tokens_then_channels():
     assert torch.allclose(layer_averaged_targets([layers[0], 100 * layers[1], layers[2]]), targets, atol=1e-5)
 
 
+
+def test_layer_norm_per_layer_keeps_what_a_clip_shares():
+    layers = [torch.randn(2, 10, 6) for _ in range(3)]
+    # A clip-wide offset per channel (the same at every token), different for the two clips.
+    shared = torch.randn(2, 1, 6) * 3
+    shifted = [y + shared for y in layers]
+    # Instance norm over the tokens removes it; layer norm over the channels keeps it.
+    assert torch.allclose(layer_averaged_targets(shifted, "instance"), layer_averaged_targets(layers, "instance"),
+                          atol=1e-4)
+    assert not torch.allclose(layer_averaged_targets(shifted, "layer"), layer_averaged_targets(layers, "layer"),
+                              atol=1e-2)
+    # data2vec 2.0's layer_norm_target_layer, computed here: layer norm per layer, mean, layer norm.
+    per_layer = torch.stack([(y - y.mean(-1, keepdim=True)) / (y.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+                             for y in shifted]).mean(0)
+    reference = (per_layer - per_layer.mean(-1, keepdim=True)) / (
+        per_layer.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    assert torch.allclose(layer_averaged_targets(shifted, "layer"), reference, atol=1e-5)
+    with pytest.raises(ValueError, match="per_layer"):
+        layer_averaged_targets(layers, "batch")
+
 def test_scaled_squared_error_is_d2v_loss_summed_over_channels():
     prediction, target = torch.randn(5, 16), torch.randn(5, 16)
     d2v = F.mse_loss(prediction, target, reduction="none") / math.sqrt(16)  # data2vec 2.0's d2v_loss
@@ -208,6 +228,8 @@ def test_bad_arguments():
         small_eat(average_top_k_layers=5)
     with pytest.raises(ValueError, match="clone_batch"):
         small_eat(clone_batch=0)
+    with pytest.raises(ValueError, match="target_layer_norm"):
+        small_eat(target_layer_norm="batch")
     with pytest.raises(ValueError, match="groups"):
         ConvDecoder(30, (2, 2), groups=16)
     with pytest.raises(ValueError, match="odd"):
