@@ -6,7 +6,8 @@ embedding, and from the encoder's output at the masked positions
 
 * classify which masked patch is which (discriminative head, InfoNCE among the masked
   patches of the same clip), and
-* reconstruct them (generative head, MSE against the normalized input patches).
+* reconstruct them (generative head, MSE against the normalized input patches); with
+  ``visible_mse_weight`` the visible patches too, from the same pass.
 
 ``passes=2`` runs the encoder twice with independent masks, one per objective, as the
 official code does; ``passes=1`` shares one masked pass between the two heads (about half
@@ -14,6 +15,8 @@ the compute). Everything is batched: no Python loop over clips.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -58,6 +61,13 @@ class MSPM(PretrainModule):
         passes: 2 for one encoder pass per objective (official), 1 to share one pass.
         cluster: cluster masking; ``None``: for patch models, not for frame models.
         mse_weight: weight of the generative loss (10 in the paper).
+        negatives: the patches a masked patch is told apart from: ``clip``, the other masked
+            patches of its clip (the paper's); ``batch``, those of every clip in the batch,
+            which rewards the encoder for knowing whose patch it is (voice, instrument, room).
+        visible_mse_weight: weight, beside the masked patches' generative loss, of
+            reconstructing the visible patches as well (MAE's "loss on all patches"); 0, the
+            paper's, reconstructs masked patches only. The output at a visible patch then has to
+            keep that patch's own spectrum, which the other losses let the blocks drown.
     """
 
     progress_bar = ("loss", "acc")
@@ -65,7 +75,8 @@ class MSPM(PretrainModule):
     plateau_figure = ("acc", "max")  # SSAST halves the lr when the masked accuracy stalls
 
     def __init__(
-        self, mask_patches: int = 400, passes: int = 2, cluster: bool | None = None, mse_weight: float = 10.0, **kwargs
+        self, mask_patches: int = 400, passes: int = 2, cluster: bool | None = None, mse_weight: float = 10.0,
+        negatives: Literal["clip", "batch"] = "clip", visible_mse_weight: float = 0.0, **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         config = self.encoder.config
@@ -73,7 +84,13 @@ class MSPM(PretrainModule):
             raise ValueError(f"passes must be 1 or 2, got {passes}")
         if not 0 < mask_patches < config.num_patches:
             raise ValueError(f"mask_patches must be in 1..{config.num_patches - 1}, got {mask_patches}")
+        if negatives not in ("clip", "batch"):
+            raise ValueError(f"negatives must be 'clip' or 'batch', got {negatives!r}")
+        if visible_mse_weight < 0:
+            raise ValueError(f"visible_mse_weight must be at least 0, got {visible_mse_weight}")
         self.mask_patches = mask_patches
+        self.visible_mse_weight = visible_mse_weight
+        self.negatives = negatives
         self.passes = passes
         self.cluster = config.fshape < config.input_fdim if cluster is None else cluster
         self.mse_weight = mse_weight
@@ -101,9 +118,18 @@ class MSPM(PretrainModule):
         generative_tokens = self.encoder(fbank, generative_mask) if self.passes == 2 else tokens
         discriminative = self.discriminative_head(self.masked_outputs(tokens, mask))
         generative = self.generative_head(self.masked_outputs(generative_tokens, generative_mask))
-        nce, accuracy = info_nce(discriminative, gather_masked(targets, mask, self.mask_patches))
+        discriminative_targets = gather_masked(targets, mask, self.mask_patches)
+        if self.negatives == "batch":  # one set of B * M patches, each told apart from all the others
+            discriminative, discriminative_targets = (rearrange(x, "b m p -> 1 (b m) p")
+                                                      for x in (discriminative, discriminative_targets))
+        nce, accuracy = info_nce(discriminative, discriminative_targets)
         mse = F.mse_loss(generative.float(), gather_masked(targets, generative_mask, self.mask_patches))
         out = {"loss": nce + self.mse_weight * mse, "nce": nce, "mse": mse, "acc": accuracy}
+        if self.visible_mse_weight:
+            kept = ~generative_mask
+            visible = self.generative_head(self.encoder.patch_tokens(generative_tokens)[kept])
+            out["visible_mse"] = F.mse_loss(visible.float(), targets[kept])
+            out["loss"] = out["loss"] + self.mse_weight * self.visible_mse_weight * out["visible_mse"]
         return self.add_clip_stats(out, self.encoder.patch_tokens(tokens), fbank)
 
     @torch.no_grad()

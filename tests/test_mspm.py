@@ -100,6 +100,39 @@ def test_losses_follow_the_method(passes):
     assert model.encoder.mask_embed.grad.abs().sum() > 0
 
 
+def test_batch_negatives_tell_each_masked_patch_apart_from_every_clips():
+    model = tiny_mspm(passes=1, negatives="batch")
+    masks = []
+    model.encoder.register_forward_hook(lambda module, args, out: masks.append(args[1]))
+    fbank = torch.randn(3, 64, 128)
+    out = model.step(fbank, START)
+    with torch.no_grad():
+        tokens = model.encoder.patch_tokens(model.encoder(fbank, masks[0]))
+        predicted = model.discriminative_head(tokens[masks[0]])  # [3 * 20, P], clip by clip
+        target = patchify(fbank, 16, 16)[masks[0]]
+    # One InfoNCE over the 60 masked patches of the batch: the others' are negatives too.
+    expected, _ = reference_info_nce(predicted[None], target[None])
+    assert out["nce"].item() == pytest.approx(expected.item(), rel=1e-4)
+    within_clip, _ = reference_info_nce(predicted.reshape(3, 20, -1), target.reshape(3, 20, -1))
+    assert out["nce"].item() != pytest.approx(within_clip.item(), rel=1e-3)
+
+
+def test_the_visible_patches_loss_reconstructs_what_the_encoder_saw():
+    model = tiny_mspm(passes=1, visible_mse_weight=2.0)
+    masks = []
+    model.encoder.register_forward_hook(lambda module, args, out: masks.append(args[1]))
+    fbank = torch.randn(3, 64, 128)
+    out = model.step(fbank, START)
+    visible = ~masks[0]
+    with torch.no_grad():
+        tokens = model.encoder.patch_tokens(model.encoder(fbank, masks[0]))
+        expected = F.mse_loss(model.generative_head(tokens[visible]), patchify(fbank, 16, 16)[visible])
+    assert out["visible_mse"].item() == pytest.approx(expected.item(), rel=1e-4)
+    total = out["nce"] + 10 * (out["mse"] + 2.0 * out["visible_mse"])
+    assert out["loss"].item() == pytest.approx(total.item(), rel=1e-5)
+    assert "visible_mse" not in tiny_mspm(passes=1).step(fbank, START)
+
+
 def test_two_passes_use_independent_masks_and_patch_models_cluster():
     model = tiny_mspm(passes=2)
     masks = []
@@ -129,6 +162,10 @@ def test_invalid_settings_are_refused():
         tiny_mspm(passes=3)
     with pytest.raises(ValueError, match="mask_patches"):
         tiny_mspm(mask_patches=32)  # all 8 x 4 patches
+    with pytest.raises(ValueError, match="negatives"):
+        tiny_mspm(negatives="dataset")
+    with pytest.raises(ValueError, match="visible_mse_weight"):
+        tiny_mspm(visible_mse_weight=-1.0)
 
 
 def optimizer_with(lr=1.0):
