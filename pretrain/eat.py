@@ -37,7 +37,7 @@ from einops import rearrange, repeat
 
 from ssast.encoder import ASTEncoder
 from ssast.heads import ConvDecoder
-from ssast.losses import layer_averaged_targets, scaled_squared_error
+from ssast.losses import check_target_layer_norm, layer_averaged_targets, scaled_squared_error
 from ssast.masking import inverse_block_kept, inverse_block_mask, true_positions
 from ssast.train.schedules import Progress
 from ssast.visualize import spectrogram_strip
@@ -128,8 +128,7 @@ class EAT(PretrainModule):
             raise ValueError(f"average_top_k_layers must be in 1..{config.depth} (the depth), got {average_top_k_layers}")
         if clone_batch < 1:
             raise ValueError(f"clone_batch must be at least 1, got {clone_batch}")
-        if target_layer_norm not in ("instance", "layer"):
-            raise ValueError(f"target_layer_norm must be 'instance' or 'layer', got {target_layer_norm!r}")
+        check_target_layer_norm("target_layer_norm", target_layer_norm)
         self.clone_batch = clone_batch
         self.kept = inverse_block_kept(config.num_patches, mask_prob)
         # Masked tokens are dropped, never replaced: no mask token, and DDP must not wait for its gradient.

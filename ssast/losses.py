@@ -77,6 +77,16 @@ class CenteredDistillation(nn.Module):
         self.move_center(self.teacher_mean(teacher_logits))
 
 
+# How data2vec 2.0's make_targets can normalise each teacher layer (see layer_averaged_targets).
+TARGET_LAYER_NORMS = ("instance", "layer")
+
+
+def check_target_layer_norm(name: str, value: str) -> None:
+    """Refuse a per-layer target normalisation :func:`layer_averaged_targets` does not know."""
+    if value not in TARGET_LAYER_NORMS:
+        raise ValueError(f"{name} must be one of {TARGET_LAYER_NORMS}, got {value!r}")
+
+
 def layer_averaged_targets(
     layer_outputs: list[torch.Tensor], per_layer: Literal["instance", "layer"] = "instance"
 ) -> torch.Tensor:
@@ -93,8 +103,7 @@ def layer_averaged_targets(
     * ``layer`` (``layer_norm_target_layer``, data2vec 2.0's other option): over the ``D``
       channels, per token, which keeps it.
     """
-    if per_layer not in ("instance", "layer"):
-        raise ValueError(f"per_layer must be 'instance' or 'layer', got {per_layer!r}")
+    check_target_layer_norm("per_layer", per_layer)
     with torch.no_grad():
         if per_layer == "instance":
             normalised = [rearrange(F.instance_norm(rearrange(y.float(), "b n d -> b d n")), "b d n -> b n d")

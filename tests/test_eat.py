@@ -88,7 +88,6 @@ def test_layer_averaged_targets_normalise_tokens_then_channels():
     assert torch.allclose(layer_averaged_targets([layers[0], 100 * layers[1], layers[2]]), targets, atol=1e-5)
 
 
-
 def test_layer_norm_per_layer_keeps_what_a_clip_shares():
     layers = [torch.randn(2, 10, 6) for _ in range(3)]
     # A clip-wide offset per channel (the same at every token), different for the two clips.
@@ -107,6 +106,7 @@ def test_layer_norm_per_layer_keeps_what_a_clip_shares():
     assert torch.allclose(layer_averaged_targets(shifted, "layer"), reference, atol=1e-5)
     with pytest.raises(ValueError, match="per_layer"):
         layer_averaged_targets(layers, "batch")
+
 
 def test_scaled_squared_error_is_d2v_loss_summed_over_channels():
     prediction, target = torch.randn(5, 16), torch.randn(5, 16)
