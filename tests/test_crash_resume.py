@@ -358,7 +358,9 @@ def test_lightnings_own_save_can_leave_a_truncated_checkpoint(tmp_path):
             writer.kill()
             if last.stat().st_size < CHECKPOINT_BYTES:
                 break
-        with pytest.raises(RuntimeError):
+        # torch refuses a cut zip with a RuntimeError, or (seen on CI) with an OSError, EINVAL,
+        # from its zip reader
+        with pytest.raises((RuntimeError, OSError)):
             torch.load(last, weights_only=True)
         assert any(path.is_file() for path in temp.iterdir())  # and the new one is left behind there
     finally:

@@ -136,7 +136,7 @@ def torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as error:
         raise CheckpointError(path, "pickle", f"refused: {refusal_reason(error)}; only files of weights and plain "
                                               "values are loaded (re-save a trusted file's state_dict)") from None
-    except (RuntimeError, EOFError) as error:
+    except (RuntimeError, EOFError, OSError) as error:  # a cut file fails as any of these
         raise CheckpointError(path, UNKNOWN, f"not a readable torch file ({error})") from None
 
 
