@@ -68,6 +68,10 @@ class MSPM(PretrainModule):
             reconstructing the visible patches as well (MAE's "loss on all patches"); 0, the
             paper's, reconstructs masked patches only. The output at a visible patch then has to
             keep that patch's own spectrum, which the other losses let the blocks drown.
+        min_mask_patches: ``None`` (the paper's): every step masks ``mask_patches``; else each
+            step masks a number drawn uniformly from ``min_mask_patches`` to ``mask_patches``
+            (the same for every clip of the batch), so that the encoder also learns on clips
+            that are mostly visible, as every clip is when it is used.
     """
 
     progress_bar = ("loss", "acc")
@@ -76,7 +80,8 @@ class MSPM(PretrainModule):
 
     def __init__(
         self, mask_patches: int = 400, passes: int = 2, cluster: bool | None = None, mse_weight: float = 10.0,
-        negatives: Literal["clip", "batch"] = "clip", visible_mse_weight: float = 0.0, **kwargs,
+        negatives: Literal["clip", "batch"] = "clip", visible_mse_weight: float = 0.0,
+        min_mask_patches: int | None = None, **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         config = self.encoder.config
@@ -88,7 +93,10 @@ class MSPM(PretrainModule):
             raise ValueError(f"negatives must be 'clip' or 'batch', got {negatives!r}")
         if visible_mse_weight < 0:
             raise ValueError(f"visible_mse_weight must be at least 0, got {visible_mse_weight}")
+        if min_mask_patches is not None and not 2 <= min_mask_patches <= mask_patches:
+            raise ValueError(f"min_mask_patches must be in 2..mask_patches ({mask_patches}), got {min_mask_patches}")
         self.mask_patches = mask_patches
+        self.min_mask_patches = mask_patches if min_mask_patches is None else min_mask_patches
         self.visible_mse_weight = visible_mse_weight
         self.negatives = negatives
         self.passes = passes
@@ -98,32 +106,42 @@ class MSPM(PretrainModule):
         self.discriminative_head = PatchPredictionHead(config.embed_dim, patch_dim)
         self.generative_head = PatchPredictionHead(config.embed_dim, patch_dim)
 
-    def sample_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_count(self, generator: torch.Generator | None = None) -> int:
+        """The patches this step masks per clip."""
+        if self.min_mask_patches == self.mask_patches:
+            return self.mask_patches
+        device = generator.device if generator is not None else self.device
+        return int(torch.randint(self.min_mask_patches, self.mask_patches + 1, (1,), device=device,
+                                 generator=generator))
+
+    def sample_mask(self, batch_size: int, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         config = self.encoder.config
         if self.cluster:
-            return cluster_mask(batch_size, config.grid, self.mask_patches, device=self.device, generator=generator)
-        return random_mask(batch_size, config.num_patches, self.mask_patches, device=self.device, generator=generator)
+            return cluster_mask(batch_size, config.grid, count, device=self.device, generator=generator)
+        return random_mask(batch_size, config.num_patches, count, device=self.device, generator=generator)
 
-    def masked_outputs(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The encoder's outputs ``tokens`` at the masked positions, ``[B, mask_patches, D]``."""
-        return gather_masked(self.encoder.patch_tokens(tokens), mask, self.mask_patches)
+    def masked_outputs(self, tokens: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+        """The encoder's outputs ``tokens`` at the ``count`` masked positions of each clip,
+        ``[B, count, D]``."""
+        return gather_masked(self.encoder.patch_tokens(tokens), mask, count)
 
     def step(self, fbank: torch.Tensor, progress: Progress,
              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         config = self.encoder.config
         targets = patchify(fbank, config.fshape, config.tshape)
-        mask = self.sample_mask(len(fbank), generator)
-        generative_mask = self.sample_mask(len(fbank), generator) if self.passes == 2 else mask
+        count = self.sample_count(generator)
+        mask = self.sample_mask(len(fbank), count, generator)
+        generative_mask = self.sample_mask(len(fbank), count, generator) if self.passes == 2 else mask
         tokens = self.encoder(fbank, mask)
         generative_tokens = self.encoder(fbank, generative_mask) if self.passes == 2 else tokens
-        discriminative = self.discriminative_head(self.masked_outputs(tokens, mask))
-        generative = self.generative_head(self.masked_outputs(generative_tokens, generative_mask))
-        discriminative_targets = gather_masked(targets, mask, self.mask_patches)
+        discriminative = self.discriminative_head(self.masked_outputs(tokens, mask, count))
+        generative = self.generative_head(self.masked_outputs(generative_tokens, generative_mask, count))
+        discriminative_targets = gather_masked(targets, mask, count)
         if self.negatives == "batch":  # one set of B * M patches, each told apart from all the others
             discriminative, discriminative_targets = (rearrange(x, "b m p -> 1 (b m) p")
                                                       for x in (discriminative, discriminative_targets))
         nce, accuracy = info_nce(discriminative, discriminative_targets)
-        mse = F.mse_loss(generative.float(), gather_masked(targets, generative_mask, self.mask_patches))
+        mse = F.mse_loss(generative.float(), gather_masked(targets, generative_mask, count))
         out = {"loss": nce + self.mse_weight * mse, "nce": nce, "mse": mse, "acc": accuracy}
         if self.visible_mse_weight:
             kept = ~generative_mask
@@ -136,9 +154,9 @@ class MSPM(PretrainModule):
     def picture(self, fbank: torch.Tensor) -> tuple[np.ndarray, str]:
         """Input, masked input, and the input with the masked patches generated."""
         config = self.encoder.config
-        mask = self.sample_mask(1, torch.Generator(self.device).manual_seed(0))
+        mask = self.sample_mask(1, self.mask_patches, torch.Generator(self.device).manual_seed(0))
         patches = patchify(fbank[:1], config.fshape, config.tshape)[0]
-        generated = self.generative_head(self.masked_outputs(self.encoder(fbank[:1], mask), mask))[0]
+        generated = self.generative_head(self.masked_outputs(self.encoder(fbank[:1], mask), mask, self.mask_patches))[0]
         masked, rebuilt = patches.clone(), patches.clone()
         masked[mask[0]] = patches.min()
         rebuilt[mask[0]] = generated.to(patches.dtype)

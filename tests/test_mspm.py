@@ -133,6 +133,28 @@ def test_the_visible_patches_loss_reconstructs_what_the_encoder_saw():
     assert "visible_mse" not in tiny_mspm(passes=1).step(fbank, START)
 
 
+def test_a_mask_range_draws_one_count_per_step_within_it():
+    """min_mask_patches: every clip of a step masks the same number of patches, drawn from the
+    range, so that the steps cover mostly visible clips as well as the paper's masks."""
+    model = tiny_mspm(fshape=128, tshape=2, mask_patches=20, min_mask_patches=2)
+    counts = []
+    model.encoder.register_forward_hook(lambda module, args, out: counts.append(args[1].sum(dim=1)))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        out = model.step(torch.randn(3, 64, 128), START, generator)
+        assert torch.isfinite(out["loss"])
+    assert all(len(set(c.tolist())) == 1 for c in counts)  # one count per step
+    drawn = [int(c[0]) for c in counts]
+    assert min(drawn) >= 2 and max(drawn) <= 20 and len(set(drawn)) > 8
+    fixed = []
+    paper = tiny_mspm(fshape=128, tshape=2, mask_patches=20)
+    paper.encoder.register_forward_hook(lambda module, args, out: fixed.append(int(args[1].sum(dim=1)[0])))
+    paper.step(torch.randn(3, 64, 128), START)
+    assert set(fixed) == {20}  # both passes
+    with pytest.raises(ValueError, match="min_mask_patches"):
+        tiny_mspm(fshape=128, tshape=2, mask_patches=20, min_mask_patches=21)
+
+
 def test_two_passes_use_independent_masks_and_patch_models_cluster():
     model = tiny_mspm(passes=2)
     masks = []
@@ -248,4 +270,4 @@ def test_cluster_mask_is_what_the_module_draws():
     model = tiny_mspm()
     generator = torch.Generator().manual_seed(5)
     expected = cluster_mask(2, model.encoder.grid, 20, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(model.sample_mask(2, generator), expected)
+    assert torch.equal(model.sample_mask(2, model.mask_patches, generator), expected)
