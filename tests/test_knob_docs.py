@@ -31,8 +31,10 @@ def defaults(cls: type) -> dict[str, Any]:
 
 def as_value(text: str) -> Any:
     """A table cell's value: numbers (commas of thousands allowed), tuples/lists of
-    numbers, otherwise the word without backticks."""
+    numbers, ``none`` for Python's ``None``, otherwise the word without backticks."""
     text = text.strip().strip("`")
+    if text == "none":
+        return None
     if text[:1] in "([" and text[-1:] in ")]":
         return [as_value(part) for part in text[1:-1].split(",")]
     try:
