@@ -110,7 +110,9 @@ class MSPM(PretrainModule):
         """The patches this step masks per clip."""
         if self.min_mask_patches == self.mask_patches:
             return self.mask_patches
-        device = generator.device if generator is not None else self.device
+        # Drawn on the host in training (no generator): reading a count back from the GPU would
+        # stall every step.
+        device = generator.device if generator is not None else "cpu"
         return int(torch.randint(self.min_mask_patches, self.mask_patches + 1, (1,), device=device,
                                  generator=generator))
 
