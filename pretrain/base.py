@@ -53,6 +53,8 @@ class PretrainModule(EncoderModule):
         input_tdim: frames per clip (linked to the data's ``target_length`` by the CLI).
         num_lead_tokens: 2 (``cls`` and ``dist``, as SSAST) or 1.
         drop_path: stochastic depth of the deepest block.
+        layer_scale: ``None``: none (AST, SSAST); else every residual branch is multiplied by
+            a learned per-channel gain started at this (CaiT's LayerScale).
         optimizer: ``adam`` (L2 penalty in the gradient, as SSAST) or ``adamw`` (decoupled
             weight decay).
         lr: peak learning rate (per ``lr_batch_size`` clips when that is set).
@@ -104,6 +106,7 @@ class PretrainModule(EncoderModule):
         input_tdim: int = 1024,
         num_lead_tokens: int = 2,
         drop_path: float = 0.0,
+        layer_scale: float | None = None,
         optimizer: Literal["adam", "adamw"] = "adam",
         lr: float = 1e-4,
         lr_batch_size: int | None = None,
@@ -130,7 +133,7 @@ class PretrainModule(EncoderModule):
         # Pretraining cuts non-overlapping patches: the stride is the patch shape.
         config = EncoderConfig.from_size(
             size, fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape, input_tdim=input_tdim,
-            num_lead_tokens=num_lead_tokens, drop_path=drop_path,
+            num_lead_tokens=num_lead_tokens, drop_path=drop_path, layer_scale=layer_scale,
         )
         self.encoder = ASTEncoder(config)
         if clip_stats_weight < 0:

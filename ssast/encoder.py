@@ -56,8 +56,11 @@ class EncoderConfig:
     drop_path: float = 0.0
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
+    layer_scale: float | None = None
 
     def __post_init__(self) -> None:
+        if self.layer_scale is not None and self.layer_scale <= 0:
+            raise ValueError(f"layer_scale must be positive (or None: no gains), got {self.layer_scale}")
         if self.num_lead_tokens not in (1, 2):
             raise ValueError(f"num_lead_tokens must be 1 (cls) or 2 (cls, dist), got {self.num_lead_tokens}")
         if self.embed_dim % self.num_heads:
@@ -137,6 +140,18 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class LayerScale(nn.Module):
+    """CaiT's per-channel gain on a residual branch, started at ``init`` so that each block
+    begins close to the identity and the tokens keep their patch embedding."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
@@ -148,6 +163,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
         self.drop_path = DropPath(drop_path)
+        scale = config.layer_scale
+        self.ls1 = nn.Identity() if scale is None else LayerScale(dim, scale)
+        self.ls2 = nn.Identity() if scale is None else LayerScale(dim, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_ffn(x)[0]
@@ -156,8 +174,8 @@ class Block(nn.Module):
         """The block's output and its feed-forward output before the residual addition
         (data2vec 2.0's ``ffn_targets``). :meth:`forward` is this without the second output,
         so there is one code path to compile and the normal forward costs nothing extra."""
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        ffn = self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        ffn = self.ls2(self.mlp(self.norm2(x)))
         return x + self.drop_path(ffn), ffn
 
 
@@ -320,6 +338,25 @@ class ASTEncoder(nn.Module):
         if pooling == "cls":
             return tokens[:, : self.num_lead_tokens].mean(dim=1)
         raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+
+
+def without_layer_scale(encoder: ASTEncoder) -> ASTEncoder:
+    """A copy of ``encoder`` with its LayerScale gains multiplied into the layers before them
+    (``attn.proj``, ``mlp.fc2``): the same function as a plain AST encoder, which is what
+    AST's other homes (transformers, the official code) can hold. Returns ``encoder`` itself
+    when it has no gains."""
+    if encoder.config.layer_scale is None:
+        return encoder
+    plain = ASTEncoder(encoder.config.replace(layer_scale=None)).to(encoder.pos_embed.device)
+    state = {name: tensor for name, tensor in encoder.state_dict().items() if ".ls1." not in name and ".ls2." not in name}
+    with torch.no_grad():
+        for index, block in enumerate(encoder.blocks):
+            for branch, gain in (("attn.proj", block.ls1.gamma), ("mlp.fc2", block.ls2.gamma)):
+                for kind in ("weight", "bias"):
+                    name = f"blocks.{index}.{branch}.{kind}"
+                    state[name] = state[name] * (gain[:, None] if kind == "weight" else gain)
+    plain.load_state_dict(state)
+    return plain
 
 
 def _fit_axis(grid: torch.Tensor, size: int, dim: int) -> torch.Tensor:
