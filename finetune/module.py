@@ -101,7 +101,7 @@ def build_encoder(hp: Any) -> ASTEncoder:
         fshape, tshape = hp.fshape or 16, hp.tshape or 16
         config = EncoderConfig.from_size(
             hp.size or "base", fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape,
-            input_tdim=hp.input_tdim, drop_path=hp.drop_path,
+            input_tdim=hp.input_tdim, drop_path=hp.drop_path, layer_scale=hp.layer_scale,
         )
         return ASTEncoder(config.replace(**strides))
     # Adapted while loading: an ImageNet ViT has no audio grid to adapt from afterwards.
@@ -111,10 +111,10 @@ def build_encoder(hp: Any) -> ASTEncoder:
 
 
 def check_recipe_fits(checkpoint: Checkpoint, hp: Any) -> None:
-    """A recipe that names a size or token shape must get it: finetuning frame tokens
-    from a patch checkpoint would otherwise go unnoticed."""
+    """A recipe that names a size, token shape or LayerScale must get it: finetuning frame
+    tokens from a patch checkpoint would otherwise go unnoticed."""
     config = checkpoint.encoder.config
-    wanted = {"fshape": hp.fshape, "tshape": hp.tshape}
+    wanted = {"fshape": hp.fshape, "tshape": hp.tshape, "layer_scale": hp.layer_scale}
     if hp.size is not None:
         sized = EncoderConfig.from_size(hp.size)
         wanted.update(embed_dim=sized.embed_dim, depth=sized.depth)
@@ -124,8 +124,8 @@ def check_recipe_fits(checkpoint: Checkpoint, hp: Any) -> None:
         has = ", ".join(f"{name}={getattr(config, name)}" for name in differ)
         raise CheckpointError(
             checkpoint.path, checkpoint.format, f"holds an encoder with {has} but the recipe asks for {asked}; "
-            "set model.size, model.fshape and model.tshape to null to take the checkpoint's, or start from a "
-            "checkpoint that matches")
+            "set model.size, model.fshape, model.tshape and model.layer_scale to null to take the checkpoint's, or "
+            "start from a checkpoint that matches")
 
 
 class Finetune(EncoderModule):
@@ -143,6 +143,8 @@ class Finetune(EncoderModule):
         fshape: patch height from scratch (``None``: 16); with ``init_from``, ``None`` or
             the checkpoint's, which is checked.
         tshape: patch width, like ``fshape``.
+        layer_scale: from scratch, the start of CaiT's LayerScale gains (``None``: none, as
+            AST); with ``init_from``, ``None`` or the checkpoint's, which is checked.
         fstride: frequency stride (SSAST finetunes patch models at 10, frame models at
             128); ``None`` keeps the checkpoint's (the patch height from scratch).
         tstride: time stride (SSAST: 10 for patch models, 1 for frame models); ``None``
@@ -206,6 +208,7 @@ class Finetune(EncoderModule):
         size: str | None = None,
         fshape: int | None = None,
         tshape: int | None = None,
+        layer_scale: float | None = None,
         fstride: int | None = None,
         tstride: int | None = None,
         input_tdim: int = 1024,

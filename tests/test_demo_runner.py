@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssast.demo.runner import TaskResult, learning_chart, main, validation_chart
+from ssast import save_encoder
+from ssast.checkpoints import Preprocessing
+from ssast.demo.runner import TaskResult, learning_chart, main, scratch_args, validation_chart
 from ssast.train.callbacks import MetricHistory
+from helpers import tiny_encoder
 
 
 @pytest.mark.slow
@@ -82,3 +85,10 @@ def test_metric_history_keeps_every_validation_but_sanity_checks():
     trainer.sanity_checking = True
     history.on_validation_end(trainer, None)
     assert history.history == {"val/acc": [0.5], "val/missing": []}
+
+
+def test_scratch_finetunes_build_the_pretrained_encoders_layer_scale(tmp_path):
+    save_encoder(tiny_encoder(), tmp_path / "plain.safetensors", Preprocessing(-5, 4, 96))
+    save_encoder(tiny_encoder(layer_scale=0.1), tmp_path / "scaled.safetensors", Preprocessing(-5, 4, 96))
+    assert scratch_args(tmp_path / "plain.safetensors") == []
+    assert scratch_args(tmp_path / "scaled.safetensors") == ["--model.layer_scale", "0.1"]

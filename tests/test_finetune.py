@@ -11,7 +11,7 @@ import transformers
 from finetune.callbacks import WritePredictions
 from finetune.module import Finetune, layer_id, noise_and_roll
 from ssast import save_encoder
-from ssast.checkpoints import Preprocessing
+from ssast.checkpoints import CheckpointError, Preprocessing
 from helpers import hf_config, ssast_state, tiny_encoder
 
 
@@ -91,6 +91,18 @@ def test_every_checkpoint_kind_loads_into_the_finetune_module(tmp_path):
 def test_from_scratch_at_the_finetuning_stride():
     model = Finetune(num_classes=3, size="tiny", fstride=10, tstride=10, input_tdim=128)
     assert model.encoder.config.grid == (12, 12) and model.encoder.embed_dim == 192
+    assert model.encoder.config.layer_scale is None
+
+
+def test_layer_scale_from_scratch_and_checked_against_a_checkpoint(tmp_path):
+    scratch = Finetune(num_classes=3, size="tiny", input_tdim=128, layer_scale=0.1)
+    assert scratch.encoder.config.layer_scale == 0.1
+    save_encoder(tiny_encoder(layer_scale=0.1), tmp_path / "scaled.safetensors", Preprocessing(-5, 4, 96))
+    model = Finetune(num_classes=3, init_from=str(tmp_path / "scaled.safetensors"), input_tdim=96)
+    assert model.encoder.config.layer_scale == 0.1  # null takes the checkpoint's
+    save_encoder(tiny_encoder(), tmp_path / "plain.safetensors", Preprocessing(-5, 4, 96))
+    with pytest.raises(CheckpointError, match="layer_scale=None but the recipe asks for layer_scale=0.1"):
+        Finetune(num_classes=3, init_from=str(tmp_path / "plain.safetensors"), input_tdim=96, layer_scale=0.1)
 
 
 def write_predictions(tmp_path, embeddings: bool):

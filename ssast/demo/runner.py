@@ -36,6 +36,7 @@ import yaml
 
 from finetune.cli import fit_then_test
 from pretrain.cli import main as pretrain_main
+from ssast.checkpoints import load_checkpoint
 from ssast.data.reader import read_classes
 from ssast.demo.corpus import CORPUS_VERSION, build_demo, corpus_parser
 from ssast.probe import load_clips, logmel_baseline
@@ -100,6 +101,13 @@ def pretrain(recipe: Path, corpus: Path, out: Path, extra: list[str]) -> tuple[P
     ])
     probes = out / "probes.json"
     return out / "encoder.safetensors", json.loads(probes.read_text())["tasks"] if probes.is_file() else {}
+
+
+def scratch_args(encoder: Path) -> list[str]:
+    """What a from-scratch finetune needs to build the pretrained encoder's architecture, beyond
+    the size and token shape the demo recipes name: its LayerScale, when it has one."""
+    layer_scale = load_checkpoint(encoder).encoder.config.layer_scale
+    return [] if layer_scale is None else ["--model.layer_scale", str(layer_scale)]
 
 
 def finetune(task: str, encoder: Path | None, corpus: Path, out: Path, configs: Path,
@@ -276,9 +284,10 @@ def main(argv: list[str] | None = None) -> None:
         for start_from in STARTS:
             stage += 1
             print(f"[{stage}/{stages}] finetuning {result.task} from {start_from}", flush=True)
-            scores, curve, metric = finetune(result.task, encoder if start_from == "pretrained" else None,
-                                             args.corpus, args.out / f"{result.task}-{start_from}", args.configs,
-                                             args.finetune_arg)
+            pretrained = start_from == "pretrained"
+            scores, curve, metric = finetune(result.task, encoder if pretrained else None, args.corpus,
+                                             args.out / f"{result.task}-{start_from}", args.configs,
+                                             (scratch_args(encoder) if not pretrained else []) + args.finetune_arg)
             result.metric, result.test[start_from], result.curves[start_from] = metric, scores[f"test/{metric}"], curve
     seconds["finetuning"] = time.perf_counter() - start
 
