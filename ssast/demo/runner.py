@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
                           probes=probes.get(task, {}).get("probes", []), logmel=logmel_floor(args.corpus, task),
                           protocol=protocol(args.configs, task))
                for task in TASKS]
+    from_scratch = scratch_args(encoder)
     stage = 2
     for result in results:
         for start_from in STARTS:
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
             pretrained = start_from == "pretrained"
             scores, curve, metric = finetune(result.task, encoder if pretrained else None, args.corpus,
                                              args.out / f"{result.task}-{start_from}", args.configs,
-                                             (scratch_args(encoder) if not pretrained else []) + args.finetune_arg)
+                                             ([] if pretrained else from_scratch) + args.finetune_arg)
             result.metric, result.test[start_from], result.curves[start_from] = metric, scores[f"test/{metric}"], curve
     seconds["finetuning"] = time.perf_counter() - start
 
