@@ -24,6 +24,11 @@ a budget longer than a recipe ends with the recipe (``"ended": "recipe"``).
 instead of its test split: the corpus that chooses a setting is read on ``val``, the one that
 reports its gain on ``test`` (CONTRIBUTING.md).
 
+``--seeds 0,1,2`` runs every method and budget once per seed (each seed its own untrained
+encoder, data order and masks) and reports, per task, the mean accuracy at the start and the
+end and the gain (end minus start, each seed against its own untrained encoder): its mean,
+standard deviation and each seed's. A gain smaller than its spread over seeds is not one.
+
 ``--layers last,all`` probes each task twice at every point, on the final output and on the
 mean of every block's output (SUPERB's reading), reported as ``<task>`` and ``<task>@all``.
 
@@ -65,6 +70,7 @@ import logging
 import shlex
 import sys
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +173,7 @@ def stretched_options(method: str, steps: int, args: argparse.Namespace) -> list
 
 
 def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace, budget: Budget,
-                  probes: bool = True) -> list[str]:
+                  probes: bool = True, seed: int | None = None) -> list[str]:
     """The ``ssast-pretrain fit`` command line of one method's run.
 
     Args:
@@ -177,6 +183,7 @@ def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace, 
         args: the benchmark's options.
         budget: the run's training minutes and, when fitted to them, its steps.
         probes: probe the encoder during the run (a pilot does not).
+        seed: the run's ``seed_everything`` (``None``: the recipe's).
     """
     recipe, options = METHODS[method]
     callbacks: list[dict[str, Any]] = [
@@ -204,6 +211,8 @@ def pretrain_args(method: str, data: Path, run: Path, args: argparse.Namespace, 
         command += ["--trainer.max_epochs", str(args.epochs)]
     if budget.steps is not None:
         command += stretched_options(method, budget.steps, args)
+    if seed is not None:
+        command += ["--seed_everything", str(seed)]
     return command + shlex.split(args.cli_args)
 
 
@@ -226,16 +235,17 @@ def pilot(method: str, data: Path, out: Path, args: argparse.Namespace) -> float
     return rate
 
 
-def run_method(method: str, data: Path, run: Path, args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
-    """Pretrain one method under ``budget`` and summarize its probes (``{"error": ...}``
-    when the run failed: the other methods still run)."""
+def run_method(method: str, data: Path, run: Path, args: argparse.Namespace, budget: Budget,
+               seed: int | None = None) -> dict[str, Any]:
+    """Pretrain one method under ``budget`` (with ``seed``, or the recipe's) and summarize its
+    probes (``{"error": ...}`` when the run failed: the other methods still run)."""
     from pretrain.cli import main
 
     history_path = run / "probes.json"
     history_path.unlink(missing_ok=True)  # never report an earlier run's probes
     started = time.perf_counter()
     try:
-        main(pretrain_args(method, data, run, args, budget))
+        main(pretrain_args(method, data, run, args, budget, seed=seed))
     except (Exception, SystemExit) as error:  # the program reports its users' errors by exiting
         log.exception("%s failed", method)
         return {"error": f"{type(error).__name__}: {error}"}
@@ -270,6 +280,28 @@ def run_method(method: str, data: Path, run: Path, args: argparse.Namespace, bud
     }
 
 
+def combine_seeds(results: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One method's runs under several seeds as one result: ``seeds`` (each seed's result),
+    and per task the mean kNN and linear accuracy at the ``start`` and the ``end`` and the
+    linear probe's ``gain``, end minus start, each seed against its own untrained encoder
+    (``mean``, ``sd`` over seeds and ``each`` seed's, in order). Failed seeds are left out of
+    the means and counted in ``failed``; ``error`` when every seed failed."""
+    combined: dict[str, Any] = {"seeds": {str(seed): result for seed, result in results.items()}}
+    done = [result for result in results.values() if "tasks" in result]
+    combined["failed"] = len(results) - len(done)
+    if not done:
+        return {**combined, "error": f"all {len(results)} seeds failed"}
+    tasks = {}
+    for task in done[0]["tasks"]:
+        points = {point: {kind: round(statistics.fmean(r["tasks"][task][point][kind] for r in done), 4)
+                          for kind in ("knn", "linear")} for point in ("start", "end")}
+        gains = [r["tasks"][task]["end"]["linear"] - r["tasks"][task]["start"]["linear"] for r in done]
+        spread = statistics.stdev(gains) if len(gains) > 1 else 0.0
+        tasks[task] = {**points, "gain": {"mean": round(statistics.fmean(gains), 4), "sd": round(spread, 4),
+                                          "each": [round(gain, 4) for gain in gains]}}
+    return {**combined, "tasks": tasks}
+
+
 def logmel_floor(data: Path, max_clips: int, split: str = "test") -> dict[str, float]:
     """Linear-probe accuracy on each task's log-mel statistics (DESIGN.md §12's floor),
     learned on ``train`` and scored on ``split``."""
@@ -283,6 +315,16 @@ def logmel_floor(data: Path, max_clips: int, split: str = "test") -> dict[str, f
         test = load_clips(data / task / split, stats=train.normalize, **options)
         floor[task] = round(logmel_baseline(train, test), 4)
     return floor
+
+
+def seed_lines(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The runs :func:`learning_chart` draws: each method's, or with several seeds each seed's
+    as ``<method> seed <n>``."""
+    lines = {}
+    for method, result in results.items():
+        for seed, run in result.get("seeds", {}).items() or [(None, result)]:
+            lines[method if seed is None else f"{method} seed {seed}"] = run
+    return lines
 
 
 def learning_chart(results: dict[str, dict], floor: dict[str, float], minutes: float, corpus: str = "") -> Figure:
@@ -360,6 +402,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "as <task>, the others as <task>@<choice>, all probed at the same steps")
     parser.add_argument("--epochs", type=int, default=None,
                         help="override the recipes' max_epochs (before any stretching)")
+    parser.add_argument("--seeds", default=None,
+                        help="run every method and budget once per seed, comma-separated, and report the mean gain and "
+                             "its spread over them (default: once, with the recipes' seed)")
     parser.add_argument("--cli-args", default="", help="more ssast-pretrain options for every method, one string")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path("runs/learning"), help="the runs' folders and the PNGs")
@@ -371,6 +416,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.budgets) <= 0:
         parser.error(f"--minutes must be positive, got {args.minutes!r}")
     args.corpora = [Path(value) for value in args.data.split(",")]
+    try:
+        args.seed_list = [int(value) for value in args.seeds.split(",")] if args.seeds else [None]
+    except ValueError:
+        parser.error(f"--seeds takes integers, comma-separated; got {args.seeds!r}")
+    if len(set(args.seed_list)) < len(args.seed_list):
+        parser.error(f"--seeds repeats a seed: {args.seeds!r}")
+    if args.seeds and "--seed_everything" in shlex.split(args.cli_args):
+        parser.error("give the seeds with --seeds, not --seed_everything in --cli-args")
     return args
 
 
@@ -407,14 +460,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 budget = Budget(minutes, max(1, steps) if steps is not None else None)
                 print(f"learning.py: pretraining {method} on {name} for {minutes:g} training minutes"
                       + (f" ({budget.steps} steps)" if budget.steps else ""), file=sys.stderr, flush=True)
-                run = out / name / f"{method}-{minutes:g}min"
-                runs[name][minutes][method] = run_method(method, data, run, args, budget)
+                results = {}
+                for seed in args.seed_list:
+                    folder = f"{method}-{minutes:g}min" + (f"-seed{seed}" if len(args.seed_list) > 1 else "")
+                    results[seed] = run_method(method, data, out / name / folder, args, budget, seed)
+                runs[name][minutes][method] = (combine_seeds(results) if len(args.seed_list) > 1
+                                               else results[args.seed_list[0]])
     pictures = {}
     out.mkdir(parents=True, exist_ok=True)
     for name in corpora:
         longest = max(args.budgets)
         pictures[name] = str(out / f"learning-{name}.png")
-        learning_chart(runs[name][longest], floors[name], longest, name).savefig(pictures[name])
+        learning_chart(seed_lines(runs[name][longest]), floors[name], longest, name).savefig(pictures[name])
     if len(args.budgets) > 1:
         pictures["budgets"] = str(out / "budgets.png")
         budgets_chart(runs, floors).savefig(pictures["budgets"])
@@ -422,6 +479,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "learning",
         "budgets_minutes": args.budgets,
         "stretched": args.stretch,
+        "seeds": [seed for seed in args.seed_list if seed is not None],
         "probe_split": args.probe_split,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),

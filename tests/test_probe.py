@@ -473,6 +473,38 @@ def test_learning_benchmark_budgets_chart_draws_each_budgets_end_beside_the_untr
     assert list(untrained.get_ydata()) == [pytest.approx(0.2)] * 2 and list(floor.get_ydata()) == [0.25, 0.25]
 
 
+def test_learning_benchmark_reports_the_gain_over_seeds_each_against_its_own_untrained_encoder():
+    learning = learning_benchmark()
+
+    def result(start: float, end: float) -> dict:
+        point = lambda accuracy: {"knn": accuracy / 2, "linear": accuracy}  # noqa: E731
+        return {"tasks": {task: {"start": point(start), "end": point(end)} for task in learning.TASKS},
+                "series": {task: [[0.0, start / 2, start], [1.0, end / 2, end]] for task in learning.TASKS}}
+
+    combined = learning.combine_seeds({0: result(0.5, 0.6), 1: result(0.3, 0.6), 2: {"error": "failed"}})
+    keywords = combined["tasks"]["keywords"]
+    assert keywords["start"] == {"knn": pytest.approx(0.2), "linear": pytest.approx(0.4)}
+    assert keywords["end"]["linear"] == pytest.approx(0.6)
+    # Paired: seed 0 gains 0.1 and seed 1 gains 0.3 over their own untrained encoders.
+    assert keywords["gain"]["each"] == [pytest.approx(0.1), pytest.approx(0.3)]
+    assert keywords["gain"]["mean"] == pytest.approx(0.2) and keywords["gain"]["sd"] == pytest.approx(0.1414, abs=1e-4)
+    assert combined["failed"] == 1 and set(combined["seeds"]) == {"0", "1", "2"}
+    assert "error" in learning.combine_seeds({0: {"error": "failed"}})
+    lines = learning.seed_lines({"mspm": combined, "eat": result(0.1, 0.2)})
+    assert list(lines) == ["mspm seed 0", "mspm seed 1", "mspm seed 2", "eat"]
+    figure = learning.learning_chart(lines, {}, 1.0)
+    assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == ["mspm seed 0", "mspm seed 1", "eat"]
+
+    args = learning.parse_args(["--seeds", "3,1"])
+    assert args.seed_list == [3, 1] and learning.parse_args([]).seed_list == [None]
+    command = learning.pretrain_args("mspm", Path("d"), Path("r"), args, learning.Budget(5.0), seed=3)
+    assert command[command.index("--seed_everything") + 1] == "3"
+    assert "--seed_everything" not in learning.pretrain_args("mspm", Path("d"), Path("r"), args, learning.Budget(5.0))
+    for bad in (["--seeds", "1,x"], ["--seeds", "1,1"], ["--seeds", "1", "--cli-args", "--seed_everything 4"]):
+        with pytest.raises(SystemExit):
+            learning.parse_args(bad)
+
+
 @pytest.mark.slow
 def test_learning_benchmark_end_to_end(small_demo_corpus, tmp_path):
     import subprocess
