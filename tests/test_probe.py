@@ -511,17 +511,23 @@ def test_learning_benchmark_end_to_end(small_demo_corpus, tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     command = [sys.executable, "benchmarks/learning.py", "--data", str(small_demo_corpus), "--minutes", "0.05,0.1",
-               "--pilot-minutes", "0.05", "--methods", "mspm", "--out", str(tmp_path), "--threads", "1"]
-    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+               "--pilot-minutes", "0.05", "--methods", "mspm", "--out", str(tmp_path), "--threads", "1",
+               "--seeds", "0,1"]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     corpus = small_demo_corpus.name
     rate = report["steps_per_minute"][corpus]["mspm"]
+    assert report["seeds"] == [0, 1]
     for minutes in ("0.05", "0.1"):
-        mspm = report["runs"][corpus][minutes]["mspm"]
-        assert mspm["planned_steps"] == max(1, int(0.95 * rate * float(minutes)))  # the schedule fitted to the budget
-        assert 0 < mspm["steps"] <= mspm["planned_steps"]
-        assert set(mspm["tasks"]) == set(report["logmel_stats"][corpus]) == {"keywords", "speakers", "events"}
-        assert all(len(series) >= 2 for series in mspm["series"].values())
+        combined = report["runs"][corpus][minutes]["mspm"]
+        assert combined["failed"] == 0 and set(combined["seeds"]) == {"0", "1"}
+        assert set(combined["tasks"]) == set(report["logmel_stats"][corpus]) == {"keywords", "speakers", "events"}
+        assert all(len(task["gain"]["each"]) == 2 for task in combined["tasks"].values())
+        for seed, mspm in combined["seeds"].items():
+            assert (tmp_path / corpus / f"mspm-{minutes}min-seed{seed}" / "probes.json").is_file()
+            assert mspm["planned_steps"] == max(1, int(0.95 * rate * float(minutes)))  # the schedule fitted to the budget
+            assert 0 < mspm["steps"] <= mspm["planned_steps"]
+            assert all(len(series) >= 2 for series in mspm["series"].values())
     assert all(Path(path).is_file() for path in report["pictures"].values())
     assert set(report["pictures"]) == {corpus, "budgets"}
