@@ -3,9 +3,11 @@ against a hand computation, reading labeled shards, and the ProbeMonitor callbac
 ``Trainer.fit`` of a mini MSPM."""
 
 import csv
+import functools
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -411,6 +413,14 @@ def learning_benchmark():
     return module
 
 
+def benchmark_result(tasks: Sequence[str], start: float, end: float) -> dict:
+    """A learning.py run result whose linear probes read ``start`` then ``end`` on each of
+    ``tasks`` (kNN at half of them), with the series of those two probes."""
+    point = lambda accuracy: {"knn": accuracy / 2, "linear": accuracy}  # noqa: E731
+    return {"tasks": {task: {"start": point(start), "end": point(end)} for task in tasks},
+            "series": {task: [[0.0, start / 2, start], [1.0, end / 2, end]] for task in tasks}}
+
+
 def test_learning_benchmark_chart_draws_each_probe_at_its_minute():
     learning = learning_benchmark()
     series = [[0.0, 0.1, 0.2], [0.5, 0.3, 0.6], [1.0, 0.5, 0.4]]  # [minutes, knn, linear]
@@ -460,9 +470,7 @@ def test_learning_benchmark_scores_the_choosing_corpus_on_its_validation_split()
 def test_learning_benchmark_budgets_chart_draws_each_budgets_end_beside_the_untrained_encoder():
     learning = learning_benchmark()
 
-    def result(start: float, end: float) -> dict:
-        return {"tasks": {task: {"start": {"linear": start}, "end": {"linear": end}} for task in learning.TASKS}}
-
+    result = functools.partial(benchmark_result, learning.TASKS)
     runs = {"demo_data": {5.0: {"eat": result(0.4, 0.5)}, 15.0: {"eat": result(0.4, 0.6)}},
             "dev_data": {5.0: {"eat": result(0.2, 0.3), "mspm": {"error": "failed"}}, 15.0: {"eat": result(0.2, 0.1)}}}
     figure = learning.budgets_chart(runs, {"dev_data": {"events": 0.25}})
@@ -476,11 +484,7 @@ def test_learning_benchmark_budgets_chart_draws_each_budgets_end_beside_the_untr
 def test_learning_benchmark_reports_the_gain_over_seeds_each_against_its_own_untrained_encoder():
     learning = learning_benchmark()
 
-    def result(start: float, end: float) -> dict:
-        point = lambda accuracy: {"knn": accuracy / 2, "linear": accuracy}  # noqa: E731
-        return {"tasks": {task: {"start": point(start), "end": point(end)} for task in learning.TASKS},
-                "series": {task: [[0.0, start / 2, start], [1.0, end / 2, end]] for task in learning.TASKS}}
-
+    result = functools.partial(benchmark_result, learning.TASKS)
     combined = learning.combine_seeds({0: result(0.5, 0.6), 1: result(0.3, 0.6), 2: {"error": "failed"}})
     keywords = combined["tasks"]["keywords"]
     assert keywords["start"] == {"knn": pytest.approx(0.2), "linear": pytest.approx(0.4)}
