@@ -6,6 +6,13 @@ tokens are ordered frequency-major (``index = f_row * n_time + t_col``), one or 
 tokens (``cls``, and ``dist`` as in AST/SSAST) go in front, a learned absolute position
 embedding is added, and pre-norm ViT blocks with a final LayerNorm follow.
 
+The same class holds EAT's layout (data2vec 2.0's image encoder, :data:`LAYOUTS` ``eat``) as a
+configuration: post-norm blocks (``x = norm1(x + attn(x)); x = norm2(x + mlp(x))``), a
+LayerNorm over the leading token and the patches before the first block, no final norm, and a
+fixed 2-D sin-cos position table (a buffer, never trained) instead of a learned one, with no
+position on the cls token. Loading EAT's released weights maps its time-major tokens onto this
+frequency-major order (:mod:`ssast.checkpoints.eat`).
+
 Patch models pretrain with 16x16 patches at stride 16 and finetune at stride 10; frame
 models use 128x2 patches. The patch shape is fixed by the weights; the stride and input
 length may change at finetuning, and :func:`adapt_pos_embed` moves the position embedding
@@ -29,9 +36,12 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
     "base": (768, 12, 12),
+    "large": (1024, 24, 16),  # EAT-Large
 }
 
 Pooling = Literal["mean", "cls"]
+BlockNorm = Literal["pre", "post"]
+Positions = Literal["learned", "sincos"]
 # Which tokens an embedding is read from: the final (normed) output, the mean of every block's
 # output, or one block's output (from 1).
 Layers = Union[Literal["last", "all"], int]
@@ -57,8 +67,18 @@ class EncoderConfig:
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
     layer_scale: float | None = None
+    block_norm: BlockNorm = "pre"  # pre-norm blocks (ViT, AST) or post-norm (BERT, data2vec 2.0, EAT)
+    embed_norm: bool = False  # a LayerNorm over the embedded tokens before the first block (EAT)
+    final_norm: bool = True  # a LayerNorm after the last block (pre-norm ViTs have one; EAT has none)
+    positions: Positions = "learned"  # a learned position embedding, or EAT's fixed 2-D sin-cos table
 
     def __post_init__(self) -> None:
+        if self.block_norm not in ("pre", "post"):
+            raise ValueError(f"block_norm must be 'pre' or 'post', got {self.block_norm!r}")
+        if self.positions not in ("learned", "sincos"):
+            raise ValueError(f"positions must be 'learned' or 'sincos', got {self.positions!r}")
+        if self.positions == "sincos" and self.embed_dim % 4:
+            raise ValueError(f"a 2-D sin-cos table needs embed_dim divisible by 4, got {self.embed_dim}")
         if self.layer_scale is not None and self.layer_scale <= 0:
             raise ValueError(f"layer_scale must be positive (or None: no gains), got {self.layer_scale}")
         if self.num_lead_tokens not in (1, 2):
@@ -71,13 +91,15 @@ class EncoderConfig:
             )
 
     @classmethod
-    def from_size(cls, size: str, **changes: Any) -> EncoderConfig:
-        """``tiny``, ``small`` or ``base`` (DESIGN.md §5), or ``mini`` (4 blocks of tiny, for
-        demos on a CPU), with any field changed."""
+    def from_size(cls, size: str, layout: str = "ast", **changes: Any) -> EncoderConfig:
+        """``tiny``, ``small``, ``base`` (DESIGN.md §5) or ``large``, or ``mini`` (4 blocks of
+        tiny, for demos on a CPU), in one of the :data:`LAYOUTS`, with any field changed."""
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
         embed_dim, depth, num_heads = SIZES[size]
-        return cls(embed_dim=embed_dim, depth=depth, num_heads=num_heads, **changes)
+        return cls(embed_dim=embed_dim, depth=depth, num_heads=num_heads, **{**LAYOUTS[layout], **changes})
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -97,6 +119,18 @@ class EncoderConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The encoder layouts of the weights we read, as the EncoderConfig fields that set them.
+LAYOUTS: dict[str, dict[str, Any]] = {
+    # AST, SSAST, ASiT (timm's ViT): pre-norm blocks, a final norm, learned positions, cls and dist.
+    "ast": {"block_norm": "pre", "embed_norm": False, "final_norm": True, "positions": "learned",
+            "num_lead_tokens": 2},
+    # EAT (data2vec 2.0's image encoder): post-norm blocks after a norm over the embedded tokens, no final
+    # norm, a fixed sin-cos table, and one leading (cls) token that takes no position.
+    "eat": {"block_norm": "post", "embed_norm": True, "final_norm": False, "positions": "sincos",
+            "num_lead_tokens": 1},
+}
 
 
 class DropPath(nn.Module):
@@ -153,11 +187,13 @@ class LayerScale(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block."""
+    """A transformer block, pre-norm (``x + attn(norm1(x))``, ViT's) or post-norm
+    (``norm1(x + attn(x))``, data2vec 2.0's and EAT's) as ``config.block_norm`` says."""
 
     def __init__(self, config: EncoderConfig, drop_path: float) -> None:
         super().__init__()
         dim = config.embed_dim
+        self.post_norm = config.block_norm == "post"
         self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.attn = Attention(dim, config.num_heads, config.qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
@@ -174,6 +210,10 @@ class Block(nn.Module):
         """The block's output and its feed-forward output before the residual addition
         (data2vec 2.0's ``ffn_targets``). :meth:`forward` is this without the second output,
         so there is one code path to compile and the normal forward costs nothing extra."""
+        if self.post_norm:
+            x = self.norm1(x + self.drop_path(self.ls1(self.attn(x))))
+            ffn = self.ls2(self.mlp(x))
+            return self.norm2(x + self.drop_path(ffn)), ffn
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
         ffn = self.ls2(self.mlp(self.norm2(x)))
         return x + self.drop_path(ffn), ffn
@@ -195,7 +235,8 @@ class PatchEmbed(nn.Module):
 
 class ASTEncoder(nn.Module):
     """The AST ViT encoder. ``forward(fbank [B, T, F], mask [B, N] | None)`` returns every
-    token after the final norm, ``[B, num_lead_tokens + N, D]``.
+    token after the last block (and the final norm, where the layout has one),
+    ``[B, num_lead_tokens + N, D]``.
 
     With ``mask``, the embeddings of the patches marked ``True`` are replaced by the learned
     ``mask_embed`` before the position embedding is added, as in SSAST's MSPM.
@@ -212,16 +253,20 @@ class ASTEncoder(nn.Module):
         self.patch_embed = PatchEmbed(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.num_lead_tokens == 2 else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_lead_tokens + config.num_patches, dim))
+        if config.positions == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, config.num_lead_tokens + config.num_patches, dim))
+        else:  # a buffer: saved with the weights (a file's table is kept as stored), never trained
+            self.register_buffer("pos_embed", fixed_positions(config))
         self.mask_embed = nn.Parameter(torch.zeros(1, 1, dim))
+        self.embed_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps) if config.embed_norm else nn.Identity()
         drop_rates = torch.linspace(0, config.drop_path, config.depth).tolist()  # deeper blocks drop more
         self.blocks = nn.ModuleList(Block(config, rate) for rate in drop_rates)
-        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps) if config.final_norm else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         for token in (self.cls_token, self.dist_token, self.pos_embed):
-            if token is not None:
+            if isinstance(token, nn.Parameter):
                 nn.init.trunc_normal_(token, std=0.02)
         nn.init.xavier_normal_(self.mask_embed)
         for module in self.modules():
@@ -250,7 +295,9 @@ class ASTEncoder(nn.Module):
         return tokens.expand(batch_size, -1, -1)
 
     def embed(self, fbank: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Leading and patch tokens with the position embedding added, before the blocks."""
+        """Leading and patch tokens with the position embedding added (and the embedding norm,
+        where the layout has one), as the first block reads them. The norm is per token, so
+        :meth:`keep_patches` may drop tokens after it, as EAT drops them before it."""
         expected = (self.config.input_tdim, self.config.input_fdim)
         if tuple(fbank.shape[1:]) != expected:
             raise ValueError(
@@ -261,13 +308,14 @@ class ASTEncoder(nn.Module):
         if mask is not None:
             patches = torch.where(rearrange(mask, "b n -> b n 1"), self.mask_embed.to(patches.dtype), patches)
         tokens = torch.cat([self.lead_tokens(len(fbank)).to(patches.dtype), patches], dim=1)
-        return tokens + self.pos_embed
+        return self.embed_norm(tokens + self.pos_embed)
 
     def forward(
         self, fbank: torch.Tensor, mask: torch.Tensor | None = None, visible: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``fbank [B, T, F]`` -> tokens after the final norm: ``[B, lead + N, D]``, or with
-        ``visible [B * c, K]`` only the kept ones, ``[B * c, lead + K, D]``."""
+        """``fbank [B, T, F]`` -> tokens after the last block and the final norm (if any):
+        ``[B, lead + N, D]``, or with ``visible [B * c, K]`` only the kept ones,
+        ``[B * c, lead + K, D]``."""
         x = self.embed(fbank, mask)
         if visible is not None:
             x = self.keep_patches(x, visible)
@@ -292,7 +340,7 @@ class ASTEncoder(nn.Module):
         return torch.cat([repeat(tokens[:, :lead], "b l d -> (b c) l d", c=clones), patches], dim=1)
 
     def hidden_states(self, fbank: torch.Tensor, depth: int | None = None) -> list[torch.Tensor]:
-        """Each block's output, ``[B, lead + N, D]`` per block, first block first, without the
+        """Each block's output, ``[B, lead + N, D]`` per block, first block first, without a
         final norm: what SSAST's SUPERB upstream hands s3prl as ``hidden_states``
         (``src/finetune/superb/upstream/ast/ast_models.py``). ``depth``: only the first blocks."""
         x = self.embed(fbank)
@@ -304,7 +352,7 @@ class ASTEncoder(nn.Module):
 
     def layer_tokens(self, fbank: torch.Tensor, layers: Layers = "last") -> torch.Tensor:
         """Tokens ``[B, lead + N, D]`` from the chosen layers: ``last``, the final output (after
-        the norm, as :meth:`forward`); ``all``, the mean of every block's output (a weighted sum
+        the final norm, if any, as :meth:`forward`); ``all``, the mean of every block's output (a weighted sum
         of layers with uniform weights); ``k``, block ``k``'s output (1 is the first)."""
         if layers == "last":
             return self.forward(fbank)
@@ -389,6 +437,49 @@ def adapt_pos_embed(
     grid = _fit_axis(grid, new_grid[1], dim=-1)
     grid = _fit_axis(grid, new_grid[0], dim=-2)
     return torch.cat([lead, rearrange(grid, "1 d f t -> 1 (f t) d")], dim=1)
+
+
+def sincos_positions(embed_dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """The fixed 2-D sin-cos table of MAE, as EAT builds it (``get_2d_sincos_pos_embed_flexible``),
+    for a ``(n_freq, n_time)`` patch grid in our frequency-major token order: ``[n_freq * n_time,
+    embed_dim]``. For the patch at ``(f, t)`` the first half of the channels encode ``f`` and the
+    second half ``t``, each as ``[sin(i * w), cos(i * w)]`` over the frequencies
+    ``w_k = 10000 ** (-k / (embed_dim / 4))``."""
+    quarter = embed_dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+
+    def encode(index: torch.Tensor) -> torch.Tensor:
+        angles = index.float()[:, None] * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    freq, time = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    return torch.cat([encode(freq.flatten()), encode(time.flatten())], dim=1)
+
+
+def fixed_positions(config: EncoderConfig) -> torch.Tensor:
+    """The position buffer ``[1, lead + N, D]`` of a ``sincos`` encoder: zeros for the leading
+    tokens (EAT adds positions to the patches only), the 2-D sin-cos table for the patches."""
+    lead = torch.zeros(config.num_lead_tokens, config.embed_dim)
+    return torch.cat([lead, sincos_positions(config.embed_dim, config.grid)])[None]
+
+
+def resize_positions(pos_embed: torch.Tensor, old: EncoderConfig, new: EncoderConfig) -> torch.Tensor:
+    """``pos_embed`` of an encoder of config ``old`` for one of config ``new`` (another stride
+    or input length). Learned embeddings are cropped or interpolated (:func:`adapt_pos_embed`);
+    a fixed sin-cos table is indexed by the patch's place on the grid, never interpolated, as
+    EAT takes the first rows of its table: the patches both grids share keep their values (a
+    file's table, as stored), and new ones get the table's formula."""
+    if old.positions == "learned":
+        return adapt_pos_embed(pos_embed, old.num_lead_tokens, old.grid, new.grid)
+    if old.grid == new.grid:
+        return pos_embed
+    lead = old.num_lead_tokens
+    stored = rearrange(pos_embed[0, lead:], "(f t) d -> f t d", f=old.grid[0])
+    table = rearrange(sincos_positions(new.embed_dim, new.grid), "(f t) d -> f t d", f=new.grid[0])
+    table = table.to(pos_embed)
+    shared_f, shared_t = min(old.grid[0], new.grid[0]), min(old.grid[1], new.grid[1])
+    table[:shared_f, :shared_t] = stored[:shared_f, :shared_t]
+    return torch.cat([pos_embed[0, :lead], rearrange(table, "f t d -> (f t) d")])[None]
 
 
 def compile_blocks(module: nn.Module, **options: Any) -> int:

@@ -10,9 +10,10 @@ ours. The files are written here: transformers is not needed to export (it is a 
 dependency).
 
 transformers' AST is one of our geometries with fixed choices: square patches, two leading
-tokens (cls and distillation), a classifier on the mean of those two. What lies outside
-them has no transformers equivalent and is refused in one line (:class:`CheckpointError`):
-frame tokens (128x2 patches), a single leading token, a classifier trained on the mean of
+tokens (cls and distillation), a classifier on the mean of those two, pre-norm blocks with
+learned positions. What lies outside them has no transformers equivalent and is refused in
+one line (:class:`CheckpointError`): frame tokens (128x2 patches), a single leading token,
+EAT's layout (post-norm blocks, a fixed sin-cos table), a classifier trained on the mean of
 the patch tokens (``--no-head`` exports its encoder alone, as ``ASTModel``). Such models
 export in our format, ``--format ssast``: a ``save_pretrained`` folder of
 :class:`HubEncoder` (huggingface_hub's ``PyTorchModelHubMixin``), which
@@ -58,6 +59,12 @@ def huggingface_gaps(config: EncoderConfig, classifier_pooling: Pooling | None =
     if config.fshape != config.tshape:
         kind = "frame tokens" if config.fshape == config.input_fdim else "non-square patches"
         gaps.append(f"{config.fshape}x{config.tshape} patches ({kind}): transformers' AST cuts square patches only")
+    if (config.block_norm, config.embed_norm, config.final_norm) != ("pre", False, True):
+        gaps.append("post-norm blocks after a norm over the embeddings and no final norm (EAT's layout): transformers' "
+                    "AST has pre-norm blocks and a final norm")
+    if config.positions != "learned":
+        gaps.append("a fixed sin-cos position table with none on the cls token: transformers' AST learns one "
+                    "position embedding for every token")
     if config.num_lead_tokens != 2:
         gaps.append("one leading token: transformers' AST always has two (cls and distillation)")
     if classifier_pooling == "mean":

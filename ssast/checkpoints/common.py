@@ -8,14 +8,17 @@ Every ``torch.load`` here is ``weights_only=True``: a file that would run code i
 from __future__ import annotations
 
 import argparse
+import csv
 import pickle
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ssast.encoder import ASTEncoder, EncoderConfig, Pooling
@@ -122,6 +125,24 @@ def refusal_reason(error: pickle.UnpicklingError) -> str:
     return f"loading it would import {found.group(1)}" if found else str(error).strip().splitlines()[0]
 
 
+def _numpy_values() -> list[Any]:
+    """What unpickling numpy scalars and arrays needs, and nothing more: fairseq's checkpoints
+    (EAT's) keep numpy values among their training state (``extra_state``, the optimizer
+    history). The reconstructors are allowed under numpy 2's module and numpy 1's, whichever
+    wrote the file; each dtype's class is what a pickled dtype is rebuilt as here."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray
+    values: list[Any] = [np.ndarray, np.dtype]
+    for name in ("scalar", "_reconstruct"):
+        function = getattr(multiarray, name)
+        values += [(function, f"numpy.core.multiarray.{name}"), (function, f"numpy._core.multiarray.{name}")]
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+             np.float16, np.float32, np.float64)
+    return values + [type(np.dtype(kind)) for kind in kinds]
+
+
 def torch_load(path: Path) -> Any:
     """What ``torch.save`` wrote to ``path``, if it is only weights and plain values."""
     with path.open("rb") as handle:
@@ -129,9 +150,9 @@ def torch_load(path: Path) -> Any:
     # torch.save writes zip files (since 1.6), older versions a pickle (protocol 2: 0x80 0x02).
     if not (zipfile.is_zipfile(path) or head.startswith(b"\x80")):
         raise CheckpointError(path, UNKNOWN, "not a checkpoint: neither a torch.save file nor safetensors")
-    # ASiT saves its argparse.Namespace of options; it only holds values, so it is allowed.
+    # ASiT saves its argparse.Namespace of options, fairseq numpy values: both only hold values.
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace, *_numpy_values()]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(path, "pickle", f"refused: {refusal_reason(error)}; only files of weights and plain "
@@ -166,3 +187,24 @@ def strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor
     if state and all(key.startswith(prefix) for key in state):
         return {key[len(prefix) :]: value for key, value in state.items()}
     return state
+
+
+def read_labels(labels: str | Path | Sequence[str], path: Path, format: str) -> list[str]:
+    """Class names given for the classifier of the checkpoint at ``path``: a list, a text file
+    with one name per line (a ``classes.txt``), or AudioSet's ``class_labels_indices.csv``
+    (``index,mid,display_name``, with or without its header; EAT's ``labels.csv``)."""
+    if not isinstance(labels, (str, Path)):
+        return [str(label) for label in labels]
+    source = Path(labels)
+    if not source.is_file():
+        raise CheckpointError(path, format, f"no label file at {source}")
+    lines = [line for line in source.read_text().splitlines() if line.strip()]
+    if source.suffix != ".csv":
+        return [line.strip() for line in lines]
+    rows = [row for row in csv.reader(lines) if row and row[0].strip().isdigit()]  # leaves the header out
+    if not rows or any(len(row) < 3 for row in rows):
+        raise CheckpointError(path, format, f"{source} is not AudioSet's index,mid,display_name table")
+    names = {int(row[0]): row[2] for row in rows}
+    if sorted(names) != list(range(len(names))):
+        raise CheckpointError(path, format, f"{source} does not number its classes 0 to {len(names) - 1}")
+    return [names[index] for index in range(len(names))]

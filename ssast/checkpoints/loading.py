@@ -4,14 +4,15 @@ adapted to the geometry asked for."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ssast.checkpoints import registry
-from ssast.checkpoints.common import Checkpoint, CheckpointError, Hints, Parsed
-from ssast.encoder import ASTEncoder, adapt_pos_embed
+from ssast.checkpoints.common import Checkpoint, CheckpointError, Hints, Parsed, read_labels
+from ssast.encoder import ASTEncoder, resize_positions
 from ssast.heads import ClassificationHead
 
 # What a loaded encoder may be given at another value than it was trained with.
@@ -24,7 +25,12 @@ def load_encoder(path: str | Path, **overrides: Any) -> ASTEncoder:
 
 
 def load_checkpoint(
-    path: str | Path, *, stored_strides: tuple[int, int] | None = None, num_heads: int | None = None, **overrides: Any
+    path: str | Path,
+    *,
+    stored_strides: tuple[int, int] | None = None,
+    num_heads: int | None = None,
+    labels: str | Path | Sequence[str] | None = None,
+    **overrides: Any,
 ) -> Checkpoint:
     """Load an encoder (and its classifier, when the file has one) from ``path``.
 
@@ -33,11 +39,17 @@ def load_checkpoint(
     Files that do not record the strides their position embedding was trained with
     (finetuned SSAST, bare Hugging Face state dicts, ASiT) are read as stride 10 (AST's
     finetuning) or stride = patch shape, whichever fits; pass ``stored_strides`` when
-    neither is right. ``num_heads`` is read as ``embed_dim // 64`` unless given.
+    neither is right. ``num_heads`` is read as ``embed_dim // 64`` unless given (or recorded).
 
     An ImageNet ViT (format ``imagenet-vit``) has no audio geometry of its own: it is
     converted straight to the one asked for, AST's ``fstride=10, tstride=10,
     input_tdim=1024`` unless ``overrides`` say otherwise (see :func:`imagenet_to_audio`).
+    Nor has EAT (format ``eat``), whose fixed position table covers any length up to its own:
+    it is built at the strides and length asked for, 16, 16 and 1024 frames unless told.
+
+    ``labels`` names the classes of the file's classifier where the file does not (EAT's
+    AudioSet models): a list, a text file of one name per line, or AudioSet's
+    ``class_labels_indices.csv``; their number must be the classifier's.
     """
     path = Path(path)
     if not path.exists():
@@ -45,25 +57,33 @@ def load_checkpoint(
     _check_adjustable(overrides)
     parsed = registry.parse(path, Hints(stored_strides, num_heads, overrides))
     encoder = adapt_encoder(_load_strict(path, parsed), **overrides)
-    head = None
+    head, names = None, parsed.labels
     if parsed.head_state is not None:
         weight = parsed.head_state["linear.weight"]
         head = ClassificationHead(weight.shape[1], weight.shape[0], parsed.head_eps)
         _load_module(head, parsed.head_state, path, parsed.format, "classifier")
+    if labels is not None:
+        if head is None:
+            raise CheckpointError(path, parsed.format, "labels were given, but the file holds no classifier")
+        names = read_labels(labels, path, parsed.format)
+        if len(names) != head.num_classes:
+            raise CheckpointError(path, parsed.format, f"{len(names)} labels for a classifier of {head.num_classes} "
+                                                       "classes")
     return Checkpoint(encoder, parsed.preprocessing.for_encoder(encoder.config), parsed.format, path, head,
-                      parsed.pooling, parsed.labels, parsed.extra)
+                      parsed.pooling, names, parsed.extra)
 
 
 def adapt_encoder(encoder: ASTEncoder, **overrides: Any) -> ASTEncoder:
     """``encoder`` with some of ``fstride``, ``tstride``, ``input_tdim`` and ``drop_path``
-    changed: a new encoder with the same weights, its position embedding cropped or
-    interpolated to the new patch grid (the same encoder when nothing changes)."""
+    changed: a new encoder with the same weights, its position embedding moved to the new
+    patch grid (:func:`~ssast.encoder.resize_positions`: a learned one cropped or interpolated,
+    a fixed sin-cos table indexed); the same encoder when nothing changes."""
     _check_adjustable(overrides)
     target = encoder.config.replace(**overrides)
     if target == encoder.config:
         return encoder
     state = encoder.state_dict()
-    state["pos_embed"] = adapt_pos_embed(state["pos_embed"], target.num_lead_tokens, encoder.config.grid, target.grid)
+    state["pos_embed"] = resize_positions(state["pos_embed"], encoder.config, target)
     adapted = ASTEncoder(target)
     adapted.load_state_dict(state)
     return adapted

@@ -3,13 +3,15 @@
 
 The order matters where layouts overlap:
 
-1. folders: ours (``config.json`` says ``"format": "ssast-encoder"``), then any other
-   folder as a Hugging Face one (which refuses a ``model_type`` that is not an AST's);
+1. folders: ours (``config.json`` says ``"format": "ssast-encoder"``), EAT's (``model_type:
+   eat``), then any other folder as a Hugging Face AST (which refuses a ``model_type`` that is
+   not an AST's);
 2. files that record what they are: ours (:func:`~ssast.checkpoints.ours.save_encoder`),
    then a Lightning checkpoint of ours (``encoder_config`` beside the ``state_dict``);
 3. ASiT training checkpoints, told by their ``teacher``/``student`` dicts;
 4. bare weights (under ``state_dict`` or ``model``, with or without ``module.``), by their
-   names: official SSAST (``v.*``), Hugging Face AST, then timm names, an ImageNet ViT
+   names: data2vec 2.0's (``modality_encoders.*``: EAT's fairseq files, and the data2vec 2.0
+   models that are refused), official SSAST (``v.*``), Hugging Face AST, then timm names, an ImageNet ViT
    when the patch projection reads RGB, else ASiT's, which only the channel count tells
    apart.
 """
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from ssast.checkpoints import asit, huggingface, imagenet, ours, ssast_official
+from ssast.checkpoints import asit, eat, huggingface, imagenet, ours, ssast_official
 from ssast.checkpoints.common import UNKNOWN, CheckpointError, Contents, Hints, Parsed, read_safetensors, torch_load
 
 
@@ -33,10 +35,12 @@ class Format(NamedTuple):
 
 FORMATS: list[Format] = [
     Format(ours.OUR_FORMAT, ours.is_our_folder, ours.parse_our_folder),
+    Format(eat.FORMAT, eat.is_eat_folder, eat.parse_eat_folder),
     Format(huggingface.FORMAT, huggingface.is_huggingface_folder, huggingface.parse_huggingface_folder),
     Format(ours.OUR_FORMAT, ours.is_our_file, ours.parse_our_file),
     Format(ours.LIGHTNING_FORMAT, ours.is_lightning, ours.parse_lightning),
     Format(asit.FORMAT, asit.is_asit_training, asit.parse_asit_training),
+    Format(eat.FORMAT, eat.is_eat_file, eat.parse_eat_file),
     Format(ssast_official.FORMAT, ssast_official.is_ssast_official, ssast_official.parse_ssast_official),
     Format(huggingface.FORMAT, huggingface.is_huggingface_state, huggingface.parse_huggingface_state),
     Format(imagenet.FORMAT, imagenet.is_imagenet, imagenet.parse_imagenet),
