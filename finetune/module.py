@@ -36,7 +36,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from ssast.augment import roll_frames
 from ssast.checkpoints import Checkpoint, CheckpointError, load_checkpoint
-from ssast.encoder import ASTEncoder, EncoderConfig
+from ssast.encoder import LAYOUTS, ASTEncoder, EncoderConfig
 from ssast.heads import ClassificationHead, LayerWeights, UtteranceHead
 from ssast.train.module import EncoderModule, log_bar_chart
 from ssast.train.schedules import FairseqCosine, WarmupStepDecay
@@ -82,13 +82,14 @@ def noise_and_roll(fbank: torch.Tensor, max_shift: int = 10) -> torch.Tensor:
 
 
 def layer_id(name: str, depth: int) -> int:
-    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head
-    (the head also gets ``head_lr``)."""
+    """i + 1 for block i, depth + 1 for everything else (the head also gets ``head_lr``): the
+    rates of EAT's finetuning (data2vec 2.0's ``MaeImageClassificationModel``), which gives an
+    ``lr_scale`` to the blocks alone, so that the patch embedding, the cls token, the norm over
+    the embeddings (EAT's ``pre_norm``), a final norm and the head learn at the full rate. (BEiT
+    and MAE put the embeddings below the first block instead; EAT's recipes are the ones here
+    that decay layers.)"""
     if match := re.match(r"encoder\.blocks\.(\d+)\.", name):
         return int(match.group(1)) + 1
-    if name.startswith(("encoder.patch_embed", "encoder.cls_token", "encoder.dist_token", "encoder.pos_embed",
-                        "encoder.mask_embed")):
-        return 0
     return depth + 1
 
 
@@ -100,7 +101,7 @@ def build_encoder(hp: Any) -> ASTEncoder:
     if hp.init_from is None:
         fshape, tshape = hp.fshape or 16, hp.tshape or 16
         config = EncoderConfig.from_size(
-            hp.size or "base", fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape,
+            hp.size or "base", hp.layout or "ast", fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape,
             input_tdim=hp.input_tdim, drop_path=hp.drop_path, layer_scale=hp.layer_scale,
         )
         return ASTEncoder(config.replace(**strides))
@@ -111,10 +112,12 @@ def build_encoder(hp: Any) -> ASTEncoder:
 
 
 def check_recipe_fits(checkpoint: Checkpoint, hp: Any) -> None:
-    """A recipe that names a size, token shape or LayerScale must get it: finetuning frame
-    tokens from a patch checkpoint would otherwise go unnoticed."""
+    """A recipe that names a size, layout, token shape or LayerScale must get it: finetuning
+    frame tokens from a patch checkpoint would otherwise go unnoticed."""
     config = checkpoint.encoder.config
     wanted = {"fshape": hp.fshape, "tshape": hp.tshape, "layer_scale": hp.layer_scale}
+    if hp.layout is not None:
+        wanted.update({name: value for name, value in LAYOUTS[hp.layout].items() if name != "num_lead_tokens"})
     if hp.size is not None:
         sized = EncoderConfig.from_size(hp.size)
         wanted.update(embed_dim=sized.embed_dim, depth=sized.depth)
@@ -124,7 +127,8 @@ def check_recipe_fits(checkpoint: Checkpoint, hp: Any) -> None:
         has = ", ".join(f"{name}={getattr(config, name)}" for name in differ)
         raise CheckpointError(
             checkpoint.path, checkpoint.format, f"holds an encoder with {has} but the recipe asks for {asked}; "
-            "set model.size, model.fshape, model.tshape and model.layer_scale to null to take the checkpoint's, or "
+            "set model.size, model.layout, model.fshape, model.tshape and model.layer_scale to null to take the "
+            "checkpoint's, or "
             "start from a checkpoint that matches")
 
 
@@ -140,6 +144,9 @@ class Finetune(EncoderModule):
             ``None`` trains from scratch (the baseline).
         size: encoder size from scratch (``None``: ``base``); with ``init_from``, ``None``
             or the checkpoint's size, which is checked.
+        layout: the encoder's layout from scratch (``None``: ``ast``; ``eat``: EAT's post-norm
+            blocks and fixed positions, :data:`~ssast.encoder.LAYOUTS`); with ``init_from``,
+            ``None`` or the checkpoint's, which is checked.
         fshape: patch height from scratch (``None``: 16); with ``init_from``, ``None`` or
             the checkpoint's, which is checked.
         tshape: patch width, like ``fshape``.
@@ -167,7 +174,8 @@ class Finetune(EncoderModule):
         lr: learning rate of the encoder's top block (of every block without
             ``layer_decay``).
         head_lr: the head learns ``head_lr`` times faster than ``lr`` (SSAST's ``--head_lr``).
-        layer_decay: each block down from the top learns ``layer_decay`` times slower.
+        layer_decay: each block down from the top learns ``layer_decay`` times slower; the
+            rest of the encoder and the head at ``lr``, as EAT (:func:`layer_id`).
         weight_decay: the optimizer's weight decay.
         betas: the optimizer's betas.
         schedule: ``step`` (the official SSAST/AST loop: warmup, then the rate multiplied by
@@ -206,6 +214,7 @@ class Finetune(EncoderModule):
         task: Task = "multiclass",
         init_from: str | None = None,
         size: str | None = None,
+        layout: Literal["ast", "eat"] | None = None,
         fshape: int | None = None,
         tshape: int | None = None,
         layer_scale: float | None = None,

@@ -50,13 +50,13 @@ def test_specaugment_fills_with_the_normalized_zero_and_freezing_trains_the_head
 
 
 def test_layer_ids_give_decaying_rates_and_the_head_its_own():
-    assert layer_id("encoder.pos_embed", 12) == 0 and layer_id("encoder.blocks.0.attn.qkv.weight", 12) == 1
-    assert layer_id("encoder.blocks.11.mlp.fc2.bias", 12) == 12 and layer_id("head.linear.weight", 12) == 13
+    assert layer_id("encoder.blocks.0.attn.qkv.weight", 12) == 1 and layer_id("encoder.blocks.11.mlp.fc2.bias", 12) == 12
+    assert layer_id("encoder.patch_embed.proj.weight", 12) == layer_id("head.linear.weight", 12) == 13  # as EAT
     model = Finetune(num_classes=3, size="tiny", input_tdim=48, lr=1.0, layer_decay=0.5, head_lr=4.0)
     model.trainer = SimpleNamespace(train_dataloader=[], num_training_batches=10, accumulate_grad_batches=1)
     optimizer = model.configure_optimizers()["optimizer"]
     rates = {group["name"]: group["initial_lr"] for group in optimizer.param_groups}
-    assert rates == {"head": 4.0, **{f"layer{layer}": 0.5 ** (13 - layer) for layer in range(14)}}
+    assert rates == {"head": 4.0, **{f"layer{layer}": 0.5 ** (13 - layer) for layer in range(1, 14)}}
     head = next(group for group in optimizer.param_groups if group["name"] == "head")["params"]
     assert {id(p) for p in head} == {id(p) for p in model.head.parameters()}  # the encoder's final norm is layer13
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import lightning as L
@@ -144,24 +145,37 @@ def test_the_cosine_schedule_is_fairseqs_with_layer_scales():
         assert [rates[index] for rates in ours] == pytest.approx(expected, rel=1e-9)
 
 
-def test_adamw_leaves_norms_and_biases_undecayed_and_decays_layers():
+def eat_optimizer_overrides(name: str, ndim: int, depth: int, layer_decay: float) -> tuple[float, float]:
+    """``(lr_scale, weight_decay_scale)`` that EAT's MaeImageClassificationModel.__init__ gives a
+    parameter of its data2vec 2.0 model (the d2v_multi branch) or of its fc_norm and head: no weight
+    decay on 1-D tensors and biases; ``layer_scales[i + 1]`` for block ``i`` of ``blocks`` (the
+    prenet's, none, then the model's); no lr_scale, so the full rate, for everything else."""
+    num_layers = depth + 1
+    layer_scales = [layer_decay ** (num_layers - i) for i in range(num_layers + 1)]
+    decay_scale = 0.0 if ndim == 1 or name.endswith(".bias") else 1.0
+    match = re.match(r"encoder\.blocks\.(\d+)\.", name)
+    return (layer_scales[int(match[1]) + 1] if match else 1.0), decay_scale
+
+
+def test_adamw_and_layer_decay_give_every_parameter_eats_rate_and_weight_decay():
     from types import SimpleNamespace
 
-    model = Finetune(num_classes=3, size="mini", fshape=128, tshape=2, input_tdim=32, pooling="cls", optimizer="adamw",
+    model = Finetune(num_classes=3, size="mini", input_tdim=32, pooling="cls", optimizer="adamw", layout="eat",
                      weight_decay=0.05, betas=(0.9, 0.95), layer_decay=0.65, lr=1.0, schedule="cosine", warmup_steps=1)
     model.trainer = SimpleNamespace(estimated_stepping_batches=10)
     optimizer = model.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.9, 0.95)
-    names = {id(parameter): name for name, parameter in model.named_parameters()}
-    for group in optimizer.param_groups:
-        for parameter in group["params"]:
-            name = names[id(parameter)]
-            undecayed = parameter.ndim <= 1 or name.endswith(".bias")
-            assert group["weight_decay"] == (0.0 if undecayed else 0.05), name
-    rates = {group["name"]: group["initial_lr"] for group in optimizer.param_groups}
-    depth = model.encoder.config.depth
-    assert rates["layer0"] == pytest.approx(0.65 ** (depth + 1)) and rates["head"] == 1.0
-    assert rates["layer1_no_decay"] == pytest.approx(0.65**depth)
+    group_of = {id(parameter): group for group in optimizer.param_groups for parameter in group["params"]}
+    depth, checked = model.encoder.config.depth, set()
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        lr_scale, decay_scale = eat_optimizer_overrides(name, parameter.ndim, depth, 0.65)
+        group = group_of[id(parameter)]
+        assert (group["initial_lr"], group["weight_decay"]) == pytest.approx((lr_scale, 0.05 * decay_scale)), name
+        checked.add(name.split(".")[1])
+    # The patch embedding, cls token and the norm over the embeddings (EAT's pre_norm) at the full rate.
+    assert {"patch_embed", "cls_token", "embed_norm", "blocks"} <= checked
 
 
 # --- the recipes end to end, on small fakes of the downloads ----------------------------------
