@@ -34,7 +34,8 @@ from torch import nn
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
-from ssast.encoder import ASTEncoder, EncoderConfig, compile_blocks
+from ssast.checkpoints import CheckpointError, adapt_encoder, load_checkpoint
+from ssast.encoder import LAYOUTS, ASTEncoder, EncoderConfig, compile_blocks
 from ssast.features import logmel_statistics
 from ssast.renamed import refuse_renamed
 from ssast.train.module import EncoderModule
@@ -47,7 +48,16 @@ class PretrainModule(EncoderModule):
     """Base of the pretraining methods (see the module docstring).
 
     Args:
-        size: encoder size, ``tiny``, ``small`` or ``base`` (or ``mini`` for CPU demos).
+        size: encoder size, ``tiny``, ``small``, ``base`` or ``large`` (or ``mini`` for CPU demos).
+        layout: ``ast`` (pre-norm blocks, learned positions: AST, SSAST, ASiT) or ``eat`` (EAT's
+            post-norm blocks after a norm over the embeddings, no final norm, a fixed sin-cos
+            table; :data:`~ssast.encoder.LAYOUTS`).
+        init_from: ``None``: a new encoder; else a checkpoint (any format ``ssast.load_checkpoint``
+            reads: EAT's released files, official SSAST, ours) to continue pretraining from. Its
+            encoder must be what ``size``, ``layout``, the token shape and ``num_lead_tokens``
+            describe (checked); it is cut into non-overlapping patches and read at
+            ``input_tdim``. What else the file holds for the method (EAT's teacher and decoder)
+            the method takes (:attr:`init_extra`).
         fshape: patch height in mel bins (16 for patch models, 128 for frame models).
         tshape: patch width in frames (16 for patch models, 2 for frame models).
         input_tdim: frames per clip (linked to the data's ``target_length`` by the CLI).
@@ -101,6 +111,8 @@ class PretrainModule(EncoderModule):
     def __init__(
         self,
         size: str = "base",
+        layout: Literal["ast", "eat"] = "ast",
+        init_from: str | None = None,
         fshape: int = 16,
         tshape: int = 16,
         input_tdim: int = 1024,
@@ -132,10 +144,16 @@ class PretrainModule(EncoderModule):
                 self.hparams[name] = dataclasses.asdict(value)
         # Pretraining cuts non-overlapping patches: the stride is the patch shape.
         config = EncoderConfig.from_size(
-            size, fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape, input_tdim=input_tdim,
+            size, layout, fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape, input_tdim=input_tdim,
             num_lead_tokens=num_lead_tokens, drop_path=drop_path, layer_scale=layer_scale,
         )
-        self.encoder = ASTEncoder(config)
+        # What a checkpoint to continue from holds beside the encoder, for the method's constructor to
+        # take (then emptied: a whole teacher is not kept twice).
+        self.init_extra: dict[str, torch.Tensor] = {}
+        if init_from is None:
+            self.encoder = ASTEncoder(config)
+        else:
+            self.encoder, self.init_extra = pretrained_encoder(init_from, config)
         if clip_stats_weight < 0:
             raise ValueError(f"clip_stats_weight must be at least 0, got {clip_stats_weight}")
         self.clip_stats_head = nn.Linear(config.embed_dim, 2 * config.input_fdim) if clip_stats_weight > 0 else None
@@ -329,6 +347,27 @@ class PretrainModule(EncoderModule):
         else:
             scheduler = WarmupCosine(optimizer, hp.warmup_steps, self.run_steps(), hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def pretrained_encoder(path: str, wanted: EncoderConfig) -> tuple[ASTEncoder, dict[str, torch.Tensor]]:
+    """The encoder of the checkpoint at ``path`` as pretraining reads it (``wanted``'s input
+    length, stochastic depth and non-overlapping patches), and what else the file holds
+    (:attr:`~ssast.checkpoints.Checkpoint.extra`). An encoder of another shape than ``wanted``
+    is refused in one line naming each difference."""
+    checkpoint = load_checkpoint(path, input_tdim=wanted.input_tdim, drop_path=wanted.drop_path)
+    encoder = checkpoint.encoder
+    if (encoder.config.fstride, encoder.config.tstride) != (encoder.config.fshape, encoder.config.tshape):
+        encoder = adapt_encoder(encoder, fstride=encoder.config.fshape, tstride=encoder.config.tshape)
+    fields = ("embed_dim", "depth", "num_heads", "mlp_ratio", "fshape", "tshape", "num_lead_tokens", "layer_scale",
+              *LAYOUTS["ast"])
+    differ = [name for name in dict.fromkeys(fields) if getattr(encoder.config, name) != getattr(wanted, name)]
+    if differ:
+        has = ", ".join(f"{name}={getattr(encoder.config, name)!r}" for name in differ)
+        asked = ", ".join(f"{name}={getattr(wanted, name)!r}" for name in differ)
+        raise CheckpointError(path, checkpoint.format, f"holds an encoder with {has} but the recipe builds {asked}; "
+                                                       "set the recipe's size, layout, fshape, tshape and "
+                                                       "num_lead_tokens to the checkpoint's")
+    return encoder, checkpoint.extra
 
 
 def optimization_step(module: PretrainModule, optimizer: torch.optim.Optimizer, fbank: torch.Tensor,

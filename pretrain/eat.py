@@ -22,9 +22,10 @@ After each optimizer step the teacher follows the student with a decay rising li
 (:class:`~pretrain.teacher.EMATeacher`). The exported encoder is the student, as EAT's. Knob
 names are the official config's (``config/pretraining_AS2M.yaml`` of cwx-worst-one/EAT) but
 for ``utterance_weight``, named as every method's loss weights are (``<logged loss>_weight``).
-One difference in kind: EAT's blocks are post-norm with fixed sin-cos positions; ours are the
-pre-norm AST blocks with a learned position embedding (DESIGN.md §5), whose feed-forward
-output before the residual is the same kind of target.
+The encoder is the AST one of DESIGN.md §5 by default (pre-norm blocks, a learned position
+embedding), whose feed-forward output before the residual is the same kind of target; ``layout:
+eat`` builds EAT's own (post-norm blocks, fixed sin-cos positions), and ``init_from`` continues
+from EAT's released pretraining checkpoints: student, teacher and decoder (:meth:`EAT.continue_from`).
 """
 
 from __future__ import annotations
@@ -137,6 +138,25 @@ class EAT(PretrainModule):
         self.ema = EMATeacher([(self.encoder, self.teacher)], ema_decay, ema_end_decay, "linear", ema_anneal_end_step)
         self.decoder = ConvDecoder(config.embed_dim, config.grid, decoder_dim, decoder_layers, decoder_kernel,
                                    decoder_groups)
+        self.continue_from(self.init_extra)
+        self.init_extra = {}
+
+    def continue_from(self, extra: dict[str, torch.Tensor]) -> None:
+        """Take the teacher and decoder of the checkpoint the student came from (``init_from``;
+        EAT's pretrained files hold both, :mod:`ssast.checkpoints.eat`), so that pretraining goes
+        on where it stopped. What EAT's EMA does not keep (the patch embedding, when
+        ``ema_local_encoder`` was off) stays the student's, as EAT's teacher shares it."""
+        teacher = {key.removeprefix("teacher."): value for key, value in extra.items() if key.startswith("teacher.")}
+        decoder = {key.removeprefix("decoder."): value for key, value in extra.items() if key.startswith("decoder.")}
+        try:
+            if teacher:
+                self.teacher.load_state_dict(self.teacher.state_dict() | teacher)
+            if decoder:
+                self.decoder.load_state_dict(decoder)
+        except RuntimeError as error:  # another shape: the recipe's decoder is not the file's
+            raise ValueError(f"init_from: the checkpoint's {'decoder' if decoder else 'teacher'} does not fit this "
+                             f"recipe's (decoder_dim, decoder_layers, decoder_kernel, decoder_groups?): "
+                             f"{str(error).splitlines()[0]}") from None
 
     # --- the method -----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PATCH, MEL_BINS, COLUMNS = 16, 128, 8
@@ -141,12 +142,27 @@ class Data2VecMulti(nn.Module):
         self.blocks = nn.ModuleList(AltBlock(dim, num_heads, mlp_ratio, eps) for _ in range(depth))
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
+        return self.layer_results(fbank)[0]
+
+    def layer_results(self, fbank: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The tokens after the last block, and each block's ``lr`` (its feed-forward output
+        before the residual: ffn_targets) at the patch tokens, as the teacher pass collects them."""
         image = self.modality_encoders["IMAGE"]
         x = embed(image.local_encoder, image.fixed_positional_encoder.positions, image.extra_tokens,
                   image.context_encoder.norm, fbank)
+        results = []
         for block in self.blocks:
-            x, _ = block(x)
-        return x
+            x, result = block(x)
+            results.append(result[:, 1:])
+        return x, results
+
+    def targets(self, fbank: torch.Tensor) -> torch.Tensor:
+        """make_targets with EAT's config: instance_norm_target_layer (each block's output over the
+        tokens, per channel), the average of all blocks, layer_norm_targets."""
+        _, results = self.layer_results(fbank)
+        layers = [F.instance_norm(result.transpose(1, 2).float()).transpose(1, 2) for result in results]
+        y = sum(layers) / len(layers)
+        return F.layer_norm(y, y.shape[-1:])
 
 
 class Classification(nn.Module):

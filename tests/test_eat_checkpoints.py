@@ -218,3 +218,37 @@ def test_the_encoder_exports_to_our_format_but_not_to_transformers(tmp_path, pre
     with torch.no_grad():
         assert torch.equal(again.encoder.eval()(fbank), checkpoint.encoder.eval()(fbank))
     assert json.loads((tmp_path / "ours" / "config.json").read_text())["encoder"]["block_norm"] == "post"
+
+
+# --- continuing EAT's pretraining ----------------------------------------------------------
+
+
+def test_eat_pretraining_continues_from_eats_student_teacher_and_decoder(tmp_path):
+    from pretrain.base import optimization_step
+    from pretrain.eat import EAT
+
+    shape = dict(dim=192, depth=4, num_heads=3)  # our mini size
+    student, teacher = randomized(Data2VecMulti(**shape), seed=6), randomized(Data2VecMulti(**shape), seed=7)
+    path = fairseq_pretrained(tmp_path / "EAT-base_epoch10_pt.pt", student, teacher, **shape)
+    model = EAT(init_from=str(path), size="mini", layout="eat", input_tdim=64, clone_batch=2, decoder_layers=2,
+                decoder_groups=4).eval()
+    fbank = log_mels(2, 64)
+    with torch.no_grad():
+        assert_close(model.encoder(fbank), ours(student(fbank)))
+        assert_close(model.teacher(fbank), ours(teacher(fbank)))
+        # The targets are EAT's: its teacher's feed-forward outputs, normalised and averaged.
+        expected = rearrange(teacher.targets(fbank), "b (t f) d -> b (f t) d", f=COLUMNS)
+        assert_close(model.teacher_targets(fbank), expected)
+    assert torch.equal(model.decoder.proj.weight, student.modality_encoders["IMAGE"].decoder.proj.weight)
+    assert model.init_extra == {}
+    before = model.teacher.blocks[0].mlp.fc1.weight.clone()
+    out = optimization_step(model.train(), model.build_optimizer(lr=1e-4), fbank)
+    assert torch.isfinite(out["loss"]) and not torch.equal(model.teacher.blocks[0].mlp.fc1.weight, before)
+
+
+def test_continuing_refuses_a_recipe_of_another_shape(pretrained):
+    from pretrain.eat import EAT
+
+    with pytest.raises(CheckpointError, match="embed_dim=64, depth=2, num_heads=4.*block_norm='post'.*"
+                                              "but the recipe builds embed_dim=192, depth=4, num_heads=3"):
+        EAT(init_from=str(pretrained[0]), size="mini", input_tdim=64)

@@ -1,5 +1,5 @@
-"""Loading encoders from this project's files and from the official SSAST, Hugging Face AST
-and ASiT releases; exporting them.
+"""Loading encoders from this project's files and from the official SSAST, Hugging Face AST,
+ASiT and EAT (and SSLAM) releases; exporting them.
 
 :func:`load_checkpoint` recognizes the file (:mod:`~ssast.checkpoints.registry` tries the
 formats in a stated order), maps its parameter names onto
@@ -28,6 +28,9 @@ Formats, one module each (its recognition and its parser):
   :func:`to_huggingface_state`, which exports to them;
 * ``asit`` (:mod:`~ssast.checkpoints.asit`): an ASiT ``.pt`` with timm ViT keys, possibly
   under ``teacher``/``student``;
+* ``eat`` (:mod:`~ssast.checkpoints.eat`): EAT's (and SSLAM's) fairseq ``.pt`` files,
+  pretrained (with the EMA teacher and the decoder) or finetuned, and its Hugging Face folders
+  (``model_type: eat``), loaded into the encoder's EAT layout;
 * ``imagenet-vit`` (:mod:`~ssast.checkpoints.imagenet`): a timm/DeiT ImageNet ViT (RGB patch
   projection), adapted to audio as AST does (:func:`imagenet_to_audio`).
 
