@@ -252,3 +252,53 @@ def test_continuing_refuses_a_recipe_of_another_shape(pretrained):
     with pytest.raises(CheckpointError, match="embed_dim=64, depth=2, num_heads=4.*block_norm='post'.*"
                                               "but the recipe builds embed_dim=192, depth=4, num_heads=3"):
         EAT(init_from=str(pretrained[0]), size="mini", input_tdim=64)
+
+
+# --- every command reads them ------------------------------------------------------------
+
+
+def test_embeddings_and_hear_read_an_eat_file(pretrained, tmp_path, capsys):
+    import soundfile
+
+    from ssast import Embedder
+    from ssast.embed_cli import main as embed
+    from ssast.features import Fbank, Normalize, fit_frames
+    from ssast.hear import get_scene_embeddings, load_model
+
+    path, student, _ = pretrained
+    waveform = torch.randn(16000, generator=torch.Generator().manual_seed(0)) * 0.1
+    embedder = Embedder(path)
+    # EAT's feature_extract.py: Kaldi fbank, zero-padded to 1024 frames, then (x + 4.268) / (2 * 4.569).
+    features = Normalize(-4.268, 4.569)(fit_frames(Fbank()(waveform[None]), 1024))
+    with torch.no_grad():
+        expected = student(features)[:, 0]  # EAT's utterance embedding: the cls token
+    assert_close(embedder(waveform[None]).clip, expected)
+    assert_close(get_scene_embeddings(waveform[None], load_model(str(path))), expected)
+    soundfile.write(tmp_path / "clip.wav", waveform.numpy(), 16000)
+    assert embed([str(path), str(tmp_path / "clip.wav"), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert np.load(tmp_path / "out" / "clips.npy").shape == (1, 64)
+
+
+@pytest.mark.slow
+def test_a_finetune_from_an_eat_file_runs_eats_esc50_recipe(tmp_path):
+    from finetune.cli import main
+    from ssast.data.cli import main as data_main
+    from test_finetune_protocol import fake_esc50
+
+    classifier = randomized(Classification(classes=527), seed=8)
+    path = fairseq_finetuned(tmp_path / "EAT-base_epoch10_ft_AS2M.pt", classifier)
+    data = tmp_path / "esc50"
+    assert data_main(["esc50", str(fake_esc50(tmp_path)), str(data), "--workers", "1"]) == 0
+    run = tmp_path / "run"
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}}
+    main(["cv", "--config", "configs/finetune/eat.yaml", "--config", "configs/finetune/eat_esc50.yaml",
+          "--model.init_from", str(path), "--data.train", str(data), "--data.target_length", "64",
+          "--model.timem", "12", "--model.warmup_steps", "2", "--trainer.max_steps", "4", "--data.batch_size", "8",
+          "--data.num_workers", "0", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+          "--trainer.precision", "32-true", "--trainer.default_root_dir", str(run), "--trainer.logger",
+          json.dumps(logger), "--trainer.enable_progress_bar", "false"])
+    summary = json.loads((run / "cv.json").read_text())
+    assert set(summary["folds"]) == {f"fold{k}" for k in range(1, 6)} and 0 <= summary["mean"] <= 1
+    # The encoder kept EAT's layout through finetuning, and the run's checkpoint loads back as one.
+    finetuned = load_checkpoint(next((run / "fold1").rglob("*.ckpt")))
+    assert finetuned.encoder.config.block_norm == "post" and finetuned.encoder.config.input_tdim == 64
