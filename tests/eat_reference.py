@@ -156,6 +156,20 @@ class Data2VecMulti(nn.Module):
             results.append(result[:, 1:])
         return x, results
 
+    def student(self, fbank: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The student's pass with masked tokens removed (contextualized_features with mask and
+        remove_masked): positions added, the patches at ``keep [B, K]`` (time-major indices) kept,
+        the cls token put in front, the norm, the blocks."""
+        image = self.modality_encoders["IMAGE"]
+        x = image.local_encoder(fbank.unsqueeze(1))
+        x = x + image.fixed_positional_encoder.positions[:, : x.size(1), :]
+        x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.size(-1)))
+        x = torch.cat([image.extra_tokens.expand(x.size(0), -1, -1), x], dim=1)
+        x = image.context_encoder.norm(x)
+        for block in self.blocks:
+            x, _ = block(x)
+        return x
+
     def targets(self, fbank: torch.Tensor) -> torch.Tensor:
         """make_targets with EAT's config: instance_norm_target_layer (each block's output over the
         tokens, per channel), the average of all blocks, layer_norm_targets."""

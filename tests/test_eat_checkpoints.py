@@ -75,6 +75,20 @@ def test_a_pretrained_fairseq_file_computes_eats_tokens(pretrained, frames):
     assert_close(states[-1], tokens)
 
 
+def test_token_dropping_is_eats_student_pass(pretrained):
+    """EAT's student sees only its visible patches: ours keeps the same patches (our indices are
+    frequency-major, EAT's time-major) and computes the same tokens."""
+    path, student, _ = pretrained
+    encoder = load_checkpoint(path, input_tdim=512).encoder.eval()
+    n_freq, n_time = encoder.grid
+    ours_kept = torch.stack([torch.randperm(n_freq * n_time, generator=torch.Generator().manual_seed(i))[:20].sort()[0]
+                             for i in range(2)])
+    theirs_kept = (ours_kept % n_time) * n_freq + ours_kept // n_time  # (f, t) -> t * 8 + f
+    fbank = log_mels(2, 512)
+    with torch.no_grad():
+        assert_close(encoder(fbank, visible=ours_kept), student.student(fbank, theirs_kept))
+
+
 def test_the_teacher_and_decoder_ride_along_in_our_names(pretrained):
     path, student, teacher = pretrained
     extra = load_checkpoint(path, input_tdim=512).extra

@@ -76,7 +76,8 @@ def is_eat_file(contents: Contents) -> bool:
 
 
 def is_eat_folder(contents: Contents) -> bool:
-    return contents.folder_config is not None and contents.folder_config.get("model_type") == "eat"
+    config = contents.folder_config
+    return config is not None and (config.get("model_type") == "eat" or "EATModel" in (config.get("architectures") or []))
 
 
 # --- fairseq ---------------------------------------------------------------------------
