@@ -128,7 +128,7 @@ class Data2VecMulti(nn.Module):
     features_only: the tokens after the last block, no final norm (layer_norm_first false)."""
 
     def __init__(self, dim: int = 64, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 4.0, eps: float = 1e-6,
-                 time_rows: int = 768, decoder: bool = True) -> None:
+                 time_rows: int = 768, decoder: bool = True, decoder_layers: int = 2, decoder_groups: int = 4) -> None:
         super().__init__()
         image = Holder(
             local_encoder=PatchEmbed(dim),
@@ -137,7 +137,7 @@ class Data2VecMulti(nn.Module):
             context_encoder=Holder(norm=nn.LayerNorm(dim, eps=eps)),
         )
         if decoder:
-            image.decoder = decoder2d(dim, dim, 2, 4)
+            image.decoder = decoder2d(dim, dim, decoder_layers, decoder_groups)
         self.modality_encoders = nn.ModuleDict({"IMAGE": image})
         self.blocks = nn.ModuleList(AltBlock(dim, num_heads, mlp_ratio, eps) for _ in range(depth))
 

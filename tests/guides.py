@@ -4,7 +4,7 @@ A reader follows a path through the guides (``READING_PATHS``) on one machine, e
 reusing what the ones before it made. Each path runs in its own scratch folder laid out like
 a new user's machine: a copy of ``configs/``, a ``HOME`` holding small fakes of the
 downloads the guides name (ESC-50, Speech Commands, VoxCeleb1, AudioSet trees, official
-SSAST, Hugging Face AST and ASiT checkpoints at tiny sizes), and no GPU; the paths are
+SSAST, Hugging Face AST, ASiT and EAT checkpoints at tiny sizes), and no GPU; the paths are
 independent, so pytest-xdist runs them side by side (one test file per path, ``--dist
 loadfile``). ``bash`` blocks run in bash with ``-euo pipefail``, ``python`` blocks in this
 interpreter, ``yaml`` blocks must parse. ``ssast-pretrain``, ``ssast-finetune`` and
@@ -176,6 +176,10 @@ def _fake_downloads(home: Path, work: Path) -> None:
 
     from ssast import EncoderConfig
     from ssast.encoder import ASTEncoder
+    from eat_reference import (
+        Classification, Data2VecMulti, HuggingFaceEAT, fairseq_finetuned, fairseq_pretrained, huggingface_folder,
+        randomized,
+    )
     from helpers import (
         hf_config, make_audioset, make_esc50, make_iemocap, make_speechcommands, make_voxceleb1, ssast_state, write_clip,
     )
@@ -223,6 +227,15 @@ def _fake_downloads(home: Path, work: Path) -> None:
     deit["head.weight"], deit["head.bias"] = torch.randn(1000, tiny["embed_dim"]), torch.zeros(1000)
     (work / "deit").mkdir()
     save_file({key: value for key, value in deit.items() if key != "mask_embed"}, work / "deit" / "model.safetensors")
+    # EAT's releases: a pretrained fairseq file of the mini size (the wrappers pretrain mini models) with EAT's
+    # decoder (6 layers, 16 groups), a finetuned one with 3 AudioSet classes and their labels.csv, a Hub folder.
+    eat = dict(dim=192, depth=4, num_heads=3)
+    student = randomized(Data2VecMulti(**eat, decoder_layers=6, decoder_groups=16), seed=0)
+    teacher = randomized(Data2VecMulti(**eat, decoder_layers=6, decoder_groups=16), seed=1)
+    fairseq_pretrained(work / "EAT-base_epoch10_pt.pt", student, teacher, **eat)
+    fairseq_finetuned(work / "EAT-base_epoch10_ft_AS2M.pt", randomized(Classification(classes=3), seed=2))
+    (work / "labels.csv").write_text('0,/m/09x0r,"Speech"\n1,/m/04rlf,"Music"\n2,/m/0bt9lr,"Dog"\n')
+    huggingface_folder(work / "EAT-base_epoch30_pretrain", randomized(HuggingFaceEAT(classes=None), seed=3), None)
 
 
 def prepare_machine(root: Path) -> tuple[Path, dict[str, str]]:
