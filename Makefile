@@ -41,7 +41,7 @@ bench: setup
 	$(BIN)/python benchmarks/features.py
 	$(BIN)/python benchmarks/encoder.py
 	$(BIN)/python benchmarks/pretrain_step.py
-	$(BIN)/python benchmarks/pretrain_step.py --method distill
+	$(BIN)/python benchmarks/pretrain_step.py --method asit
 	$(BIN)/python benchmarks/embed.py
 
 clean:

@@ -1,5 +1,5 @@
 """Pretraining step speed: our batched MSPM step against the official SSAST step's structure,
-(``--method distill``) the ASiT step beside MSPM's, and (``--method eat``) the EAT step beside
+(``--method asit``) the ASiT step beside MSPM's, and (``--method eat``) the EAT step beside
 ASiT's and MSPM's, all on the same clips in one run.
 
 One optimizer step is timed: ``zero_grad`` + masking + forward + losses + backward +
@@ -21,17 +21,17 @@ slow spell of a shared machine hits all of them alike. ``step_s`` is the median 
   code is built on. It uses the same encoder weights and heads as ``MSPM``, so only the
   implementation differs (``tflop_per_step`` of it and of ``passes=2`` should match).
 
-* ``distill`` (with ``--method distill``): one ASiT step, ``pretrain.distill.ASiT``: two
+* ``asit`` (with ``--method asit``): one ASiT step, ``pretrain.asit.ASiT``: two
   ``--view-frames`` views cut from each ``--frames`` clip, GMML corruption, teacher and
   student passes, the three losses, per-tensor gradient clipping, AdamW, then the centers
   and the EMA teacher updated; the MSPM variants run beside it on the same clips, and
-  ``ratio_distill_vs_passes{1,2}`` compare them.
+  ``ratio_asit_vs_passes{1,2}`` compare them.
 
 * ``eat`` (with ``--method eat``): one EAT step, ``pretrain.eat.EAT`` as its paper recipe
   sets it (the class defaults) at ``--size``: ``--clone-batch`` masked clones of
   each clip (80% inverse block masks), one teacher pass per clip, the student on the visible
   tokens, the CNN decoder, both losses, AdamW (0.9, 0.95), then the EMA teacher; ASiT and the
-  MSPM variants run beside it, and ``ratio_eat_vs_{distill,passes1,passes2}`` compare them.
+  MSPM variants run beside it, and ``ratio_eat_vs_{asit,passes1,passes2}`` compare them.
   (The recipe's global-norm gradient clip is the trainer's and is not timed.)
 
 Precision and compilation: ``--precision fp32,bf16`` and ``--compile eager,compiled`` time
@@ -77,7 +77,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 
 from pretrain.base import PretrainModule, optimization_step
-from pretrain.distill import ASiT
+from pretrain.asit import ASiT
 from pretrain.eat import EAT
 from pretrain.mspm import MSPM, patchify
 from ssast.encoder import SIZES
@@ -245,19 +245,19 @@ def peak_bf16_tflops(device_name: str) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", choices=("mspm", "distill", "eat"), default="mspm",
-                        help="distill: time ASiT's step beside MSPM's; eat: EAT's beside ASiT's and MSPM's")
+    parser.add_argument("--method", choices=("mspm", "asit", "eat"), default="mspm",
+                        help="asit: time ASiT's step beside MSPM's; eat: EAT's beside ASiT's and MSPM's")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default="patch")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--frames", type=int, default=1024)
     parser.add_argument("--mask-patches", type=int, default=400)
     parser.add_argument("--passes", default="1,2", help="1, 2 or a comma list such as 1,2")
-    parser.add_argument("--view-frames", type=int, default=592, help="distill, eat: frames of each of ASiT's two views")
-    parser.add_argument("--align", type=int, default=1, help="distill, eat: GMML block alignment (1 or 16)")
+    parser.add_argument("--view-frames", type=int, default=592, help="asit, eat: frames of each of ASiT's two views")
+    parser.add_argument("--align", type=int, default=1, help="asit, eat: GMML block alignment (1 or 16)")
     parser.add_argument("--clone-batch", type=int, default=16, help="eat: masked clones of each clip (paper: 16)")
     parser.add_argument("--skip-official", action="store_true",
-                        help="do not time the official-style step (always skipped with --method distill or eat)")
+                        help="do not time the official-style step (always skipped with --method asit or eat)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", help="fp32, bf16 or fp32,bf16; default bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--compile", default="eager", help="eager, compiled or eager,compiled")
@@ -292,7 +292,7 @@ def main() -> None:
             return lambda x: variant(model, optimizer, x, autocast)
         return build
 
-    def build_distill(autocast: bool, compiled: bool) -> Callable[[], Step]:
+    def build_asit_step(autocast: bool, compiled: bool) -> Callable[[], Step]:
         def build() -> Step:
             torch.manual_seed(0)
             model = build_asit(args.size, args.geometry, args.frames, args.view_frames, args.align,
@@ -315,8 +315,8 @@ def main() -> None:
         combo, autocast, compiled = f"{precision}/{mode}", precision == "bf16", mode == "compiled"
         for p in passes:
             builders[combo, f"passes{p}"] = builder(False, p, autocast, compiled)
-        if args.method in ("distill", "eat"):
-            builders[combo, "distill"] = build_distill(autocast, compiled)
+        if args.method in ("asit", "eat"):
+            builders[combo, "asit"] = build_asit_step(autocast, compiled)
         if args.method == "eat":
             builders[combo, "eat"] = build_eat_step(autocast, compiled)
         elif args.method == "mspm" and not args.skip_official and not compiled:
@@ -348,13 +348,13 @@ def main() -> None:
     if peak_tflops is not None:
         report["peak_bf16_tflop_s"] = peak_tflops
     report["passes"] = {str(p): results[f"passes{p}"] for p in passes}
-    if "distill" in results:
-        report |= {"view_frames": args.view_frames, "align": args.align, "distill": results["distill"]}
+    if "asit" in results:
+        report |= {"view_frames": args.view_frames, "align": args.align, "asit": results["asit"]}
         for p in passes:
-            report[f"ratio_distill_vs_passes{p}"] = round(results["distill"]["step_s"] / results[f"passes{p}"]["step_s"], 3)
+            report[f"ratio_asit_vs_passes{p}"] = round(results["asit"]["step_s"] / results[f"passes{p}"]["step_s"], 3)
     if "eat" in results:
         report |= {"clone_batch": args.clone_batch, "eat": results["eat"],
-                   "ratio_eat_vs_distill": round(results["eat"]["step_s"] / results["distill"]["step_s"], 3)}
+                   "ratio_eat_vs_asit": round(results["eat"]["step_s"] / results["asit"]["step_s"], 3)}
         for p in passes:
             report[f"ratio_eat_vs_passes{p}"] = round(results["eat"]["step_s"] / results[f"passes{p}"]["step_s"], 3)
     if "official_style" in results:

@@ -11,7 +11,7 @@ import transformers  # a [dev] dependency, for the parity tests only
 from safetensors import safe_open
 
 import ssast
-from pretrain.distill import ASiT
+from pretrain.asit import ASiT
 from ssast import CheckpointError, load_checkpoint, load_encoder, save_encoder
 from ssast.checkpoints import Preprocessing, lightning_metadata
 from ssast.encoder import ASTEncoder, adapt_pos_embed

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.base import PretrainModule
-from pretrain.distill import ASiT
+from pretrain.asit import ASiT
 from pretrain.eat import EAT
 from pretrain.mspm import MSPM
 from ssast.features import logmel_statistics

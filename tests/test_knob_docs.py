@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pretrain.base import PretrainModule
-from pretrain.distill import ASiT
+from pretrain.asit import ASiT
 from pretrain.eat import EAT
 from pretrain.mspm import MSPM
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from finetune.module import Finetune
 from ssast.train.callbacks import RunCheckpoint
-from pretrain.distill import ASiT
+from pretrain.asit import ASiT
 from pretrain.mspm import MSPM
 from ssast.train.module import NonFiniteLossError
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pretrain.base import PretrainModule, optimization_step
-from pretrain.distill import ASiT
+from pretrain.asit import ASiT
 from pretrain.eat import EAT
 from pretrain.mspm import MSPM
 from ssast.masking import GmmlOptions

@@ -25,7 +25,7 @@ def resolved(stage: str, name: str) -> dict:
 @pytest.mark.parametrize("recipe", RECIPES, ids=[path.stem for path in RECIPES])
 def test_recipe_resolves(recipe):
     config = resolved("pretrain", recipe.stem)
-    method = {"asit": "pretrain.distill.ASiT", "eat": "pretrain.eat.EAT"}.get(recipe.stem.split("_")[0], "pretrain.mspm.MSPM")
+    method = {"asit": "pretrain.asit.ASiT", "eat": "pretrain.eat.EAT"}.get(recipe.stem.split("_")[0], "pretrain.mspm.MSPM")
     assert config["model"]["class_path"] == method
     model, data = config["model"]["init_args"], config["data"]["init_args"]
     if recipe.stem.startswith("mspm_") and recipe.stem != "mspm_demo":  # DESIGN.md section 6

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from pretrain.base import optimization_step
 from pretrain.cli import main
-from pretrain.distill import ASiT
+from pretrain.asit import ASiT
 from pretrain.teacher import EMATeacher
 from ssast.losses import CenteredDistillation, entropy
 from ssast.masking import GmmlOptions, gmml_corrupt
