@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 from torchaudio.compliance import kaldi
 
 from ssast.audio import decode_audio
-from ssast.data.reader import ShardStream, list_shards
+from ssast.data.shards import list_shards
+from ssast.data.stream import ShardStream
 from ssast.data.writer import ShardSetWriter, encode_clip
 from ssast.features import Fbank, Normalize, fit_frames
 

@@ -8,7 +8,11 @@ from collections import Counter
 import pytest
 
 from helpers import flac_sample, write_shard
-from ssast.data.reader import EpochLoader, ReaderOptions, ShardStream, SkipCounter, shard_label_counts
+from ssast.data.label_counts import shard_label_counts
+from ssast.data.loaders import EpochLoader
+from ssast.data.options import ReaderOptions
+from ssast.data.skips import SkipCounter
+from ssast.data.stream import ShardStream
 from ssast.train.datamodule import AudioDataModule
 
 CLIP = 400
@@ -75,7 +79,7 @@ def test_label_counts_read_the_json_only(tmp_path, caplog):
                 {"__key__": "k/other", "flac": samples[0]["flac"], "json": {"labels": ["z"]}}]
     write_shard(tmp_path / "0.tar", samples)
     urls = [str(tmp_path / "0.tar"), f"pipe:cat {tmp_path / '0.tar'}"]
-    with caplog.at_level(logging.WARNING, logger="ssast.data.reader"):
+    with caplog.at_level(logging.WARNING, logger="ssast.data.label_counts"):
         counts = shard_label_counts(urls, ["a", "b"], progress=False)
     assert counts.counts == {"a": 6, "b": 2} and counts.clips == 8 and counts.max_weight == pytest.approx(0.5)
     assert "counted the labels of 8 clips in 2 shards (4 left out): 2 labels of 2 to 6 clips" in caplog.text

@@ -28,9 +28,11 @@ from finetune.module import Finetune
 from ssast.train.datamodule import AudioDataModule
 from ssast.audio import AudioFile
 from ssast.data.cli import main as data_cli
-from ssast.data.reader import (
-    EpochLoader, EvalLoader, NoReadableShards, ReaderOptions, ShardStream, SkipCounter, TooManySkipped, list_shards,
-)
+from ssast.data.loaders import EpochLoader, EvalLoader
+from ssast.data.options import ReaderOptions
+from ssast.data.shards import list_shards
+from ssast.data.skips import NoReadableShards, SkipCounter, TooManySkipped
+from ssast.data.stream import ShardStream
 from ssast.data.writer import SHARD_INDEX, interrupted_output
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +123,7 @@ def test_bad_samples_are_skipped_or_fixed_and_counted_per_reason_across_workers(
     assert "fixed 2 resampled, 1 downmixed" in skips.summary()
 
     # The same in this process, to read the warnings: each names the sample or the shard.
-    with caplog.at_level(logging.WARNING, logger="ssast.data.reader"):
+    with caplog.at_level(logging.WARNING, logger="ssast.data"):
         eval_batches(stream(urls, classes=["a", "b"], max_skip_ratio=None, shard_retries=1))
     for name in ("bad/text_as_flac", "bad/broken_json", "bad/zebra", "bad/caption_only", "bad/nan"):
         assert name in caplog.text
@@ -246,7 +248,7 @@ def test_unreachable_shards_are_retried_then_skipped_naming_each(shards, tmp_pat
                    f"{base}/absent.tar"]
         urls = [str(shards / "0.tar"), f"pipe:cat {shards / '1.tar'}", f"{base}/2.tar", *failing]
         skips = SkipCounter()
-        with caplog.at_level(logging.WARNING, logger="ssast.data.reader"):
+        with caplog.at_level(logging.WARNING, logger="ssast.data.retries"):
             keys = keys_of(eval_batches(stream(urls, skips=skips, shard_retries=2)))
     assert keys == sorted(f"s{shard}/{index}" for shard in range(3) for index in range(4))
     assert skips.counts()["failed_shards"] == 4 and skips.counts()["shard_retries"] == 8

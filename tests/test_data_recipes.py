@@ -16,8 +16,11 @@ from helpers import (
     make_voxceleb1, write_clip,
 )
 from ssast.data.cli import main
-from ssast.data.reader import list_shards, read_classes
-from ssast.data.recipes import SPEECH_COMMANDS, build_recipe, list_audioset, list_iemocap, list_speechcommands
+from ssast.data.recipes.audioset import list_audioset
+from ssast.data.recipes.build import build_recipe
+from ssast.data.recipes.iemocap import list_iemocap
+from ssast.data.recipes.speechcommands import SPEECH_COMMANDS, list_speechcommands
+from ssast.data.shards import list_shards, read_classes
 
 FAST = {"progress": False, "shard_size": 4}
 

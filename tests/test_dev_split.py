@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssast.data.reader import KeySplit
+from ssast.data.options import KeySplit
 from ssast.train.datamodule import AudioDataModule
 
 

@@ -8,7 +8,7 @@ from torchaudio.compliance import kaldi
 
 from helpers import flac_sample, write_shard
 from ssast.augment import mix_waveforms
-from ssast.data.reader import ShardStream
+from ssast.data.stream import ShardStream
 from ssast.features import Fbank, fit_frames
 
 

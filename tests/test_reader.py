@@ -10,7 +10,11 @@ from torch.utils.data import DataLoader
 
 from helpers import encoded, flac_sample, http_server, write_shard
 from ssast.audio import encode_flac
-from ssast.data.reader import EpochLoader, EvalLoader, ReaderOptions, ShardStream, SkipCounter, list_shards
+from ssast.data.loaders import EpochLoader, EvalLoader
+from ssast.data.options import ReaderOptions
+from ssast.data.shards import list_shards
+from ssast.data.skips import SkipCounter
+from ssast.data.stream import ShardStream
 
 
 @pytest.fixture
@@ -176,7 +180,7 @@ def test_bad_samples_are_skipped_counted_and_logged_across_workers(tmp_path, cap
     skips = SkipCounter()
     stream = ShardStream(urls, clip_samples=1600, batch_size=3, training=False, classes=["a"], skips=skips,
                          rank=0, world_size=1, options=ReaderOptions(retry_delay=0))
-    with caplog.at_level(logging.WARNING, logger="ssast.data.reader"):
+    with caplog.at_level(logging.WARNING, logger="ssast.data"):
         keys = [key for batch in DataLoader(stream, batch_size=None, num_workers=2) for key in batch["key"]]
     assert sorted(keys) == [f"good/{index}" for index in range(4)]
     assert skips.samples == 5 and skips.shards == 1

@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader
 
 from helpers import tone
 from ssast.data.cli import main
-from ssast.data.reader import ShardStream, list_shards, read_classes
+from ssast.data.shards import list_shards, read_classes
 from ssast.data.stats import compute_stats, read_stats
+from ssast.data.stream import ShardStream
 from ssast.data.writer import scan_folder, write_shards
 from ssast.features import Fbank
 

@@ -7,7 +7,7 @@ import torch
 from helpers import flac_sample, write_shard
 from ssast.audio import AudioFile
 from ssast.augment import roll_and_gain
-from ssast.data.reader import ShardStream
+from ssast.data.stream import ShardStream
 from ssast.train.datamodule import AudioDataModule
 
 

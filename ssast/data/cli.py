@@ -9,8 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from ssast.data.reader import NoReadableShards, TooManySkipped, list_shards
-from ssast.data.recipes import RECIPES, build_recipe
+from ssast.data.recipes.build import RECIPES, build_recipe
+from ssast.data.shards import list_shards
+from ssast.data.skips import NoReadableShards, TooManySkipped
 from ssast.data.stats import compute_stats, write_stats
 from ssast.data.writer import read_manifest, scan_folder, write_shards
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ssast.data.reader import EvalLoader, ShardStream
+from ssast.data.loaders import EvalLoader
+from ssast.data.stream import ShardStream
 from ssast.data.writer import write_text_atomic
 from ssast.features import Fbank
 
