@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssast.demo.corpus import TASKS, ClipSpec, build_demo, make_clip
-from ssast.data.reader import list_shards, read_classes
+from ssast.data.shards import list_shards, read_classes
 from ssast.data.stats import read_stats
 from ssast.features import Fbank
 

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from ssast.data.reader import list_shards, read_classes
+from ssast.data.shards import list_shards, read_classes
 from ssast.demo.corpus import CORPUS_VERSION, SPLITS, TASKS, build_demo
-from ssast.demo.recorded import (
-    INSTRUMENTS, LETTERS, MIN_SPEAKER_WORDS, NOTE_DELAY, SOUNDFONTS, Figure, MissingSourceError, Note, build_recorded,
-    figures_midi,
-)
+from ssast.demo.instrument_figures import INSTRUMENTS, NOTE_DELAY, Figure, Note, figures_midi
+from ssast.demo.recorded import build_recorded
+from ssast.demo.recorded_sources import LETTERS, MIN_SPEAKER_WORDS, SOUNDFONTS, MissingSourceError
 from ssast.demo.runner import main as demo_main
 
 RATE = 16_000

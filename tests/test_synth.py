@@ -1,4 +1,4 @@
-"""Tests for the dry-sound synthesizer (ssast.demo.synth)."""
+"""Tests for the dry-sound synthesizers (ssast.demo.events, ssast.demo.speech)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssast.demo.synth import (
-    EVENT_CLASSES,
-    KEYWORDS,
-    PHONEMES,
-    SAMPLE_RATE,
-    Voice,
-    synth_event,
-    synth_utterance,
-    synth_word,
-)
+from ssast.demo.dsp import SAMPLE_RATE
+from ssast.demo.events import EVENT_CLASSES, synth_event
+from ssast.demo.phonemes import KEYWORDS, PHONEMES
+from ssast.demo.speech import synth_utterance, synth_word
+from ssast.demo.voice import Voice
 
 CORE_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 

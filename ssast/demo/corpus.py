@@ -31,10 +31,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ssast.audio import SAMPLE_RATE
-from ssast.data.reader import list_shards
-from ssast.data.recipes import SPEECH_COMMANDS
+from ssast.data.recipes.speechcommands import SPEECH_COMMANDS
+from ssast.data.shards import list_shards
 from ssast.data.stats import compute_stats, write_stats
-from ssast.demo.synth import EVENT_CLASSES, KEYWORDS, Voice, synth_event, synth_utterance, synth_word
+from ssast.demo.events import EVENT_CLASSES, synth_event
+from ssast.demo.phonemes import KEYWORDS
+from ssast.demo.speech import synth_utterance, synth_word
+from ssast.demo.voice import Voice
 from ssast.data.writer import (
     SHARD_INDEX, EncodedClip, ShardSetWriter, encode_clip, parallel_map, write_classes, write_text_atomic,
 )
