@@ -49,7 +49,8 @@ from torch import nn
 
 from ssast.audio import SAMPLE_RATE
 from ssast.checkpoints import Checkpoint
-from ssast.embed import Embedder, Precision, Windowing
+from ssast.embed import Embedder, Precision
+from ssast.windows import Windowing
 from ssast.encoder import Layers, Pooling
 
 DEFAULT_HOP_MS = 50.0  # HEAR's validator warns above it

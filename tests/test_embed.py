@@ -14,7 +14,7 @@ import torch
 from ssast import Embedder, save_encoder
 from ssast.audio import AudioFile, resample
 from ssast.checkpoints import Preprocessing
-from ssast.embed import Windowing
+from ssast.windows import Windowing
 from ssast.embed_cli import main
 from ssast.features import Fbank, Normalize, fit_frames
 
