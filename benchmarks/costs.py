@@ -31,8 +31,13 @@ import torch
 import webdataset as wds
 
 from ssast.audio import encode_flac
-from ssast.data.reader import EpochLoader, EvalLoader, NoReadableShards, ReaderOptions, ShardStream
-from ssast.demo.synth import EVENT_CLASSES, Voice, synth_event, synth_word
+from ssast.data.loaders import EpochLoader, EvalLoader
+from ssast.data.options import ReaderOptions
+from ssast.data.skips import NoReadableShards
+from ssast.data.stream import ShardStream
+from ssast.demo.events import EVENT_CLASSES, synth_event
+from ssast.demo.speech import synth_word
+from ssast.demo.voice import Voice
 from ssast.masking import cluster_mask, random_mask
 
 RATE = 16000
@@ -85,7 +90,7 @@ def all_shards_fail_seconds(folder: Path) -> float:
 
 
 def main() -> None:
-    logging.getLogger("ssast.data.reader").setLevel(logging.ERROR)  # the failing shards' warnings
+    logging.getLogger("ssast.data.retries").setLevel(logging.ERROR)  # the failing shards' warnings
     report = {}
     with tempfile.TemporaryDirectory() as folder:
         url = hour_clip_shard(Path(folder))

@@ -109,7 +109,7 @@ def build_eat(size: str, geometry: str, frames: int, clone_batch: int, compile: 
 
 def method_optimizer(model: PretrainModule) -> torch.optim.Optimizer:
     """The method's own optimizer (its class defaults) at its base lr."""
-    return model.build_optimizer(lr=model.hparams.lr)
+    return model.build_optimizer(lr=model.optimization.lr)
 
 
 def official_mask_ids(num_patches: int, num_masked: int, cluster: bool) -> list[int]:

@@ -10,7 +10,7 @@ The pipeline is the official SSAST/AST one: mixup mixes waveforms before the fba
 data (``data.mixup``; each batch says with which partner and λ, and the targets are mixed
 here alike); SpecAugment masks the log-mel (filled with what a raw 0, AST's mask value,
 normalizes to); AST's noise and time roll come last. The learning rate follows the official
-loop (:class:`~ssast.train.schedules.WarmupStepDecay`) or a warmup + cosine schedule.
+loop (:class:`~ssast.schedules.WarmupStepDecay`) or a warmup + cosine schedule.
 
 Two other protocols are options of the same module. SUPERB, with which SSAST reports keywords
 (KS1), speakers (SID) and emotion (ER): ``pooling: layers``, a learnable weighted sum of every
@@ -22,9 +22,7 @@ smoothing, AdamW without weight decay on norms and biases, layer-wise rates, fai
 
 from __future__ import annotations
 
-import math
-import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -34,102 +32,47 @@ from einops import rearrange
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
 
-from ssast.augment import roll_frames
-from ssast.checkpoints import Checkpoint, CheckpointError, load_checkpoint
+from ssast.augment import batch_mixup, mix_targets, noise_and_roll
+from ssast.checkpoints import check_fits, load_checkpoint
 from ssast.encoder import LAYOUTS, ASTEncoder, EncoderConfig
 from ssast.heads import ClassificationHead, LayerWeights, UtteranceHead
 from ssast.train.module import EncoderModule, log_bar_chart
-from ssast.train.schedules import FairseqCosine, WarmupStepDecay
+from ssast.optim import build_optimizer, layer_decay_groups, parameter_groups
+from ssast.schedules import FairseqCosine, WarmupStepDecay
 from ssast.visualize import confusion_matrix_figure, render
 
 Task = Literal["multiclass", "multilabel"]
 Loss = Literal["ce", "bce"]
-Schedule = Literal["step", "cosine", "constant"]
+Schedule = Literal["step", "fairseq_cosine", "constant"]
 Optimizer = Literal["adam", "adamw"]
 AugmentOrder = Literal["ast", "eat"]
 FinetunePooling = Literal["mean", "cls", "layers"]
 FRAME_SHIFT = 160  # samples per fbank frame: s3prl's downsample rate for SSAST's upstream
 
 
-def mix_targets(targets: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """``λ t + (1 - λ) t[partner]``: the targets of clips whose waveforms the data mixed
-    (``batch["mix_partner"]``, ``batch["mix_lambda"]``), as the official data loader mixes
-    labels."""
-    lam = lam.to(targets.dtype)[:, None]
-    return lam * targets + (1 - lam) * targets[partner]
-
-
-def batch_mixup(
-    fbank: torch.Tensor, targets: torch.Tensor, alpha: float, probability: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """EAT's mixup (``utils/mixup.py``, timm's ``Mixup`` in ``batch`` mode, no cutmix): with
-    ``probability``, one ``λ ~ Beta(alpha, alpha)`` for the whole batch, and every clip and its
-    targets mixed with the batch reversed; the log-mels are mixed, not the waveforms. (Its
-    target function ignores the label smoothing it is given.)"""
-    if alpha <= 0 or torch.rand(()).item() >= probability:
-        return fbank, targets
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    return lam * fbank + (1 - lam) * fbank.flip(0), lam * targets + (1 - lam) * targets.flip(0)
-
-
-def noise_and_roll(fbank: torch.Tensor, max_shift: int = 10) -> torch.Tensor:
-    """AST's ESC-50 augmentation: uniform noise of a random level up to 0.1, then each clip
-    rolled in time by up to ``max_shift`` frames."""
-    batch = len(fbank)
-    level = torch.rand(batch, 1, 1, device=fbank.device) / 10
-    noisy = fbank + torch.rand_like(fbank) * level
-    return roll_frames(noisy, torch.randint(-max_shift, max_shift, (batch,), device=fbank.device))
-
-
-def layer_id(name: str, depth: int) -> int:
-    """i + 1 for block i, depth + 1 for everything else (the head also gets ``head_lr``): the
-    rates of EAT's finetuning (data2vec 2.0's ``MaeImageClassificationModel``), which gives an
-    ``lr_scale`` to the blocks alone, so that the patch embedding, the cls token, the norm over
-    the embeddings (EAT's ``pre_norm``), a final norm and the head learn at the full rate. (BEiT
-    and MAE put the embeddings below the first block instead; EAT's recipes are the ones here
-    that decay layers.)"""
-    if match := re.match(r"encoder\.blocks\.(\d+)\.", name):
-        return int(match.group(1)) + 1
-    return depth + 1
-
-
 def build_encoder(hp: Any) -> ASTEncoder:
     """The encoder a :class:`Finetune` recipe asks for: from ``init_from`` (checked against the
-    recipe's size and token shape, adapted to its strides and length) or from scratch."""
+    recipe's size, layout and token shape, adapted to its strides and length) or from scratch."""
     strides = {"fstride": hp.fstride, "tstride": hp.tstride}
     strides = {name: value for name, value in strides.items() if value is not None}
     if hp.init_from is None:
         fshape, tshape = hp.fshape or 16, hp.tshape or 16
         config = EncoderConfig.from_size(
             hp.size or "base", hp.layout or "ast", fshape=fshape, tshape=tshape, fstride=fshape, tstride=tshape,
-            input_tdim=hp.input_tdim, drop_path=hp.drop_path, layer_scale=hp.layer_scale,
+            input_tdim=hp.input_tdim, drop_path=hp.drop_path,
         )
         return ASTEncoder(config.replace(**strides))
     # Adapted while loading: an ImageNet ViT has no audio grid to adapt from afterwards.
     checkpoint = load_checkpoint(hp.init_from, input_tdim=hp.input_tdim, drop_path=hp.drop_path, **strides)
-    check_recipe_fits(checkpoint, hp)
-    return checkpoint.encoder
-
-
-def check_recipe_fits(checkpoint: Checkpoint, hp: Any) -> None:
-    """A recipe that names a size, layout, token shape or LayerScale must get it: finetuning
-    frame tokens from a patch checkpoint would otherwise go unnoticed."""
-    config = checkpoint.encoder.config
-    wanted = {"fshape": hp.fshape, "tshape": hp.tshape, "layer_scale": hp.layer_scale}
+    wanted = {"fshape": hp.fshape, "tshape": hp.tshape}
     if hp.layout is not None:
-        wanted.update({name: value for name, value in LAYOUTS[hp.layout].items() if name != "num_lead_tokens"})
+        wanted |= {name: value for name, value in LAYOUTS[hp.layout].items() if name != "num_lead_tokens"}
     if hp.size is not None:
         sized = EncoderConfig.from_size(hp.size)
-        wanted.update(embed_dim=sized.embed_dim, depth=sized.depth)
-    differ = {name: value for name, value in wanted.items() if value is not None and getattr(config, name) != value}
-    if differ:
-        asked = ", ".join(f"{name}={value}" for name, value in differ.items())
-        has = ", ".join(f"{name}={getattr(config, name)}" for name in differ)
-        raise CheckpointError(
-            checkpoint.path, checkpoint.format, f"holds an encoder with {has} but the recipe asks for {asked}; "
-            "set model.size, model.layout, model.fshape, model.tshape and model.layer_scale to null to take the "
-            "checkpoint's, or "
-            "start from a checkpoint that matches")
+        wanted |= {"embed_dim": sized.embed_dim, "depth": sized.depth}
+    check_fits(checkpoint, wanted, "set model.size, model.layout, model.fshape and model.tshape to null to take the "
+                                   "checkpoint's, or start from a checkpoint that matches")
+    return checkpoint.encoder
 
 
 class Finetune(EncoderModule):
@@ -150,8 +93,6 @@ class Finetune(EncoderModule):
         fshape: patch height from scratch (``None``: 16); with ``init_from``, ``None`` or
             the checkpoint's, which is checked.
         tshape: patch width, like ``fshape``.
-        layer_scale: from scratch, the start of CaiT's LayerScale gains (``None``: none, as
-            AST); with ``init_from``, ``None`` or the checkpoint's, which is checked.
         fstride: frequency stride (SSAST finetunes patch models at 10, frame models at
             128); ``None`` keeps the checkpoint's (the patch height from scratch).
         tstride: time stride (SSAST: 10 for patch models, 1 for frame models); ``None``
@@ -169,27 +110,29 @@ class Finetune(EncoderModule):
             ``None``: by ``task`` (``ce`` for multiclass).
         label_smoothing: training targets ``(1 - s) y + s / classes`` (EAT's ESC-50: 0.1).
         optimizer: ``adam`` (weight decay added to the gradient, as SSAST's and s3prl's
-            ``torch.optim.Adam``) or ``adamw`` (decoupled, none on norms and biases, as EAT's
-            fairseq Adam).
+            ``torch.optim.Adam``) or ``adamw`` (decoupled, as EAT's fairseq Adam).
         lr: learning rate of the encoder's top block (of every block without
             ``layer_decay``).
-        head_lr: the head learns ``head_lr`` times faster than ``lr`` (SSAST's ``--head_lr``).
+        head_lr_scale: the head learns ``head_lr_scale`` times faster than ``lr`` (SSAST's
+            ``--head_lr``).
         layer_decay: each block down from the top learns ``layer_decay`` times slower; the
-            rest of the encoder and the head at ``lr``, as EAT (:func:`layer_id`).
+            rest of the encoder and the head at ``lr``, as EAT (:func:`ssast.optim.layer_id`).
         weight_decay: the optimizer's weight decay.
+        decay_norms_and_biases: whether norms, biases and other 1-D parameters take weight
+            decay (SSAST: yes; EAT: no; :func:`ssast.optim.takes_weight_decay`).
         betas: the optimizer's betas.
         schedule: ``step`` (the official SSAST/AST loop: warmup, then the rate multiplied by
-            ``decay_factor`` every ``decay_every`` epochs from epoch ``decay_start + 1``;
-            :class:`~ssast.train.schedules.WarmupStepDecay`), ``cosine`` (fairseq's, as EAT:
+            ``lr_decay_factor`` every ``lr_decay_every`` epochs from epoch ``lr_decay_start +
+            1``; :class:`~ssast.schedules.WarmupStepDecay`), ``fairseq_cosine`` (fairseq's, as EAT:
             linear warmup from ``min_lr``, then cosine to ``min_lr`` at the run's last step;
-            :class:`~ssast.train.schedules.FairseqCosine`) or ``constant`` (s3prl's SUPERB runs).
+            :class:`~ssast.schedules.FairseqCosine`) or ``constant`` (s3prl's SUPERB runs).
         warmup_steps: warmup optimizer steps (0: none).
         warmup_every: ``step`` only: the warmup sets the rate every this many steps (SSAST: 50).
-        decay_start: ``step`` only: epochs at the full rate before the first decay
+        lr_decay_start: ``step`` only: epochs at the full rate before the first decay
             (``--lrscheduler_start``).
-        decay_every: ``step`` only: epochs between decays (``--lrscheduler_step``).
-        decay_factor: ``step`` only: the factor of each decay (``--lrscheduler_decay``).
-        min_lr: ``cosine`` only: the first and the last rate.
+        lr_decay_every: ``step`` only: epochs between decays (``--lrscheduler_step``).
+        lr_decay_factor: ``step`` only: the factor of each decay (``--lrscheduler_decay``).
+        min_lr: ``fairseq_cosine`` only: the first and the last rate.
         batch_mixup: EAT's mixup of the log-mels: ``α`` of ``λ ~ Beta(α, α)``, one per batch, the
             batch mixed with its reverse (0: off); see :func:`batch_mixup`. Waveform mixup, as
             SSAST/AST, is the data's ``mixup``.
@@ -217,7 +160,6 @@ class Finetune(EncoderModule):
         layout: Literal["ast", "eat"] | None = None,
         fshape: int | None = None,
         tshape: int | None = None,
-        layer_scale: float | None = None,
         fstride: int | None = None,
         tstride: int | None = None,
         input_tdim: int = 1024,
@@ -229,16 +171,17 @@ class Finetune(EncoderModule):
         label_smoothing: float = 0.0,
         optimizer: Optimizer = "adam",
         lr: float = 1e-4,
-        head_lr: float = 1.0,
+        head_lr_scale: float = 1.0,
         layer_decay: float = 1.0,
         weight_decay: float = 5e-7,
+        decay_norms_and_biases: bool = True,
         betas: tuple[float, float] = (0.95, 0.999),
         schedule: Schedule = "step",
         warmup_steps: int = 0,
         warmup_every: int = 1,
-        decay_start: int = 10,
-        decay_every: int = 5,
-        decay_factor: float = 0.5,
+        lr_decay_start: int = 10,
+        lr_decay_every: int = 5,
+        lr_decay_factor: float = 0.5,
         min_lr: float = 1e-6,
         batch_mixup: float = 0.0,
         batch_mixup_prob: float = 1.0,
@@ -251,6 +194,8 @@ class Finetune(EncoderModule):
         class_names: list[str] | None = None,
         max_nonfinite_steps: int = 20,
     ) -> None:
+        if schedule not in get_args(Schedule):
+            raise ValueError(f"schedule must be one of {', '.join(get_args(Schedule))}, got {schedule!r}")
         super().__init__(max_nonfinite_steps)
         self.save_hyperparameters()
         self.encoder = build_encoder(self.hparams)
@@ -414,42 +359,24 @@ class Finetune(EncoderModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        depth = self.encoder.config.depth
-        groups: dict[str, dict[str, Any]] = {}
-        for name, parameter in self.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            layer = layer_id(name, depth)
-            group = "head" if name.startswith(("head.", "layer_weights.")) else f"layer{layer}"
-            # EAT's fairseq groups give norms and biases no weight decay; SSAST's Adam decays all.
-            decays = hp.optimizer == "adam" or not (parameter.ndim <= 1 or name.endswith(".bias"))
-            key = group if decays else f"{group}_no_decay"
-            rate = hp.lr * hp.layer_decay ** (depth + 1 - layer) * (hp.head_lr if group == "head" else 1.0)
-            groups.setdefault(key, {"params": [], "lr": rate, "name": key,
-                                    "weight_decay": hp.weight_decay if decays else 0.0})["params"].append(parameter)
         # Named groups: LearningRateMonitor logs each by name and history.csv reads "head".
-        optimizer_class = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
-        optimizer = optimizer_class(list(groups.values()), lr=hp.lr, betas=tuple(hp.betas))
-        if hp.schedule == "cosine":
+        rates = layer_decay_groups(self.encoder.config.depth, hp.layer_decay, ("head.", "layer_weights."),
+                                   hp.head_lr_scale)
+        groups = parameter_groups(self, hp.lr, hp.weight_decay, hp.decay_norms_and_biases, rates)
+        optimizer = build_optimizer(hp.optimizer, groups, hp.lr, hp.betas)
+        if hp.schedule == "fairseq_cosine":
             scheduler = FairseqCosine(optimizer, hp.warmup_steps, int(self.trainer.estimated_stepping_batches),
                                       hp.min_lr, peak_lr=hp.lr)
         elif hp.schedule == "constant":
             scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
         else:
-            scheduler = WarmupStepDecay(optimizer, self.steps_per_epoch(), hp.decay_start, hp.decay_every,
-                                        hp.decay_factor, hp.warmup_steps, hp.warmup_every)
+            steps_per_epoch = self.steps_per_epoch()
+            if steps_per_epoch is None:
+                raise ValueError("schedule 'step' counts epochs, but the training data has no length; use a loader "
+                                 "with a length (AudioDataModule's have one) or schedule 'fairseq_cosine'")
+            scheduler = WarmupStepDecay(optimizer, steps_per_epoch, hp.lr_decay_start, hp.lr_decay_every,
+                                        hp.lr_decay_factor, hp.warmup_steps, hp.warmup_every)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps in one training epoch (Lightning steps at an epoch's end even when
-        its batches do not fill the last accumulation)."""
-        if self.trainer.train_dataloader is None:  # what estimated_stepping_batches does, also for max_steps runs
-            self.trainer.fit_loop.setup_data()
-        batches = self.trainer.num_training_batches
-        if not math.isfinite(batches):
-            raise ValueError("schedule 'step' counts epochs, but the training data has no length; use a loader with "
-                             "a length (AudioDataModule's have one) or schedule 'cosine'")
-        return math.ceil(batches / self.trainer.accumulate_grad_batches)
 
 
 def confusion_picture(matrix: torch.Tensor) -> np.ndarray:

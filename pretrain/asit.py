@@ -4,25 +4,23 @@ Each clip gives two random views (``view_frames`` each, rolled in time with p = 
 teacher, an EMA of the student, sees them clean; the student sees them corrupted by GMML
 (:func:`ssast.masking.gmml_corrupt`) and must
 
-* match the teacher's distribution over ``cls_dim`` prototypes for its cls token across
-  views (global loss: DINO's cross-entropy, view a against view b and back),
-* match the teacher's distribution over ``patch_dim`` prototypes at every patch of the
-  same view (local loss), and
+* match the teacher's distribution over ``cls_prototypes`` prototypes for its cls token
+  across views (global loss: DINO's cross-entropy, view a against view b and back),
+* match the teacher's distribution over ``patch_prototypes`` prototypes at every patch of
+  the same view (local loss), and
 * reconstruct the corrupted bins (L1 on the corrupted bins only).
 
 Total: ``global + local + recon_weight * recon``. The teacher's outputs are centered (each
 loss keeps its own center, an EMA of the teacher's mean output over all ranks) and
-sharpened by a temperature warmed up from 0.04 to 0.07; after each optimizer step the
-centers move and the teacher follows the student with an EMA decay rising to 1 on a cosine
-(:class:`~pretrain.teacher.EMATeacher`).
-The optimizer side of the recipe (AdamW, lr per 256 clips, weight decay 0.04 -> 0.4 on a
-cosine, biases and norms not decayed, per-tensor gradient clipping at 3) is
-:class:`~pretrain.base.PretrainModule`'s, set in the recipes.
+sharpened by a temperature warmed up from 0.04 to 0.07 over the first 30 epochs; after each
+optimizer step the centers move and the teacher follows the student with an EMA decay rising
+to 1 on a cosine (:class:`~pretrain.teacher.EMATeacher`). The optimization is the official
+recipe's (:data:`ASIT_RECIPE`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,10 +30,19 @@ from ssast.encoder import ASTEncoder
 from ssast.heads import DistillationHead, SpectrogramReconstructionHead
 from ssast.losses import CenteredDistillation, entropy
 from ssast.masking import GmmlOptions, gmml_corrupt
-from ssast.train.schedules import Progress, linear_warmup
+from ssast.schedules import Progress, linear_warmup
 from ssast.visualize import spectrogram_strip
 from pretrain.base import PretrainModule
+from pretrain.optimization import Optimization
 from pretrain.teacher import EMATeacher
+
+
+# ASiT's optimization (the official main script's defaults, DESIGN.md section 7): AdamW at 5e-4 per 256
+# clips of global batch, 10 warmup epochs then a cosine to 1e-6, weight decay 0.04 -> 0.4 on a cosine
+# sparing norms and biases, every gradient tensor clipped to norm 3.
+ASIT_RECIPE = Optimization(optimizer="adamw", lr=5e-4, lr_batch_size=256, betas=(0.9, 0.999), weight_decay=0.04,
+                           weight_decay_end=0.4, decay_norms_and_biases=False, gradient_clip_per_tensor=3.0,
+                           schedule="warmup_cosine", warmup_epochs=10, min_lr=1e-6)
 
 
 class ASiT(PretrainModule):
@@ -46,90 +53,68 @@ class ASiT(PretrainModule):
             the data) must be at least this long. The encoder sees views.
         roll_probability: chance that a view is rolled in time.
         gmml: how the student's views are corrupted.
-        cls_dim: prototypes of the global (cls) output.
-        patch_dim: prototypes of the local (patch) outputs.
+        cls_prototypes: prototypes of the global (cls) output.
+        patch_prototypes: prototypes of the local (patch) outputs.
         head_hidden_dim: width of the projection MLP.
         head_bottleneck_dim: the projection's output, before the prototypes.
         student_temp: the student's softmax temperature.
         teacher_temp: the teacher's temperature after warmup.
         warmup_teacher_temp: the teacher's temperature at step 0.
-        teacher_temp_warmup_steps: steps of the linear temperature warmup (30 epochs).
+        teacher_temp_warmup_epochs: epochs of the linear temperature warmup (30).
         center_momentum: momentum of both centers.
         ema_decay: the teacher's EMA decay at step 0; it rises along a cosine over the run.
         ema_end_decay: the decay at the end of the run (1: the teacher no longer moves).
         recon_weight: weight of the reconstruction loss.
-        momentum: renamed ``ema_decay``; refused.
-
-    The optimization defaults are the official recipe's (DESIGN.md section 7), the rest of
-    :class:`~pretrain.base.PretrainModule`'s arguments as there: AdamW at ``lr`` per 256 clips
-    of global batch, 10 warmup epochs then cosine to 1e-6 (epochs of AudioSet-2M at 256 clips
-    per step: 7,812 steps), weight decay 0.04 -> 0.4 sparing norms and biases, gradient clip
-    3.0 per tensor, drop path 0.1, one leading (cls) token.
+        num_lead_tokens: one, the cls token.
+        drop_path: the student's stochastic depth (0.1).
+        optimization: ASiT's (:data:`ASIT_RECIPE`).
     """
 
     exported = "teacher"
     validated = ("loss", "global", "local", "recon")
-    renamed = {"momentum": "ema_decay"}
 
     def __init__(
         self,
+        input_tdim: int = 1024,  # the clips' frames: views of view_frames are cut from them
+        num_lead_tokens: int = 1,
+        drop_path: float = 0.1,
+        optimization: Optimization = ASIT_RECIPE,
         view_frames: int = 592,
         roll_probability: float = 0.5,
         gmml: GmmlOptions = GmmlOptions(),
-        cls_dim: int = 8192,
-        patch_dim: int = 1024,
+        cls_prototypes: int = 8192,
+        patch_prototypes: int = 1024,
         head_hidden_dim: int = 2048,
         head_bottleneck_dim: int = 256,
         student_temp: float = 0.1,
         teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04,
-        teacher_temp_warmup_steps: int = 234_360,
+        teacher_temp_warmup_epochs: float = 30,
         center_momentum: float = 0.9,
         ema_decay: float = 0.996,
         ema_end_decay: float = 1.0,
         recon_weight: float = 2.0,
-        input_tdim: int = 1024,
-        num_lead_tokens: int = 1,
-        drop_path: float = 0.1,
-        optimizer: Literal["adam", "adamw"] = "adamw",
-        lr: float = 5e-4,
-        lr_batch_size: int | None = 256,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.04,
-        weight_decay_end: float | None = 0.4,
-        decay_norms_and_biases: bool = False,
-        gradient_clip_per_tensor: float = 3.0,
-        warmup_steps: int = 78_120,
-        schedule: Literal["plateau", "cosine"] = "cosine",
-        min_lr: float = 1e-6,
-        *,
-        momentum: float | None = None,
         **kwargs: Any,
     ) -> None:
-        self.refuse_renamed(momentum=momentum)
         if input_tdim < view_frames:
             raise ValueError(f"clips of {input_tdim} frames are shorter than a view ({view_frames}); "
                              "raise the data's target_length or lower view_frames")
-        super().__init__(  # the encoders see views
-            input_tdim=view_frames, num_lead_tokens=num_lead_tokens, drop_path=drop_path, optimizer=optimizer, lr=lr,
-            lr_batch_size=lr_batch_size, betas=betas, weight_decay=weight_decay, weight_decay_end=weight_decay_end,
-            decay_norms_and_biases=decay_norms_and_biases, gradient_clip_per_tensor=gradient_clip_per_tensor,
-            warmup_steps=warmup_steps, schedule=schedule, min_lr=min_lr, **kwargs,
-        )
+        super().__init__(input_tdim=view_frames, num_lead_tokens=num_lead_tokens, drop_path=drop_path,  # views
+                         optimization=optimization, **kwargs)
         config = self.encoder.config
         if view_frames % config.tshape:
             raise ValueError(f"view_frames ({view_frames}) must be a multiple of the patch width {config.tshape}")
         # GMML corrupts the input itself: no mask token, and DDP must not wait for its gradient.
         self.encoder.mask_embed.requires_grad_(False)
         self.teacher = ASTEncoder(config.replace(drop_path=0.0))
-        head_dims = (config.embed_dim, cls_dim, patch_dim, head_hidden_dim, head_bottleneck_dim)
+        head_dims = (config.embed_dim, cls_prototypes, patch_prototypes, head_hidden_dim, head_bottleneck_dim)
         self.student_head = DistillationHead(*head_dims)
         self.teacher_head = DistillationHead(*head_dims)
         self.ema = EMATeacher([(self.encoder, self.teacher), (self.student_head, self.teacher_head)],
                               ema_decay, ema_end_decay, "cosine")
         self.recon_head = SpectrogramReconstructionHead(config.embed_dim, config.fshape, config.tshape)
-        self.global_loss = CenteredDistillation(cls_dim, student_temp, center_momentum)
-        self.local_loss = CenteredDistillation(patch_dim, student_temp, center_momentum)
+        self.global_loss = CenteredDistillation(cls_prototypes, student_temp, center_momentum)
+        self.local_loss = CenteredDistillation(patch_prototypes, student_temp, center_momentum)
         self.view_frames = view_frames
         self.roll_probability = roll_probability
         self.gmml = gmml if isinstance(gmml, GmmlOptions) else GmmlOptions(**gmml)  # a dict from a checkpoint
@@ -138,7 +123,8 @@ class ASiT(PretrainModule):
 
     def teacher_temperature(self, progress: Progress) -> float:
         hp = self.hparams
-        return linear_warmup(hp.warmup_teacher_temp, hp.teacher_temp, progress.step, hp.teacher_temp_warmup_steps)
+        return linear_warmup(hp.warmup_teacher_temp, hp.teacher_temp, progress.step,
+                             progress.steps(hp.teacher_temp_warmup_epochs))
 
     # --- the method -----------------------------------------------------------------------
 
@@ -186,7 +172,7 @@ class ASiT(PretrainModule):
             "kl": cross_entropy - teacher_entropy,
             "teacher_temp": temperature, "ema_decay": self.ema.decay(progress),
         }
-        return self.add_clip_stats(out, student_tokens, views)  # each view's own statistics
+        return out
 
     def apply_updates(self, pending: list[tuple[torch.Tensor, torch.Tensor]], progress: Progress) -> None:
         for global_mean, local_mean in pending:

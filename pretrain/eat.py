@@ -40,9 +40,10 @@ from ssast.encoder import ASTEncoder
 from ssast.heads import ConvDecoder
 from ssast.losses import check_target_layer_norm, layer_averaged_targets, scaled_squared_error
 from ssast.masking import inverse_block_kept, inverse_block_mask, true_positions
-from ssast.train.schedules import Progress
+from ssast.schedules import Progress
 from ssast.visualize import spectrogram_strip
 from pretrain.base import PretrainModule
+from pretrain.optimization import Optimization
 from pretrain.teacher import EMATeacher
 
 
@@ -50,6 +51,13 @@ def channel_std(x: torch.Tensor) -> torch.Tensor:
     """Mean over channels of the standard deviation over all other axes: data2vec 2.0's
     ``target_var`` / ``pred_var`` collapse monitors (they fall towards 0 on collapse)."""
     return x.detach().float().reshape(-1, x.shape[-1]).var(dim=0).add(1e-6).sqrt().mean()
+
+
+# EAT's optimization (config/pretraining_AS2M.yaml, DESIGN.md section 7b): fairseq's Adam with decoupled
+# weight decay 0.05 sparing norms and biases, betas (0.9, 0.95), lr 5e-4, cosine to 0 after 53,333 warmup
+# updates of 400,000 (the global-norm clip of 4 is the trainer's, trainer.gradient_clip_val).
+EAT_RECIPE = Optimization(optimizer="adamw", lr=5e-4, betas=(0.9, 0.95), weight_decay=0.05,
+                          decay_norms_and_biases=False, schedule="warmup_cosine", warmup_steps=53_333, min_lr=0.0)
 
 
 class EAT(PretrainModule):
@@ -75,20 +83,17 @@ class EAT(PretrainModule):
         ema_decay: the teacher's EMA decay at the first update.
         ema_end_decay: its decay from ``ema_anneal_end_step`` on.
         ema_anneal_end_step: updates over which the decay rises linearly.
-        cls_loss: renamed ``utterance_weight``; refused.
-
-    The optimization defaults are EAT's released recipe (DESIGN.md section 7b), the rest of
-    :class:`~pretrain.base.PretrainModule`'s arguments as there: fairseq's Adam with decoupled
-    weight decay 0.05 sparing norms and biases, betas (0.9, 0.95), lr 5e-4, cosine after
-    53,333 warmup updates, one leading (cls) token.
+        num_lead_tokens: one, the cls token.
+        optimization: EAT's (:data:`EAT_RECIPE`).
     """
 
     exported = "encoder"  # the student, as EAT exports it
     validated = ("loss", "frame", "utterance")
-    renamed = {"cls_loss": "utterance_weight"}
 
     def __init__(
         self,
+        num_lead_tokens: int = 1,
+        optimization: Optimization = EAT_RECIPE,
         mask_prob: float = 0.8,
         mask_length: int = 5,
         mask_prob_adjust: float = 0.07,
@@ -104,25 +109,9 @@ class EAT(PretrainModule):
         ema_decay: float = 0.9998,
         ema_end_decay: float = 0.99999,
         ema_anneal_end_step: int = 100_000,
-        num_lead_tokens: int = 1,
-        optimizer: Literal["adam", "adamw"] = "adamw",
-        lr: float = 5e-4,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.05,
-        decay_norms_and_biases: bool = False,
-        warmup_steps: int = 53_333,
-        schedule: Literal["plateau", "cosine"] = "cosine",
-        min_lr: float = 0.0,
-        *,
-        cls_loss: float | None = None,
         **kwargs: Any,
     ) -> None:
-        self.refuse_renamed(cls_loss=cls_loss)
-        super().__init__(
-            num_lead_tokens=num_lead_tokens, optimizer=optimizer, lr=lr, betas=betas, weight_decay=weight_decay,
-            decay_norms_and_biases=decay_norms_and_biases, warmup_steps=warmup_steps, schedule=schedule, min_lr=min_lr,
-            **kwargs,
-        )
+        super().__init__(num_lead_tokens=num_lead_tokens, optimization=optimization, **kwargs)
         config = self.encoder.config
         self.top_k = average_top_k_layers or config.depth
         if not 1 <= self.top_k <= config.depth:
@@ -205,7 +194,7 @@ class EAT(PretrainModule):
             "target_var": channel_std(targets), "pred_var": channel_std(prediction[masked]),
             "ema_decay": self.ema.decay(progress),
         }
-        return self.add_clip_stats(out, patches, fbank)
+        return out
 
     def apply_updates(self, pending: list[Any], progress: Progress) -> None:
         self.ema.update(progress)

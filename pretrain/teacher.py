@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ssast.train.schedules import Progress, cosine_ramp, linear_warmup
+from ssast.schedules import Progress, cosine_ramp, linear_warmup
 
 
 class EMATeacher:

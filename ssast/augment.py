@@ -1,6 +1,6 @@
 """Batched augmentations, on the batch's device: time-axis transforms of log-mel batches
-``[B, T, F]``, mixup of waveform batches ``[B, N]`` as AST and SSAST mix clips, and EAT's
-roll and gain of waveforms.
+``[B, T, F]``, mixup of waveform batches ``[B, N]`` as AST and SSAST mix clips (and of their
+targets), EAT's roll and gain of waveforms and its mixup of log-mels, AST's noise and roll.
 
 Every clip of the batch gets its own offset, shift or mix; one ``gather`` or one
 broadcast does the whole batch.
@@ -108,3 +108,33 @@ def _beta(a: int, b: int, count: int, generator: torch.Generator | None, device:
     ``Y ~ Gamma(b)``, each a sum of unit exponentials."""
     exponentials = -torch.log1p(-torch.rand(count, a + b, generator=generator, device=device))
     return exponentials[:, :a].sum(dim=-1) / exponentials.sum(dim=-1)
+
+
+def mix_targets(targets: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``λ t + (1 - λ) t[partner]``: the targets of clips whose waveforms the data mixed
+    (``batch["mix_partner"]``, ``batch["mix_lambda"]``), as the official data loader mixes
+    labels."""
+    lam = lam.to(targets.dtype)[:, None]
+    return lam * targets + (1 - lam) * targets[partner]
+
+
+def batch_mixup(
+    fbank: torch.Tensor, targets: torch.Tensor, alpha: float, probability: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EAT's mixup (``utils/mixup.py``, timm's ``Mixup`` in ``batch`` mode, no cutmix): with
+    ``probability``, one ``λ ~ Beta(alpha, alpha)`` for the whole batch, and every clip and its
+    targets mixed with the batch reversed; the log-mels are mixed, not the waveforms. (Its
+    target function ignores the label smoothing it is given.)"""
+    if alpha <= 0 or torch.rand(()).item() >= probability:
+        return fbank, targets
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    return lam * fbank + (1 - lam) * fbank.flip(0), lam * targets + (1 - lam) * targets.flip(0)
+
+
+def noise_and_roll(fbank: torch.Tensor, max_shift: int = 10) -> torch.Tensor:
+    """AST's ESC-50 augmentation: uniform noise of a random level up to 0.1, then each clip
+    rolled in time by up to ``max_shift`` frames."""
+    batch = len(fbank)
+    level = torch.rand(batch, 1, 1, device=fbank.device) / 10
+    noisy = fbank + torch.rand_like(fbank) * level
+    return roll_frames(noisy, torch.randint(-max_shift, max_shift, (batch,), device=fbank.device))

@@ -21,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ssast.checkpoints import Checkpoint, CheckpointError
-from ssast.data.reader import AUDIO_MEMBERS, list_shards, shard_samples
+from ssast.data.shards import list_shards
+from ssast.data.tar import AUDIO_MEMBERS, shard_samples
 from ssast.data.writer import AUDIO_SUFFIXES, left_out, read_manifest, scan_folder
 from ssast.embed import Audio, Embedder, Precision, WindowEmbeddings, parse_layers
 from ssast.encoder import Layers, Pooling

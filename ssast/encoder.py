@@ -15,8 +15,8 @@ frequency-major order (:mod:`ssast.checkpoints.eat`).
 
 Patch models pretrain with 16x16 patches at stride 16 and finetune at stride 10; frame
 models use 128x2 patches. The patch shape is fixed by the weights; the stride and input
-length may change at finetuning, and :func:`adapt_pos_embed` moves the position embedding
-to the new grid. Parameter names follow timm's ViT, as the official SSAST and ASiT
+length may change at finetuning, and :func:`ssast.positions.resize_positions` moves the
+position embedding to the new grid. Parameter names follow timm's ViT, as the official SSAST and ASiT
 checkpoints do, so those load by stripping a prefix.
 """
 
@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
+
+from ssast.positions import fixed_positions
 
 # size -> (embed_dim, depth, num_heads); all with 4x MLPs and 64-dim heads.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -66,7 +68,6 @@ class EncoderConfig:
     drop_path: float = 0.0
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
-    layer_scale: float | None = None
     block_norm: BlockNorm = "pre"  # pre-norm blocks (ViT, AST) or post-norm (BERT, data2vec 2.0, EAT)
     embed_norm: bool = False  # a LayerNorm over the embedded tokens before the first block (EAT)
     final_norm: bool = True  # a LayerNorm after the last block (pre-norm ViTs have one; EAT has none)
@@ -79,8 +80,6 @@ class EncoderConfig:
             raise ValueError(f"positions must be 'learned' or 'sincos', got {self.positions!r}")
         if self.positions == "sincos" and self.embed_dim % 4:
             raise ValueError(f"a 2-D sin-cos table needs embed_dim divisible by 4, got {self.embed_dim}")
-        if self.layer_scale is not None and self.layer_scale <= 0:
-            raise ValueError(f"layer_scale must be positive (or None: no gains), got {self.layer_scale}")
         if self.num_lead_tokens not in (1, 2):
             raise ValueError(f"num_lead_tokens must be 1 (cls) or 2 (cls, dist), got {self.num_lead_tokens}")
         if self.embed_dim % self.num_heads:
@@ -133,6 +132,14 @@ LAYOUTS: dict[str, dict[str, Any]] = {
 }
 
 
+def layout_of(config: EncoderConfig) -> str | None:
+    """The name of the :data:`LAYOUTS` entry ``config`` is built in (its leading tokens aside,
+    which either layout may change), or ``None``."""
+    return next((name for name, fields in LAYOUTS.items()
+                 if all(getattr(config, field) == value for field, value in fields.items()
+                        if field != "num_lead_tokens")), None)
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops a sample's whole residual branch with probability ``p``."""
 
@@ -174,18 +181,6 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class LayerScale(nn.Module):
-    """CaiT's per-channel gain on a residual branch, started at ``init`` so that each block
-    begins close to the identity and the tokens keep their patch embedding."""
-
-    def __init__(self, dim: int, init: float) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim,), init))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
 class Block(nn.Module):
     """A transformer block, pre-norm (``x + attn(norm1(x))``, ViT's) or post-norm
     (``norm1(x + attn(x))``, data2vec 2.0's and EAT's) as ``config.block_norm`` says."""
@@ -199,9 +194,6 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
         self.drop_path = DropPath(drop_path)
-        scale = config.layer_scale
-        self.ls1 = nn.Identity() if scale is None else LayerScale(dim, scale)
-        self.ls2 = nn.Identity() if scale is None else LayerScale(dim, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_ffn(x)[0]
@@ -211,11 +203,11 @@ class Block(nn.Module):
         (data2vec 2.0's ``ffn_targets``). :meth:`forward` is this without the second output,
         so there is one code path to compile and the normal forward costs nothing extra."""
         if self.post_norm:
-            x = self.norm1(x + self.drop_path(self.ls1(self.attn(x))))
-            ffn = self.ls2(self.mlp(x))
+            x = self.norm1(x + self.drop_path(self.attn(x)))
+            ffn = self.mlp(x)
             return self.norm2(x + self.drop_path(ffn)), ffn
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        ffn = self.ls2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        ffn = self.mlp(self.norm2(x))
         return x + self.drop_path(ffn), ffn
 
 
@@ -386,100 +378,6 @@ class ASTEncoder(nn.Module):
         if pooling == "cls":
             return tokens[:, : self.num_lead_tokens].mean(dim=1)
         raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
-
-
-def without_layer_scale(encoder: ASTEncoder) -> ASTEncoder:
-    """A copy of ``encoder`` with its LayerScale gains multiplied into the layers before them
-    (``attn.proj``, ``mlp.fc2``): the same function as a plain AST encoder, which is what
-    AST's other homes (transformers, the official code) can hold. Returns ``encoder`` itself
-    when it has no gains."""
-    if encoder.config.layer_scale is None:
-        return encoder
-    plain = ASTEncoder(encoder.config.replace(layer_scale=None)).to(encoder.pos_embed.device)
-    state = {name: tensor for name, tensor in encoder.state_dict().items() if ".ls1." not in name and ".ls2." not in name}
-    with torch.no_grad():
-        for index, block in enumerate(encoder.blocks):
-            for branch, gain in (("attn.proj", block.ls1.gamma), ("mlp.fc2", block.ls2.gamma)):
-                for kind in ("weight", "bias"):
-                    name = f"blocks.{index}.{branch}.{kind}"
-                    state[name] = state[name] * (gain[:, None] if kind == "weight" else gain)
-    plain.load_state_dict(state)
-    return plain
-
-
-def _fit_axis(grid: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """Center-crop or linearly stretch ``grid [1, D, F, T]`` along ``dim`` to ``size``."""
-    old = grid.shape[dim]
-    if size < old:
-        return grid.narrow(dim, old // 2 - size // 2, size)
-    if size > old:
-        target = list(grid.shape[-2:])
-        target[dim] = size
-        return F.interpolate(grid, size=tuple(target), mode="bilinear", align_corners=False)
-    return grid
-
-
-def adapt_pos_embed(
-    pos_embed: torch.Tensor, num_lead_tokens: int, old_grid: tuple[int, int], new_grid: tuple[int, int]
-) -> torch.Tensor:
-    """Move a position embedding ``[1, lead + F*T, D]`` from one patch grid to another.
-
-    Each axis is handled on its own: center-cropped when the new grid is smaller, bilinearly
-    interpolated when larger (time first, then frequency, as SSAST does; the two commute).
-    The leading tokens' embeddings are kept.
-    """
-    if tuple(old_grid) == tuple(new_grid):
-        return pos_embed
-    lead, patches = pos_embed[:, :num_lead_tokens], pos_embed[:, num_lead_tokens:]
-    if patches.shape[1] != old_grid[0] * old_grid[1]:
-        raise ValueError(f"{patches.shape[1]} patch embeddings do not form a {old_grid[0]}x{old_grid[1]} grid")
-    grid = rearrange(patches, "1 (f t) d -> 1 d f t", f=old_grid[0])
-    grid = _fit_axis(grid, new_grid[1], dim=-1)
-    grid = _fit_axis(grid, new_grid[0], dim=-2)
-    return torch.cat([lead, rearrange(grid, "1 d f t -> 1 (f t) d")], dim=1)
-
-
-def sincos_positions(embed_dim: int, grid: tuple[int, int]) -> torch.Tensor:
-    """The fixed 2-D sin-cos table of MAE, as EAT builds it (``get_2d_sincos_pos_embed_flexible``),
-    for a ``(n_freq, n_time)`` patch grid in our frequency-major token order: ``[n_freq * n_time,
-    embed_dim]``. For the patch at ``(f, t)`` the first half of the channels encode ``f`` and the
-    second half ``t``, each as ``[sin(i * w), cos(i * w)]`` over the frequencies
-    ``w_k = 10000 ** (-k / (embed_dim / 4))``."""
-    quarter = embed_dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
-
-    def encode(index: torch.Tensor) -> torch.Tensor:
-        angles = index.float()[:, None] * omega
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    freq, time = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-    return torch.cat([encode(freq.flatten()), encode(time.flatten())], dim=1)
-
-
-def fixed_positions(config: EncoderConfig) -> torch.Tensor:
-    """The position buffer ``[1, lead + N, D]`` of a ``sincos`` encoder: zeros for the leading
-    tokens (EAT adds positions to the patches only), the 2-D sin-cos table for the patches."""
-    lead = torch.zeros(config.num_lead_tokens, config.embed_dim)
-    return torch.cat([lead, sincos_positions(config.embed_dim, config.grid)])[None]
-
-
-def resize_positions(pos_embed: torch.Tensor, old: EncoderConfig, new: EncoderConfig) -> torch.Tensor:
-    """``pos_embed`` of an encoder of config ``old`` for one of config ``new`` (another stride
-    or input length). Learned embeddings are cropped or interpolated (:func:`adapt_pos_embed`);
-    a fixed sin-cos table is indexed by the patch's place on the grid, never interpolated, as
-    EAT takes the first rows of its table: the patches both grids share keep their values (a
-    file's table, as stored), and new ones get the table's formula."""
-    if old.positions == "learned":
-        return adapt_pos_embed(pos_embed, old.num_lead_tokens, old.grid, new.grid)
-    if old.grid == new.grid:
-        return pos_embed
-    lead = old.num_lead_tokens
-    stored = rearrange(pos_embed[0, lead:], "(f t) d -> f t d", f=old.grid[0])
-    table = rearrange(sincos_positions(new.embed_dim, new.grid), "(f t) d -> f t d", f=new.grid[0])
-    table = table.to(pos_embed)
-    shared_f, shared_t = min(old.grid[0], new.grid[0]), min(old.grid[1], new.grid[1])
-    table[:shared_f, :shared_t] = stored[:shared_f, :shared_t]
-    return torch.cat([pos_embed[0, :lead], rearrange(table, "f t d -> (f t) d")])[None]
 
 
 def compile_blocks(module: nn.Module, **options: Any) -> int:

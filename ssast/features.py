@@ -174,13 +174,11 @@ def logmel_statistics(fbank: torch.Tensor, frames: torch.Tensor | None = None) -
     deviation, over the first ``frames[i]`` frames of clip ``i``, or all ``T``).
 
     The simple baseline a pretrained encoder has to beat (DESIGN.md §12): a linear probe
-    on these already separates many sound classes and speakers. Also the target of the
-    pretraining methods' clip-statistics loss (``clip_stats_weight``), which keeps them in
-    the encoder.
+    on these already separates many sound classes and speakers.
     """
     fbank = fbank.double()
     if frames is None:
-        frames = torch.full(fbank.shape[:1], fbank.shape[1], device=fbank.device)  # no host copy per training step
+        frames = torch.full(fbank.shape[:1], fbank.shape[1], device=fbank.device)
     frames = frames.clamp_min(1).to(fbank.device)
     valid = (torch.arange(fbank.shape[1], device=fbank.device) < frames[:, None]).unsqueeze(-1)
     count = frames[:, None].double()

@@ -103,12 +103,12 @@ class NormalizedLinear(nn.Module):
 class DistillationHead(nn.Module):
     """ASiT's projection head, shared by the clip (cls) and patch outputs:
     ``MLP D -> hidden -> hidden -> bottleneck`` (GELU), L2-normalize, then one
-    :class:`NormalizedLinear` to ``cls_dim`` logits for the cls token and another to
-    ``patch_dim`` logits for each patch token."""
+    :class:`NormalizedLinear` to ``cls_prototypes`` logits for the cls token and another to
+    ``patch_prototypes`` logits for each patch token."""
 
     def __init__(
-        self, embed_dim: int, cls_dim: int = 8192, patch_dim: int = 1024, hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
+        self, embed_dim: int, cls_prototypes: int = 8192, patch_prototypes: int = 1024,
+        hidden_dim: int = 2048, bottleneck_dim: int = 256,
     ) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
@@ -119,11 +119,11 @@ class DistillationHead(nn.Module):
             if isinstance(layer, nn.Linear):
                 nn.init.trunc_normal_(layer.weight, std=0.02)
                 nn.init.zeros_(layer.bias)
-        self.cls_layer = NormalizedLinear(bottleneck_dim, cls_dim)
-        self.patch_layer = NormalizedLinear(bottleneck_dim, patch_dim)
+        self.cls_layer = NormalizedLinear(bottleneck_dim, cls_prototypes)
+        self.patch_layer = NormalizedLinear(bottleneck_dim, patch_prototypes)
 
     def forward(self, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cls [B, D]``, ``patches [B, N, D]`` -> logits ``[B, cls_dim]``, ``[B, N, patch_dim]``."""
+        """``cls [B, D]``, ``patches [B, N, D]`` -> logits ``[B, cls_prototypes]``, ``[B, N, patch_prototypes]``."""
         cls, patches = (F.normalize(self.mlp(x), dim=-1) for x in (cls, patches))
         return self.cls_layer(cls), self.patch_layer(patches)
 

@@ -1,7 +1,7 @@
 """Probes: how much a frozen encoder's embeddings say about labels (DESIGN.md §12).
 
 Small pieces, each doing one thing, shared by the pretraining callback
-(:class:`ssast.train.probe.ProbeMonitor`), the benchmarks and the demo:
+(:class:`ssast.train.probe_callbacks.ProbeMonitor`), the benchmarks and the demo:
 
 * :func:`load_clips` reads a small labeled shard set into memory once, as log-mels;
 * :func:`embed` runs a frozen encoder over them in batches (mean of the patch tokens of its
@@ -36,8 +36,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ssast.checkpoints import adapt_encoder
-from ssast.data.reader import ShardStream, list_shards, read_classes
+from ssast.data.shards import list_shards, read_classes
 from ssast.data.stats import read_stats
+from ssast.data.stream import ShardStream
 from ssast.embed import Precision, autocast, check_layers, check_precision
 from ssast.encoder import Layers
 from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames, logmel_statistics

@@ -1,4 +1,7 @@
-"""Learning-rate schedules stepped once per optimizer step."""
+"""Schedules: where a run is (:class:`Progress`), the ramps that move with it (a teacher's EMA
+decay and temperature, the weight decay), and the learning-rate schedules stepped once per
+optimizer step. Plain PyTorch: the methods, their teachers and the Lightning layer all read
+them."""
 
 from __future__ import annotations
 
@@ -165,15 +168,26 @@ class FairseqCosine(LRScheduler):
 class Progress:
     """Where a run is, for the schedules that move with it (a teacher's EMA decay and
     temperature, the weight decay): ``step`` optimizer steps were taken before the current
-    one (0 at the first), of ``total_steps`` in the whole run. The Lightning hooks read it
-    from the trainer; a loop of its own says it."""
+    one (0 at the first), of ``total_steps`` in the whole run, ``steps_per_epoch`` to an
+    epoch. The Lightning hooks read it from the trainer; a loop of its own says it."""
 
     step: int
     total_steps: int
+    steps_per_epoch: int | None = None  # for schedules a paper gives in epochs; None: the run has no epochs
 
     def __post_init__(self) -> None:
-        if self.step < 0 or self.total_steps < 1:
-            raise ValueError(f"need step >= 0 and total_steps >= 1, got {self.step} and {self.total_steps}")
+        if self.step < 0 or self.total_steps < 1 or (self.steps_per_epoch is not None and self.steps_per_epoch < 1):
+            raise ValueError(f"need step >= 0, total_steps >= 1 and steps_per_epoch >= 1, got {self.step}, "
+                             f"{self.total_steps} and {self.steps_per_epoch}")
+
+    def steps(self, epochs: float) -> int:
+        """``epochs`` of this run in optimizer steps."""
+        if not epochs:
+            return 0
+        if self.steps_per_epoch is None:
+            raise ValueError(f"a schedule of {epochs} epochs needs the run's epoch length: give the training data a "
+                             "length (batches_per_epoch)")
+        return round(epochs * self.steps_per_epoch)
 
 
 def cosine_ramp(start: float, end: float, step: int, total_steps: int) -> float:

@@ -62,13 +62,13 @@ _TRAINER = [
 ]
 # What the wrappers append, per program (``DEVICES`` becomes the local process count).
 SHIM_ARGS = {
-    "ssast-pretrain": [*_TRAINER, "--trainer.devices=DEVICES", "--model.init_args.size=mini", "--data.init_args.batch_size=2",
-                       "--data.init_args.batches_per_epoch=2", "--data.init_args.num_workers=0",
-                       "--data.init_args.reader.shuffle_buffer=8"],
+    "ssast-pretrain": [*_TRAINER, "--trainer.devices=DEVICES", "--model.init_args.size=mini", "--data.batch_size=2",
+                       "--data.batches_per_epoch=2", "--data.num_workers=0",
+                       "--data.reader.shuffle_buffer=8"],
     "ssast-finetune": [*_TRAINER, "--trainer.devices=DEVICES", "--data.batch_size=2", "--data.batches_per_epoch=2",
                        "--data.num_workers=0", "--data.reader.shuffle_buffer=8"],
-    "ssast-demo": [f"--pretrain-arg={arg}" for arg in ("--trainer.max_epochs=1", "--data.init_args.batches_per_epoch=2",
-                                                       "--data.init_args.batch_size=4")]
+    "ssast-demo": [f"--pretrain-arg={arg}" for arg in ("--trainer.max_epochs=1", "--data.batches_per_epoch=2",
+                                                       "--data.batch_size=4")]
                   + [f"--finetune-arg={arg}" for arg in ("--trainer.max_epochs=1", "--data.batches_per_epoch=2")],
     # A tenth of the clips (2 training clips a class): what follows runs as on the full corpus.
     "ssast-demo corpus": ["--scale", "0.1"],

@@ -23,7 +23,7 @@ import yaml
 
 from ssast import EncoderConfig
 from ssast.audio import encode_flac
-from ssast.data.recipes import SPEECH_COMMANDS
+from ssast.data.recipes.speechcommands import SPEECH_COMMANDS
 from ssast.encoder import ASTEncoder
 
 SAMPLE_RATE = 16_000
@@ -286,16 +286,22 @@ def logged(run: Path, name: str) -> list[float]:
 
 # --- recipes, resolved as the CLIs compose them ---------------------------------------------
 
-RECIPE_FAMILY = {name: "superb" for name in ("speechcommands_v1_12", "voxceleb1_sid", "iemocap_er")} | {
-    name: "eat" for name in ("eat_as20k", "eat_as2m", "eat_esc50", "eat_spcv2")}
+# The files a recipe composes on, before its own, as its header says (the stage's base.yaml is the CLI's).
+RECIPE_FAMILY: dict[tuple[str, str], list[str]] = {
+    **{("finetune", name): ["superb"] for name in ("speechcommands_v1_12", "voxceleb1_sid", "iemocap_er")},
+    **{("finetune", name): ["eat"] for name in ("eat_as20k", "eat_as2m", "eat_spcv2")},
+    ("finetune", "eat_esc50"): ["eat", "esc50_folds"],
+    **{("finetune", name): ["esc50_folds"] for name in ("esc50", "esc50_imagenet")},
+    **{("finetune", f"demo_{task}"): ["demo"] for task in ("events", "keywords", "speakers")},
+    **{("pretrain", f"{method}_demo"): ["demo"] for method in ("mspm", "asit", "eat")},
+}
 
 
 def recipe_files(stage: str, name: str) -> list[Path]:
-    """The files a recipe is given as, as its docs say (the stage's base is read by the CLI):
-    the family file of SUPERB's and EAT's finetuning recipes, then its own."""
+    """The files a recipe is given as, as its header says (the stage's base is read by the CLI):
+    the files it composes on (:data:`RECIPE_FAMILY`), then its own."""
     configs = Path(__file__).resolve().parents[1] / "configs" / stage
-    family = [configs / f"{RECIPE_FAMILY[name]}.yaml"] if name in RECIPE_FAMILY else []
-    return [*family, configs / f"{name}.yaml"]
+    return [configs / f"{family}.yaml" for family in RECIPE_FAMILY.get((stage, name), [])] + [configs / f"{name}.yaml"]
 
 
 def recipe_args(stage: str, name: str) -> list[str]:
@@ -303,16 +309,19 @@ def recipe_args(stage: str, name: str) -> list[str]:
     return [arg for path in recipe_files(stage, name) for arg in ("--config", str(path))]
 
 
-def resolved_recipe(stage: str, name: str) -> dict:
-    """A recipe's ``--print_config``, composed as :func:`recipe_files`."""
+def resolved_recipe(stage: str, name: str, *options: str, after: tuple[str, ...] = ()) -> dict:
+    """A recipe's ``--print_config``, composed as :func:`recipe_files`, then the files named
+    ``after`` (``frame_tokens``) and ``options`` (``--model.init_args.size``, ``tiny``)."""
     from finetune.cli import build_cli as finetune_cli
     from pretrain.cli import build_cli as pretrain_cli
 
+    configs = Path(__file__).resolve().parents[1] / "configs" / stage
+    files = [*recipe_files(stage, name), *(configs / f"{file}.yaml" for file in after)]
     output = io.StringIO()
     build = finetune_cli if stage == "finetune" else pretrain_cli
     try:
         with contextlib.redirect_stdout(output):
-            build(["fit", *recipe_args(stage, name), "--print_config"])
+            build(["fit", *[arg for path in files for arg in ("--config", str(path))], *options, "--print_config"])
     except SystemExit as exited:
         assert exited.code in (0, None), exited.code
     return yaml.safe_load(output.getvalue())

@@ -1,9 +1,10 @@
 """ASiT: GMML corruption, EMA teacher, centering, schedules (moving with the step given, in a
-loop of its own and under a Trainer) and the three losses; its renamed knob refused."""
+loop of its own and under a Trainer) and the three losses."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -14,15 +15,14 @@ from torch.utils.data import DataLoader
 
 from pretrain.base import optimization_step
 from pretrain.cli import main
-from pretrain.asit import ASiT
+from pretrain.asit import ASIT_RECIPE, ASiT
 from pretrain.teacher import EMATeacher
 from ssast.losses import CenteredDistillation, entropy
 from ssast.masking import GmmlOptions, gmml_corrupt
-from ssast.renamed import RenamedOptionError
-from ssast.train.schedules import Progress, cosine_ramp, linear_warmup
+from ssast.schedules import Progress, cosine_ramp, linear_warmup
 
 REPO = Path(__file__).resolve().parents[1]
-START = Progress(step=0, total_steps=1)
+START = Progress(step=0, total_steps=1, steps_per_epoch=1)
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -161,9 +161,10 @@ def test_schedules():
 # --- the module -------------------------------------------------------------------------
 
 
-def small_asit(**changes) -> ASiT:
-    settings = dict(size="mini", input_tdim=64, view_frames=48, cls_dim=32, patch_dim=16, drop_path=0.0,
-                    num_lead_tokens=1, gmml=GmmlOptions(align=16), decay_norms_and_biases=False, weight_decay_end=None)
+def small_asit(optimization: dict | None = None, **changes) -> ASiT:
+    settings = dict(size="mini", input_tdim=64, view_frames=48, cls_prototypes=32, patch_prototypes=16, drop_path=0.0,
+                    num_lead_tokens=1, gmml=GmmlOptions(align=16),
+                    optimization=replace(ASIT_RECIPE, weight_decay_end=None, **(optimization or {})))
     return ASiT(**{**settings, **changes})
 
 
@@ -232,10 +233,12 @@ def test_teacher_gets_no_gradient_and_is_not_optimized():
     assert all(p.grad is None for p in model.teacher_head.parameters())
     assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
     assert not model.encoder.mask_embed.requires_grad  # unused by ASiT: DDP would wait for its gradient
-    optimized = {id(p) for group in model.param_groups() for p in group["params"]}
+    groups = model.build_optimizer(lr=1e-3).param_groups
+    optimized = {id(p) for group in groups for p in group["params"]}
     teacher_ids = {id(p) for p in [*model.teacher.parameters(), *model.teacher_head.parameters()]}
     assert not optimized & teacher_ids
-    no_decay = model.param_groups()[1]
+    decays, no_decay = groups  # the decaying group first: the weight-decay schedule moves it
+    assert decays["weight_decay"] == 0.04 and all(p.ndim > 1 for p in decays["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.ndim == 1 for p in no_decay["params"])
 
 
@@ -247,7 +250,7 @@ def test_teacher_starts_as_the_student_without_drop_path():
 
 
 def test_gradient_clipping_is_per_tensor():
-    model = small_asit(gradient_clip_per_tensor=1.0)
+    model = small_asit({"gradient_clip_per_tensor": 1.0})
     for p in model.parameters():
         if p.requires_grad:
             p.grad = torch.full_like(p, 10.0)
@@ -276,21 +279,23 @@ def test_views_longer_than_the_clips_are_refused():
 def frame_asit() -> ASiT:
     """A mini frame model on 16-frame clips, 12-frame views: the step of a CPU test."""
     torch.manual_seed(0)
-    return ASiT(size="mini", fshape=128, tshape=2, input_tdim=16, view_frames=12, cls_dim=32, patch_dim=16,
-                head_hidden_dim=32, head_bottleneck_dim=16, warmup_steps=1, lr=1e-3, lr_batch_size=None,
-                teacher_temp_warmup_steps=2, ema_decay=0.9, ema_end_decay=0.99, weight_decay=0.04,
-                weight_decay_end=0.4)
+    # The teacher's temperature warms up over 2/3 of an epoch: 2 steps of the 3-step epochs the tests run.
+    return ASiT(size="mini", fshape=128, tshape=2, input_tdim=16, view_frames=12, cls_prototypes=32,
+                patch_prototypes=16, head_hidden_dim=32, head_bottleneck_dim=16, teacher_temp_warmup_epochs=2 / 3,
+                ema_decay=0.9, ema_end_decay=0.99,
+                optimization=replace(ASIT_RECIPE, warmup_epochs=0, warmup_steps=1, lr=1e-3, lr_batch_size=None,
+                                     weight_decay=0.04, weight_decay_end=0.4))
 
 
 def test_the_schedules_move_with_the_step_given_to_optimization_step():
     model = frame_asit()
     optimizer = model.build_optimizer()
     fbank = torch.randn(2, 16, 128)
-    first = optimization_step(model, optimizer, fbank, step=0, total_steps=4)
+    first = optimization_step(model, optimizer, fbank, step=0, total_steps=4, steps_per_epoch=3)
     assert (first["teacher_temp"], first["ema_decay"]) == (pytest.approx(0.04), pytest.approx(0.9))
     assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.04)
     teacher = model.teacher.cls_token.detach().clone()
-    later = optimization_step(model, optimizer, fbank, step=3, total_steps=4)
+    later = optimization_step(model, optimizer, fbank, step=3, total_steps=4, steps_per_epoch=3)
     assert later["teacher_temp"] == pytest.approx(0.07)  # warmed up over 2 steps
     assert later["ema_decay"] == pytest.approx(cosine_ramp(0.9, 0.99, 3, 4))
     assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(cosine_ramp(0.04, 0.4, 3, 4))
@@ -318,7 +323,7 @@ def test_the_schedules_move_with_the_trainers_step():
                         callbacks=[figures])
     trainer.fit(model, train_dataloaders=clips)
     for step in range(steps):
-        progress = Progress(step, steps)
+        progress = Progress(step, steps, steps_per_epoch=steps)
         assert figures.by_step[step] == {
             "train/teacher_temp": pytest.approx(model.teacher_temperature(progress)),
             "train/ema_decay": pytest.approx(model.ema.decay(progress)),
@@ -344,24 +349,7 @@ def test_validating_needs_no_train_loader_and_sees_the_fitted_runs_length(tmp_pa
     # validate alone (ssast-pretrain validate): no train loader to size a run from
     seen = ValidatedProgress()
     L.Trainer(callbacks=[seen], **options).validate(frame_asit(), dataloaders=clips, ckpt_path=tmp_path / "fitted.ckpt")
-    assert seen.progress == Progress(steps, steps)  # the schedules where the fit left them
+    assert seen.progress == Progress(steps, steps, steps)  # the schedules where the fit left them
     # a module that was never fitted: its run taken as ending where it is
     L.Trainer(callbacks=[seen], **options).validate(frame_asit(), dataloaders=clips)
-    assert seen.progress == Progress(0, 1)
-
-
-# --- the knob's old name --------------------------------------------------------------------
-
-
-def test_the_old_name_of_the_ema_decay_is_refused_naming_the_new_one(tmp_path):
-    with pytest.raises(RenamedOptionError, match=r"^ASiT: momentum was renamed ema_decay; set ema_decay instead"):
-        small_asit(momentum=0.99)
-    model = small_asit(momentum=None)  # not given: nothing to refuse, nothing kept
-    assert model.hparams.ema_decay == 0.996 and "momentum" not in model.hparams
-    with pytest.raises(SystemExit) as exited:
-        main(["fit", "--config", str(REPO / "configs/pretrain/asit_demo.yaml"), "--model.init_args.momentum", "0.99",
-              "--data.init_args.train", str(tmp_path / "none"), "--trainer.logger", "false",
-              "--trainer.default_root_dir", str(tmp_path / "run")])
-    message = exited.value.code
-    assert isinstance(message, str) and "\n" not in message, message  # one line, no traceback
-    assert message.startswith("ssast-pretrain: error: ASiT: momentum was renamed ema_decay"), message
+    assert seen.progress == Progress(0, 1, 1)

@@ -14,9 +14,8 @@ from finetune.module import Finetune
 from pretrain.cli import main
 from ssast.losses import CenteredDistillation
 
-from helpers import logged
+from helpers import logged, recipe_args
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -24,11 +23,11 @@ def test_demo_recipe_trains_logs_and_exports_the_teacher(small_demo_corpus, tmp_
     corpus, run = small_demo_corpus, tmp_path / "run"
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "csv"}}
     main([
-        "fit", "--config", str(REPO / "configs/pretrain/asit_demo.yaml"),
-        "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
-        "--data.init_args.batch_size", "8", "--data.init_args.batches_per_epoch", "10",
-        "--data.init_args.num_workers", "1",
-        "--model.init_args.warmup_steps", "5",
+        "fit", *recipe_args("pretrain", "asit_demo"),
+        "--data.train", str(corpus / "unlabeled"), "--data.val", str(corpus / "events/val"),
+        "--data.batch_size", "8", "--data.batches_per_epoch", "10",
+        "--data.num_workers", "1",
+        "--model.init_args.optimization.warmup_steps", "5",
         "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(run),
         "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
     ])

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from finetune.cli import main as finetune
-from ssast.train.cli import concise_error
+from helpers import recipe_args
 from pretrain.cli import main as pretrain
 from ssast import EncoderConfig, save_encoder
 from ssast.encoder import ASTEncoder
+from ssast.train.cli import concise_error
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def error_of(program, args: list[str]) -> str:
@@ -28,21 +29,23 @@ def error_of(program, args: list[str]) -> str:
     return message
 
 
-def pretrain_args(corpus: Path, run: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(REPO / "configs/pretrain/mspm_demo.yaml"), "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
+def pretrain_args(corpus: Path, run: Path, *extra: str, method: str = "mspm") -> list[str]:
+    return ["fit", *recipe_args("pretrain", f"{method}_demo"),
+            "--data.train", str(corpus / "unlabeled"), "--data.val", str(corpus / "events/val"),
             "--trainer.default_root_dir", str(run), "--trainer.logger", "false", *extra]
 
 
 def finetune_args(corpus: Path, run: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(REPO / "configs/finetune/demo_events.yaml"), "--data.train", str(corpus / "events/train"), "--data.val", str(corpus / "events/val"),
+    return ["fit", *recipe_args("finetune", "demo_events"),
+            "--data.train", str(corpus / "events/train"), "--data.val", str(corpus / "events/val"),
             "--trainer.default_root_dir", str(run), "--trainer.logger", "false", *extra]
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
     (["--model.init_args.maskpatches", "5"], "model (pretrain.mspm.MSPM): Option 'maskpatches' is not accepted"),
-    (["--data.init_args.batch_size", "abc"], "data.batch_size (ssast.train.datamodule.AudioDataModule): Expected a int. "
-                                             "Got value: abc"),
-    (["--model.init_args.optimizer", "sgd"], "model.optimizer (pretrain.mspm.MSPM): Expected a typing.Literal"),
+    (["--data.batch_size", "abc"], "data.batch_size: Expected a int. Got value: abc"),
+    (["--model.init_args.optimization.optimizer", "sgd"],
+     "model.optimization.optimizer (pretrain.mspm.MSPM): Expected a typing.Literal"),
     (["--trainer.max_stepz", "3"], "unrecognized arguments: --trainer.max_stepz 3"),
 ])
 def test_a_wrong_key_or_type_on_the_command_line(extra, expected, tmp_path):
@@ -130,3 +133,48 @@ def test_missing_or_unreadable_shards_are_one_line_too(tiny_corpus, tmp_path):
     message = error_of(pretrain, pretrain_args(tiny_corpus, tmp_path / "run", "--data.val", str(broken),
                                                "--data.reader.retry_delay", "0"))
     assert message.startswith("ssast-pretrain: error: read nothing") and "part-000000.tar" in message
+
+
+# Every renamed option, key or value, on the command line and in a recipe file: refused in one line that names
+# what to set instead (ssast.renamed.RENAMED), before any data is read.
+RENAMES = [
+    ("pretrain", ["--model.init_args.lr", "1e-3"], "lr was renamed optimization.lr; set optimization.lr instead"),
+    ("pretrain", ["--model.init_args.warmup_steps", "5"], "warmup_steps was renamed optimization.warmup_steps"),
+    ("pretrain", ["--model.init_args.optimization.schedule", "cosine"],
+     "schedule cosine was renamed warmup_cosine; set schedule: warmup_cosine instead"),
+    ("pretrain", ["--data.init_args.batch_size", "4"], "data.init_args was removed: the data's options sit under data"),
+    ("pretrain", ["--model", "pretrain.distill.ASiT"], "pretrain.distill.ASiT was renamed pretrain.asit.ASiT"),
+    ("asit", ["--model.init_args.cls_dim", "64"], "cls_dim was renamed cls_prototypes; set cls_prototypes instead"),
+    ("asit", ["--model.init_args.patch_dim", "64"], "patch_dim was renamed patch_prototypes"),
+    ("asit", ["--model.init_args.teacher_temp_warmup_steps", "64"], "teacher_temp_warmup_steps was renamed "
+                                                                     "teacher_temp_warmup_epochs"),
+    ("asit", ["--model.init_args.momentum", "0.99"], "momentum was renamed ema_decay; set ema_decay instead"),
+    ("eat", ["--model.init_args.cls_loss", "1"], "cls_loss was renamed utterance_weight; set utterance_weight"),
+    ("finetune", ["--model.decay_start", "3"], "decay_start was renamed lr_decay_start; set lr_decay_start instead"),
+    ("finetune", ["--model.decay_every", "3"], "decay_every was renamed lr_decay_every"),
+    ("finetune", ["--model.decay_factor", "0.5"], "decay_factor was renamed lr_decay_factor"),
+    ("finetune", ["--model.head_lr", "2"], "head_lr was renamed head_lr_scale; set head_lr_scale instead"),
+    ("finetune", ["--model.schedule", "cosine"], "schedule cosine was renamed fairseq_cosine"),
+]
+
+
+@pytest.mark.parametrize("stage,option,expected", RENAMES, ids=[" ".join(option) for _, option, _ in RENAMES])
+@pytest.mark.parametrize("where", ["command line", "recipe"])
+def test_a_renamed_option_is_refused_naming_the_new_one(stage, option, expected, where, tmp_path):
+    if where == "recipe":  # the same option in a file of the recipe's
+        key, value = option[0].removeprefix("--"), option[1]
+        *parents, leaf = key.split(".")
+        tree = {leaf: value}
+        for parent in reversed(parents):
+            tree = {parent: tree}
+        recipe = tmp_path / "old.yaml"
+        recipe.write_text(yaml.safe_dump(tree))
+        option = ["--config", str(recipe)]
+    corpus, run = tmp_path / "corpus", tmp_path / "run"
+    if stage == "finetune":
+        message = error_of(finetune, finetune_args(corpus, run, *option))
+        program = "ssast-finetune"
+    else:
+        message = error_of(pretrain, pretrain_args(corpus, run, *option, method="mspm" if stage == "pretrain" else stage))
+        program = "ssast-pretrain"
+    assert message.startswith(f"{program}") and expected in message, message

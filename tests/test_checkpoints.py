@@ -14,7 +14,8 @@ import ssast
 from pretrain.asit import ASiT
 from ssast import CheckpointError, load_checkpoint, load_encoder, save_encoder
 from ssast.checkpoints import Preprocessing, lightning_metadata
-from ssast.encoder import ASTEncoder, adapt_pos_embed
+from ssast.encoder import ASTEncoder
+from ssast.positions import adapt_pos_embed
 from ssast.masking import GmmlOptions
 
 from helpers import hf_config, ssast_state, tiny_encoder
@@ -170,7 +171,7 @@ def test_lightning_checkpoint(tmp_path):
 def test_an_asit_export_records_the_teacher_it_holds(tmp_path):
     """ASiT's teacher sees views shorter than the data's clips: what a run writes of it, the
     exported file and the Lightning checkpoint, records the teacher's input length."""
-    model = ASiT(size="mini", input_tdim=64, view_frames=48, cls_dim=32, patch_dim=16, head_hidden_dim=32,
+    model = ASiT(size="mini", input_tdim=64, view_frames=48, cls_prototypes=32, patch_prototypes=16, head_hidden_dim=32,
                  head_bottleneck_dim=16, num_lead_tokens=1, gmml=GmmlOptions(align=16))
     teacher = model.exported_encoder
     assert model.exported == "teacher" and teacher.config.input_tdim == 48

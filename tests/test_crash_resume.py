@@ -32,13 +32,13 @@ from finetune.module import Finetune
 from pretrain.base import PretrainModule
 from pretrain.cli import BASE_RECIPE, PretrainCLI
 from pretrain.cli import build_cli as pretrain_cli
-from ssast.data.reader import ReaderOptions
+from ssast.data.options import ReaderOptions
 from ssast.files import written_atomically
 from ssast.train.cli import stage_parser_kwargs
 from ssast.train.callbacks import LastCheckpoint, MetricHistory, MetricsSummary, RunCheckpoint
 from ssast.train.datamodule import AudioDataModule
 from ssast.train.recovery import AtomicCheckpointIO, WandbRunId, last_checkpoint, newest_checkpoint
-from ssast.train.schedules import WarmupCosine, WarmupPlateau, cosine_ramp, linear_warmup
+from ssast.schedules import WarmupCosine, WarmupPlateau, cosine_ramp, linear_warmup
 
 REPO = Path(__file__).resolve().parents[1]
 TESTED_LIGHTNING = re.search(r'"lightning(.*?)"', (REPO / "pyproject.toml").read_text()).group(1)
@@ -50,8 +50,10 @@ TESTED_LIGHTNING = re.search(r'"lightning(.*?)"', (REPO / "pyproject.toml").read
 def test_both_clis_write_checkpoints_atomically_and_record_the_wandb_run(tmp_path):
     (tmp_path / "classes.txt").write_text("a\nb\n")
     trainer = ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
-    pretrain = pretrain_cli(["--config", str(REPO / "configs/pretrain/mspm_demo.yaml"), *trainer], run=False)
-    finetune = build_cli(["--config", str(REPO / "configs/finetune/demo_events.yaml"), *trainer,
+    pretrain = pretrain_cli(["--config", str(REPO / "configs/pretrain/demo.yaml"), "--config",
+                             str(REPO / "configs/pretrain/mspm_demo.yaml"), *trainer], run=False)
+    finetune = build_cli(["--config", str(REPO / "configs/finetune/demo.yaml"), "--config",
+                          str(REPO / "configs/finetune/demo_events.yaml"), *trainer,
                           "--model.init_from", "null", "--data.train", str(tmp_path),
                           "--data.classes", str(tmp_path / "classes.txt")], run=False)
     for cli in (pretrain, finetune):
@@ -80,9 +82,10 @@ class FitArguments(PretrainCLI):
 
 
 def resolved(run: Path, *extra: str) -> FitArguments:
-    return FitArguments(PretrainModule, AudioDataModule, subclass_mode_model=True, subclass_mode_data=True,
+    return FitArguments(PretrainModule, AudioDataModule, subclass_mode_model=True,
                         parser_kwargs=stage_parser_kwargs("ssast-pretrain", BASE_RECIPE, subcommands=True), args=[
-        "fit", "--config", str(REPO / "configs/pretrain/mspm_demo.yaml"), "--trainer.default_root_dir", str(run),
+        "fit", "--config", str(REPO / "configs/pretrain/demo.yaml"), "--config",
+        str(REPO / "configs/pretrain/mspm_demo.yaml"), "--trainer.default_root_dir", str(run),
         "--trainer.logger.init_args.save_dir", str(run), *extra])
 
 
@@ -400,11 +403,12 @@ def fit_command(corpus: Path, run: Path, recipe: str, *extra: str) -> list[str]:
          "init_args": {"save_dir": str(run), "name": "csv", "flush_logs_every_n_steps": 1}},
     ]
     return [
-        sys.executable, "-m", "pretrain.cli", "fit", "--config", str(REPO / "configs/pretrain" / recipe),
-        "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
-        "--data.init_args.batch_size", str(BATCH), "--data.init_args.batches_per_epoch", str(STEPS_PER_EPOCH),
-        "--data.init_args.num_workers", "1", 
-        "--model.init_args.warmup_steps", "3", "--trainer.max_epochs", str(EPOCHS),
+        sys.executable, "-m", "pretrain.cli", "fit", "--config", str(REPO / "configs/pretrain/demo.yaml"),
+        "--config", str(REPO / "configs/pretrain" / recipe),
+        "--data.train", str(corpus / "unlabeled"), "--data.val", str(corpus / "events/val"),
+        "--data.batch_size", str(BATCH), "--data.batches_per_epoch", str(STEPS_PER_EPOCH),
+        "--data.num_workers", "1", 
+        "--model.init_args.optimization.warmup_steps", "3", "--trainer.max_epochs", str(EPOCHS),
         "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
         "--trainer.default_root_dir", str(run), "--trainer.logger", json.dumps(loggers),
         "--trainer.enable_progress_bar", "false", *extra,
@@ -422,10 +426,12 @@ def logged_by_step(metrics_csv: Path) -> dict[int, dict[str, float]]:
 def expected_lr(model: dict, step: int) -> float:
     """The learning rate after ``step`` optimizer steps of a run of the ``model`` settings (as
     its config.yaml records them), from the schedule classes themselves."""
-    peak = model["lr"] * BATCH / model["lr_batch_size"] if model["lr_batch_size"] else model["lr"]
+    optimization = model["optimization"]
+    peak = optimization["lr"] * BATCH / (optimization["lr_batch_size"] or BATCH)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
-    scheduler = (WarmupCosine(optimizer, model["warmup_steps"], TOTAL_STEPS, model["min_lr"])
-                 if model["schedule"] == "cosine" else WarmupPlateau(optimizer, model["warmup_steps"]))
+    warmup = optimization["warmup_steps"]
+    scheduler = (WarmupCosine(optimizer, warmup, TOTAL_STEPS, optimization["min_lr"])
+                 if optimization["schedule"] == "warmup_cosine" else WarmupPlateau(optimizer, warmup))
     for _ in range(step):
         optimizer.step()
         scheduler.step()
@@ -475,7 +481,7 @@ def test_a_run_killed_mid_epoch_resumes_with_its_step_schedules_and_wandb_run(re
     assert train_steps == list(range(STEPS_PER_EPOCH, TOTAL_STEPS))  # from the saved step on, none twice
 
     lr_name, model = RECIPES[recipe], yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
-    distill = model["schedule"] == "cosine"  # asit_demo.yaml: its EMA decay, temperature and weight decay too
+    distill = "teacher_temp" in model  # asit_demo.yaml: its EMA decay, temperature and weight decay too
     names = [lr_name] + (["train/ema_decay", "train/teacher_temp", "train/weight_decay"] if distill else [])
     for step in range(STEPS_PER_EPOCH, killed_at):  # the same steps before the kill and after the resume
         for name in names:
@@ -485,8 +491,9 @@ def test_a_run_killed_mid_epoch_resumes_with_its_step_schedules_and_wandb_run(re
         if distill:
             ema_decay = cosine_ramp(model["ema_decay"], model["ema_end_decay"], step, TOTAL_STEPS)
             temperature = linear_warmup(model["warmup_teacher_temp"], model["teacher_temp"], step,
-                                        model["teacher_temp_warmup_steps"])
-            decay = cosine_ramp(model["weight_decay"], model["weight_decay_end"], step, TOTAL_STEPS)
+                                        round(model["teacher_temp_warmup_epochs"] * STEPS_PER_EPOCH))
+            optimization = model["optimization"]
+            decay = cosine_ramp(optimization["weight_decay"], optimization["weight_decay_end"], step, TOTAL_STEPS)
             assert after[step]["train/ema_decay"] == pytest.approx(ema_decay)
             assert after[step]["train/teacher_temp"] == pytest.approx(temperature)
             assert after[step]["train/weight_decay"] == pytest.approx(decay)
@@ -540,10 +547,11 @@ def test_under_slurm_the_requeue_signal_saves_and_requeues_and_last_resumes_from
 
     def command(*extra: str) -> list[str]:
         callbacks = [{"class_path": "ssast.train.callbacks.LastCheckpoint"}]
-        return [sys.executable, "-m", "pretrain.cli", "fit", "--config", str(REPO / "configs/pretrain/mspm_demo.yaml"),
-                "--model.init_args.size", "mini", "--data.init_args.train", str(tiny_corpus / "unlabeled"),
-                "--data.init_args.val", "null", "--data.init_args.batch_size", "2",
-                "--data.init_args.batches_per_epoch", "4", "--data.init_args.num_workers", "0",
+        return [sys.executable, "-m", "pretrain.cli", "fit", "--config", str(REPO / "configs/pretrain/demo.yaml"),
+                "--config", str(REPO / "configs/pretrain/mspm_demo.yaml"),
+                "--model.init_args.size", "mini", "--data.train", str(tiny_corpus / "unlabeled"),
+                "--data.val", "null", "--data.batch_size", "2",
+                "--data.batches_per_epoch", "4", "--data.num_workers", "0",
                 "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(run), "--trainer.logger", "false",
                 "--trainer.enable_progress_bar", "false", "--trainer.callbacks", json.dumps(callbacks), *extra]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import flac_sample, write_shard
+from helpers import flac_sample, recipe_args, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -57,10 +57,10 @@ def run(program: str, args: list[str], tmp_path: Path) -> dict[str, list[float]]
 
 def test_pretraining_validates_one_clip_on_two_ranks(tiny_corpus, tmp_path):
     logged = run("pretrain.cli", [
-        "--config", str(REPO / "configs/pretrain/mspm_demo.yaml"), "--model.init_args.size", "mini",
-        "--data.init_args.train", str(tiny_corpus / "unlabeled"), "--data.init_args.val", str(one_clip(tmp_path / "val")),
-        "--data.init_args.batch_size", "2", "--data.init_args.batches_per_epoch", "2",
-        "--data.init_args.num_workers", "2", "--data.init_args.stats", "audioset",
+        *recipe_args("pretrain", "mspm_demo"), "--model.init_args.size", "mini",
+        "--data.train", str(tiny_corpus / "unlabeled"), "--data.val", str(one_clip(tmp_path / "val")),
+        "--data.batch_size", "2", "--data.batches_per_epoch", "2",
+        "--data.num_workers", "2", "--data.stats", "audioset",
         "--trainer.strategy", "ddp", "--trainer.callbacks", "[]",
     ], tmp_path)
     assert len(logged["val/nce"]) == 1 and math.isfinite(logged["val/nce"][0])
@@ -69,7 +69,8 @@ def test_pretraining_validates_one_clip_on_two_ranks(tiny_corpus, tmp_path):
 @pytest.mark.parametrize("task", ["multiclass", "multilabel"])
 def test_finetuning_validates_one_clip_on_two_ranks(task, tiny_corpus, tmp_path):
     logged = run("finetune.cli", [
-        "--config", str(REPO / "configs/finetune/demo_events.yaml"), "--model.init_from", "null",
+        *recipe_args("finetune", "demo_events"),
+        "--model.init_from", "null",
         "--model.size", "mini", "--model.task", task,
         "--data.train", str(tiny_corpus / "events/train"), "--data.val", str(one_clip(tmp_path / "val")),
         "--data.classes", str(tiny_corpus / "events/classes.txt"), "--data.batch_size", "2", "--data.test", "null",

@@ -9,6 +9,7 @@ from PIL import Image
 
 from ssast import save_encoder
 from ssast.checkpoints import Preprocessing
+from ssast.encoder import LAYOUTS
 from ssast.demo.runner import TaskResult, learning_chart, main, scratch_args, validation_chart
 from ssast.train.callbacks import MetricHistory
 from helpers import tiny_encoder
@@ -20,8 +21,8 @@ def test_demo_writes_the_table_report_and_curves(small_demo_corpus, tmp_path, ca
     main([
         "--corpus", str(small_demo_corpus), "--out", str(out),
         "--pretrain-arg=--trainer.max_epochs", "--pretrain-arg=1",
-        "--pretrain-arg=--data.init_args.batches_per_epoch", "--pretrain-arg=3",
-        "--pretrain-arg=--data.init_args.batch_size", "--pretrain-arg=4",
+        "--pretrain-arg=--data.batches_per_epoch", "--pretrain-arg=3",
+        "--pretrain-arg=--data.batch_size", "--pretrain-arg=4",
         "--finetune-arg=--trainer.max_epochs", "--finetune-arg=2",
         "--finetune-arg=--data.batches_per_epoch", "--finetune-arg=2",
     ])
@@ -87,8 +88,8 @@ def test_metric_history_keeps_every_validation_but_sanity_checks():
     assert history.history == {"val/acc": [0.5], "val/missing": []}
 
 
-def test_scratch_finetunes_build_the_pretrained_encoders_layer_scale(tmp_path):
+def test_scratch_finetunes_build_the_pretrained_encoders_layout(tmp_path):
     save_encoder(tiny_encoder(), tmp_path / "plain.safetensors", Preprocessing(-5, 4, 96))
-    save_encoder(tiny_encoder(layer_scale=0.1), tmp_path / "scaled.safetensors", Preprocessing(-5, 4, 96))
+    save_encoder(tiny_encoder(**LAYOUTS["eat"]), tmp_path / "eat.safetensors", Preprocessing(-5, 4, 96))
     assert scratch_args(tmp_path / "plain.safetensors") == []
-    assert scratch_args(tmp_path / "scaled.safetensors") == ["--model.layer_scale", "0.1"]
+    assert scratch_args(tmp_path / "eat.safetensors") == ["--model.layout", "eat"]

@@ -1,6 +1,6 @@
 """EAT: targets and losses against a clip-by-clip reference, one teacher pass for all clones,
-the EMA schedule at the step given, the recipes' published values, its renamed knob refused,
-and the demo recipe end to end."""
+the EMA schedule at the step given, the recipes' published values, and the demo recipe end to
+end."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from pretrain.eat import EAT
 from ssast.demo.runner import recipe_for
 from ssast.heads import ConvDecoder
 from ssast.losses import layer_averaged_targets, scaled_squared_error
-from ssast.renamed import RenamedOptionError
-from ssast.train.schedules import Progress
+from ssast.schedules import Progress
 
 from helpers import logged, resolved_recipe
 
@@ -272,15 +271,12 @@ def test_a_wider_decoder_skips_the_first_residual():
 # --- recipes ------------------------------------------------------------------------------
 
 
-def resolved(recipe: str, capsys) -> dict:
-    return resolved_recipe("pretrain", recipe.removesuffix(".yaml"))
-
-
-@pytest.mark.parametrize("recipe,size", [("eat_base.yaml", "base"), ("eat_tiny.yaml", "tiny")])
-def test_recipes_hold_the_published_settings(recipe, size, capsys):
+@pytest.mark.parametrize("size", ["base", "tiny"])
+def test_recipes_hold_the_published_settings(size):
     """DESIGN.md section 7b, from config/pretraining_AS2M.yaml of cwx-worst-one/EAT."""
-    config = resolved(recipe, capsys)
-    trainer, model, data = config["trainer"], config["model"]["init_args"], config["data"]["init_args"]
+    config = resolved_recipe("pretrain", "eat", *(["--model.init_args.size", size] if size != "base" else []))
+    trainer, model, data = config["trainer"], config["model"]["init_args"], config["data"]
+    optimization = model["optimization"]
     assert config["model"]["class_path"] == "pretrain.eat.EAT" and model["size"] == size
     assert (model["fshape"], model["tshape"], model["num_lead_tokens"], data["target_length"]) == (16, 16, 1, 1024)
     assert (model["mask_prob"], model["mask_length"], model["mask_prob_adjust"]) == (0.8, 5, 0.07)
@@ -289,34 +285,21 @@ def test_recipes_hold_the_published_settings(recipe, size, capsys):
     assert (model["decoder_layers"], model["decoder_kernel"], model["decoder_groups"]) == (6, 3, 16)
     assert model["decoder_dim"] is None and model["mask_noise_std"] == 0.01  # as wide as the encoder
     assert (model["ema_decay"], model["ema_end_decay"], model["ema_anneal_end_step"]) == (0.9998, 0.99999, 100_000)
-    assert (model["optimizer"], model["lr"], model["betas"], model["weight_decay"]) == ("adamw", 5e-4, [0.9, 0.95], 0.05)
-    assert model["decay_norms_and_biases"] is False and model["weight_decay_end"] is None
-    assert (model["schedule"], model["warmup_steps"], model["min_lr"], trainer["max_steps"]) == ("cosine", 53_333, 0.0, 400_000)
+    assert (optimization["optimizer"], optimization["lr"], optimization["betas"], optimization["weight_decay"]) == (
+        "adamw", 5e-4, [0.9, 0.95], 0.05)
+    assert optimization["decay_norms_and_biases"] is False and optimization["weight_decay_end"] is None
+    assert (optimization["schedule"], optimization["warmup_steps"], optimization["min_lr"], trainer["max_steps"]) == (
+        "warmup_cosine", 53_333, 0.0, 400_000)
     assert (config["global_batch_size"], config["max_device_batch_size"], trainer["gradient_clip_val"]) == (48, 12, 4.0)
     assert trainer["precision"] == "bf16-mixed" and model["drop_path"] == 0.0 and data["stats"] == "audioset"
 
 
-def test_demo_recipe_uses_frame_tokens_on_a_mini_model(capsys):
-    config = resolved("eat_demo.yaml", capsys)
-    model, data = config["model"]["init_args"], config["data"]["init_args"]
+def test_demo_recipe_uses_frame_tokens_on_a_mini_model():
+    config = resolved_recipe("pretrain", "eat_demo")
+    model, data = config["model"]["init_args"], config["data"]
     assert (model["size"], model["fshape"], model["tshape"]) == ("mini", 128, 2)
     assert data["train"] == "demo_data/unlabeled"
-    assert model["utterance_weight"] == 0.0078 and model["cls_loss"] is None
-
-
-def test_the_old_name_of_the_utterance_weight_is_refused_naming_the_new_one(tmp_path):
-    with pytest.raises(RenamedOptionError, match=r"^EAT: cls_loss was renamed utterance_weight; set utterance_weight"):
-        small_eat(cls_loss=0.5)
-    # A recipe written with the old name: one line, no traceback.
-    recipe = tmp_path / "old.yaml"
-    recipe.write_text("model:\n  init_args:\n    cls_loss: 1\n")
-    with pytest.raises(SystemExit) as exited:
-        main(["fit", "--config", str(REPO / "configs/pretrain/eat_demo.yaml"), "--config", str(recipe),
-              "--data.init_args.train", str(tmp_path / "none"), "--trainer.logger", "false",
-              "--trainer.default_root_dir", str(tmp_path / "run")])
-    message = exited.value.code
-    assert isinstance(message, str) and "\n" not in message, message
-    assert message.startswith("ssast-pretrain: error: EAT: cls_loss was renamed utterance_weight"), message
+    assert model["utterance_weight"] == 0.0078 and model["num_lead_tokens"] == 1
 
 
 @pytest.mark.slow
@@ -324,10 +307,10 @@ def test_demo_recipe_trains_and_exports_the_student(small_demo_corpus, tmp_path)
     corpus, run = small_demo_corpus, tmp_path / "run"
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "csv"}}
     # The recipe as ssast-demo runs it: its demo_data/ paths (data and probes) moved to the corpus.
-    recipe = recipe_for(REPO / "configs/pretrain/eat_demo.yaml", corpus, tmp_path)
+    recipes = [recipe_for(REPO / f"configs/pretrain/{name}.yaml", corpus, tmp_path) for name in ("demo", "eat_demo")]
     main([
-        "fit", "--config", str(recipe), "--data.init_args.batch_size", "8", "--data.init_args.batches_per_epoch", "10",
-        "--data.init_args.num_workers", "1", "--model.init_args.warmup_steps", "5",
+        "fit", *[arg for recipe in recipes for arg in ("--config", str(recipe))], "--data.batch_size", "8",
+        "--data.batches_per_epoch", "10", "--data.num_workers", "1", "--model.init_args.optimization.warmup_steps", "5",
         "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(run),
         "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
     ])

@@ -16,7 +16,8 @@ from eat_reference import (
     randomized, sincos_table,
 )
 from ssast.checkpoints import CheckpointError, load_checkpoint
-from ssast.encoder import LAYOUTS, ASTEncoder, EncoderConfig, sincos_positions
+from ssast.encoder import LAYOUTS, ASTEncoder, EncoderConfig
+from ssast.positions import sincos_positions
 
 LENGTHS = (512, 1024, 2048)
 TOLERANCE = 1e-5
@@ -263,8 +264,8 @@ def test_eat_pretraining_continues_from_eats_student_teacher_and_decoder(tmp_pat
 def test_continuing_refuses_a_recipe_of_another_shape(pretrained):
     from pretrain.eat import EAT
 
-    with pytest.raises(CheckpointError, match="embed_dim=64, depth=2, num_heads=4.*block_norm='post'.*"
-                                              "but the recipe builds embed_dim=192, depth=4, num_heads=3"):
+    with pytest.raises(CheckpointError, match="embed_dim=64, depth=2, num_heads=4.*block_norm=post.*"
+                                              "but the recipe asks for embed_dim=192, depth=4, num_heads=3"):
         EAT(init_from=str(pretrained[0]), size="mini", input_tdim=64)
 
 
@@ -305,7 +306,8 @@ def test_a_finetune_from_an_eat_file_runs_eats_esc50_recipe(tmp_path):
     assert data_main(["esc50", str(fake_esc50(tmp_path)), str(data), "--workers", "1"]) == 0
     run = tmp_path / "run"
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}}
-    main(["cv", "--config", "configs/finetune/eat.yaml", "--config", "configs/finetune/eat_esc50.yaml",
+    main(["cv", "--config", "configs/finetune/eat.yaml", "--config", "configs/finetune/esc50_folds.yaml",
+          "--config", "configs/finetune/eat_esc50.yaml",
           "--model.init_from", str(path), "--data.train", str(data), "--data.target_length", "64",
           "--model.timem", "12", "--model.warmup_steps", "2", "--trainer.max_steps", "4", "--data.batch_size", "8",
           "--data.num_workers", "0", "--trainer.accelerator", "cpu", "--trainer.devices", "1",

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ssast.encoder import ASTEncoder, EncoderConfig, adapt_pos_embed, without_layer_scale
+from ssast.encoder import ASTEncoder, EncoderConfig
+from ssast.positions import adapt_pos_embed
 
 
 def small_config(**changes) -> EncoderConfig:
@@ -187,25 +188,3 @@ def test_block_ffn_outputs_are_the_mlp_outputs_before_the_residual():
         assert torch.allclose(ffn, block.mlp(block.norm2(x)), atol=1e-6)
         x = x + ffn
     assert torch.allclose(encoder.norm(x), encoder(fbank), atol=1e-5)  # the normal forward is the same path
-
-
-def test_layer_scale_gains_start_small_and_fold_into_a_plain_encoder():
-    plain = ASTEncoder(small_config())
-    assert not any(".ls" in name for name, _ in plain.named_parameters())  # AST's names, as the checkpoints have
-    assert without_layer_scale(plain) is plain
-    scaled = ASTEncoder(small_config(layer_scale=0.1)).eval()
-    gains = [parameter for name, parameter in scaled.named_parameters() if name.endswith(".gamma")]
-    assert len(gains) == 4 and all(torch.equal(gain, torch.full((32,), 0.1)) for gain in gains)
-    fbank = torch.randn(2, 64, 128)
-    with torch.no_grad():
-        for gain in gains:  # as after training: each channel its own gain
-            gain.uniform_(0.05, 2.0)
-        folded = without_layer_scale(scaled).eval()
-        assert folded.config.layer_scale is None and folded.config == scaled.config.replace(layer_scale=None)
-        assert torch.allclose(folded(fbank), scaled(fbank), atol=1e-5)
-        # The gains matter: without them the output is another one.
-        unscaled = {name: t for name, t in scaled.state_dict().items() if ".ls" not in name}
-        plain.load_state_dict(unscaled)
-        assert not torch.allclose(plain.eval()(fbank), scaled(fbank), atol=1e-3)
-    with pytest.raises(ValueError, match="layer_scale must be positive"):
-        small_config(layer_scale=0.0)

@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from helpers import flac_sample, write_shard
-from ssast.data.reader import (
-    EpochLoader, NoReadableShards, ReaderOptions, ShardStream, SkipCounter, shard_samples, shard_sizes,
-)
+from ssast.data.loaders import EpochLoader
+from ssast.data.options import ReaderOptions
+from ssast.data.shards import shard_sizes
+from ssast.data.skips import NoReadableShards, SkipCounter
+from ssast.data.stream import ShardStream
+from ssast.data.tar import shard_samples
 from ssast.data.writer import ShardSetWriter, encode_clip
 from ssast.train.datamodule import AudioDataModule
 
@@ -94,10 +97,10 @@ def test_shard_sizes_come_from_the_index_or_by_counting(tmp_path, caplog):
             writer.write(encode_clip(f"w/{index}", torch.zeros(400), {"labels": []}, "train"))
     written = sorted(str(path) for path in (tmp_path / "set/train").glob("*.tar"))
     loose = one_shard(tmp_path / "loose", 5)
-    with caplog.at_level(logging.WARNING, logger="ssast.data.reader"):
+    with caplog.at_level(logging.WARNING, logger="ssast.data.shards"):
         assert shard_sizes(written, progress=False) == [3, 3, 1]
     assert "counting" not in caplog.text  # the index said it all
-    with caplog.at_level(logging.WARNING, logger="ssast.data.reader"):
+    with caplog.at_level(logging.WARNING, logger="ssast.data.shards"):
         urls = [*written, f"pipe:cat {written[0]}", *loose]
         assert shard_sizes(urls, progress=False) == [3, 3, 1, 3, 5]
     assert "counting the samples of 2 of 5 training shards by reading them: no shards.json lists them" in caplog.text
@@ -110,7 +113,7 @@ def test_bad_data_costs_repeated_clips_not_batches(tmp_path, caplog):
     urls = [str(tmp_path / "0.tar"), str(tmp_path / "1.tar")]
     skips = SkipCounter()
     train = loader(urls, batch_size=3, skips=skips, max_skip_ratio=None)
-    with caplog.at_level(logging.WARNING, logger="ssast.data.reader"):
+    with caplog.at_level(logging.WARNING, logger="ssast.data"):
         keys = epoch_keys(train)
     assert len(keys) == 9 and set(keys) == {f"good/{index}" for index in range(8)}
     assert skips.counts()["undecodable"] == 1 and skips.counts()["repeated"] == 1

@@ -9,7 +9,9 @@ import torch
 import transformers
 
 from finetune.callbacks import WritePredictions
-from finetune.module import Finetune, layer_id, noise_and_roll
+from finetune.module import Finetune
+from ssast.augment import noise_and_roll
+from ssast.optim import layer_id
 from ssast import save_encoder
 from ssast.checkpoints import CheckpointError, Preprocessing
 from helpers import hf_config, ssast_state, tiny_encoder
@@ -52,7 +54,7 @@ def test_specaugment_fills_with_the_normalized_zero_and_freezing_trains_the_head
 def test_layer_ids_give_decaying_rates_and_the_head_its_own():
     assert layer_id("encoder.blocks.0.attn.qkv.weight", 12) == 1 and layer_id("encoder.blocks.11.mlp.fc2.bias", 12) == 12
     assert layer_id("encoder.patch_embed.proj.weight", 12) == layer_id("head.linear.weight", 12) == 13  # as EAT
-    model = Finetune(num_classes=3, size="tiny", input_tdim=48, lr=1.0, layer_decay=0.5, head_lr=4.0)
+    model = Finetune(num_classes=3, size="tiny", input_tdim=48, lr=1.0, layer_decay=0.5, head_lr_scale=4.0)
     model.trainer = SimpleNamespace(train_dataloader=[], num_training_batches=10, accumulate_grad_batches=1)
     optimizer = model.configure_optimizers()["optimizer"]
     rates = {group["name"]: group["initial_lr"] for group in optimizer.param_groups}
@@ -91,18 +93,18 @@ def test_every_checkpoint_kind_loads_into_the_finetune_module(tmp_path):
 def test_from_scratch_at_the_finetuning_stride():
     model = Finetune(num_classes=3, size="tiny", fstride=10, tstride=10, input_tdim=128)
     assert model.encoder.config.grid == (12, 12) and model.encoder.embed_dim == 192
-    assert model.encoder.config.layer_scale is None
+    assert model.encoder.config.block_norm == "pre"
 
 
-def test_layer_scale_from_scratch_and_checked_against_a_checkpoint(tmp_path):
-    scratch = Finetune(num_classes=3, size="tiny", input_tdim=128, layer_scale=0.1)
-    assert scratch.encoder.config.layer_scale == 0.1
-    save_encoder(tiny_encoder(layer_scale=0.1), tmp_path / "scaled.safetensors", Preprocessing(-5, 4, 96))
-    model = Finetune(num_classes=3, init_from=str(tmp_path / "scaled.safetensors"), input_tdim=96)
-    assert model.encoder.config.layer_scale == 0.1  # null takes the checkpoint's
+def test_layout_from_scratch_and_checked_against_a_checkpoint(tmp_path):
+    scratch = Finetune(num_classes=3, size="tiny", input_tdim=128, layout="eat")
+    assert (scratch.encoder.config.block_norm, scratch.encoder.config.positions) == ("post", "sincos")
+    save_encoder(scratch.encoder, tmp_path / "eat.safetensors", Preprocessing(-5, 4, 128))
+    model = Finetune(num_classes=3, init_from=str(tmp_path / "eat.safetensors"), input_tdim=128)
+    assert model.encoder.config.block_norm == "post"  # null takes the checkpoint's
     save_encoder(tiny_encoder(), tmp_path / "plain.safetensors", Preprocessing(-5, 4, 96))
-    with pytest.raises(CheckpointError, match="layer_scale=None but the recipe asks for layer_scale=0.1"):
-        Finetune(num_classes=3, init_from=str(tmp_path / "plain.safetensors"), input_tdim=96, layer_scale=0.1)
+    with pytest.raises(CheckpointError, match="block_norm=pre.*but the recipe asks for block_norm=post"):
+        Finetune(num_classes=3, init_from=str(tmp_path / "plain.safetensors"), input_tdim=96, layout="eat")
 
 
 def write_predictions(tmp_path, embeddings: bool):
@@ -128,7 +130,7 @@ def test_prediction_files(tmp_path):
 
 @pytest.mark.parametrize("task", ["multiclass", "multilabel"])
 def test_a_padding_batch_is_evaluated_but_counts_for_nothing(task):
-    """The placeholder batch a DDP rank without evaluation data gets (ssast.data.reader.EvalLoader)
+    """The placeholder batch a DDP rank without evaluation data gets (ssast.data.loaders.EvalLoader)
     runs through the model, so that its rank joins the metric syncs, but adds nothing to them."""
     from pretrain.mspm import MSPM
 

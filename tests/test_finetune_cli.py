@@ -35,7 +35,7 @@ def encoder_file(tmp_path_factory):
 def args(corpus: Path, run: Path, *extra: str) -> list[str]:
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}}
     return [
-        "--config", str(REPO / "configs/finetune/demo_events.yaml"),
+        "--config", str(REPO / "configs/finetune/demo.yaml"), "--config", str(REPO / "configs/finetune/demo_events.yaml"),
         "--data.train", str(corpus / "events/train"),
         "--data.val", str(corpus / "events/val"), "--data.test", str(corpus / "events/test"),
         "--data.batches_per_epoch", "4", "--data.num_workers", "1", "--data.batch_size", "8",

@@ -17,11 +17,12 @@ from torch.optim.lr_scheduler import MultiStepLR
 
 from finetune.callbacks import History
 from finetune.cli import build_cli, main, summarize_folds
-from finetune.module import Finetune, mix_targets
+from finetune.module import Finetune
+from ssast.augment import mix_targets
 from ssast.data.cli import main as data_main
 from ssast.train.callbacks import AverageEpochWeights
 from ssast.train.datamodule import AudioDataModule
-from ssast.train.schedules import WarmupStepDecay
+from ssast.schedules import WarmupStepDecay
 from helpers import resolved_recipe, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,11 +84,11 @@ def test_every_step_of_a_recipe_has_the_official_loops_rate(recipe):
     model = config["model"]
     steps_per_epoch = EPOCH_CLIPS[recipe] // config["global_batch_size"]
     epochs = config["trainer"]["max_epochs"]
-    base_lrs = [model["lr"], model["lr"] * model["head_lr"]]
+    base_lrs = [model["lr"], model["lr"] * model["head_lr_scale"]]
     official = official_lrs(base_lrs, steps_per_epoch, epochs, **OFFICIAL[recipe])
     assert model["schedule"] == "step"
-    ours = our_lrs(base_lrs, steps_per_epoch, epochs, decay_start=model["decay_start"],
-                   decay_every=model["decay_every"], decay_factor=model["decay_factor"],
+    ours = our_lrs(base_lrs, steps_per_epoch, epochs, decay_start=model["lr_decay_start"],
+                   decay_every=model["lr_decay_every"], decay_factor=model["lr_decay_factor"],
                    warmup_steps=model["warmup_steps"], warmup_every=model["warmup_every"])
     assert_same_rates(ours, official)
 
@@ -164,8 +165,9 @@ def short_fit(corpus: Path, root: Path, epochs: int, callbacks: list, **model) -
 
 def test_a_short_run_steps_at_the_official_rates_and_writes_its_history(tiny_corpus, tmp_path):
     snapshots, history = Snapshots(), History()
-    schedule = dict(decay_start=1, decay_every=2, decay_factor=0.5, warmup_steps=5, warmup_every=2)
-    trainer, module = short_fit(tiny_corpus, tmp_path, 6, [snapshots, history], lr=1e-3, head_lr=3.0, **schedule)
+    schedule = dict(lr_decay_start=1, lr_decay_every=2, lr_decay_factor=0.5, warmup_steps=5, warmup_every=2)
+    trainer, module = short_fit(tiny_corpus, tmp_path, 6, [snapshots, history], lr=1e-3, head_lr_scale=3.0,
+                                **schedule)
     steps_per_epoch = 8 // 3  # 8 training clips at batch 3: one pass, the last 2 clips dropped
     assert trainer.global_step == 6 * steps_per_epoch
     official = official_lrs([3e-3], steps_per_epoch, 6, start=1, step=2, decay=0.5, warmup=True, warmup_steps=5,
@@ -211,7 +213,7 @@ def test_weight_averaging_resumes_with_its_sum(tiny_corpus, tmp_path):
 def cli_args(corpus: Path, run: Path, *extra: str) -> list[str]:
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}}
     return [
-        "--config", str(RECIPES / "demo_events.yaml"), "--model.init_from", "null",
+        "--config", str(RECIPES / "demo.yaml"), "--config", str(RECIPES / "demo_events.yaml"), "--model.init_from", "null",
         "--data.train", str(corpus / "events/train"), "--data.val", str(corpus / "events/val"),
         "--data.test", str(corpus / "events/test"), "--data.num_workers", "0", "--data.batch_size", "4",
         "--data.target_length", "32", "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(run),
@@ -276,7 +278,8 @@ def test_esc50_cross_validation_as_the_official_scripts(tmp_path):
     data_main(["esc50", str(source), str(data), "--workers", "1"])
     run = tmp_path / "cv"
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}}
-    main(["cv", "--config", str(RECIPES / "esc50.yaml"), "--model.init_from", "null", "--model.size", "mini",
+    main(["cv", "--config", str(RECIPES / "esc50_folds.yaml"), "--config", str(RECIPES / "esc50.yaml"),
+          "--model.init_from", "null", "--model.size", "mini",
           "--data.train", str(data), "--data.target_length", "48", "--model.timem", "12", "--data.batch_size", "8",
           "--data.num_workers", "0", "--trainer.max_epochs", "8", "--trainer.accelerator", "cpu",
           "--trainer.devices", "1", "--trainer.precision", "32-true", "--trainer.default_root_dir", str(run),

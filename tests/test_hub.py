@@ -122,20 +122,6 @@ def test_a_classifier_on_the_leading_tokens_exports_as_ast_for_audio_classificat
         assert (logits_of(back, fbank) - expected).abs().max() <= 1e-4
 
 
-def test_layer_scale_gains_are_folded_into_the_transformers_weights(tmp_path):
-    encoder = tiny_encoder(layer_scale=0.1)
-    with torch.no_grad():
-        for name, parameter in encoder.named_parameters():
-            if name.endswith(".gamma"):
-                parameter.uniform_(0.05, 2.0)
-    save_encoder(encoder, tmp_path / "encoder.safetensors", Preprocessing(-5.0, 3.0, FRAMES))
-    assert export(tmp_path / "encoder.safetensors", tmp_path / "hf", "--format", "hf") == 0
-    model = load_cleanly(transformers.ASTModel, tmp_path / "hf")
-    fbank = torch.randn(2, FRAMES, 128)
-    with torch.no_grad():
-        assert (model(fbank).last_hidden_state - encoder(fbank)).abs().max() <= 1e-4
-
-
 def test_transformers_is_not_needed_to_export():
     code = "import sys, ssast.hub; sys.exit('transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -3,6 +3,7 @@ method's paper recipe lives in its class signature, and the docs are held to it.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from pathlib import Path
@@ -20,12 +21,15 @@ SECTIONS = {"## MSPM (SSAST): the knobs": MSPM, "## ASiT: the knobs": ASiT, "## 
 
 
 def defaults(cls: type) -> dict[str, Any]:
-    """Every constructor default of ``cls``, its own winning over its bases' (``**kwargs``)."""
+    """Every constructor default of ``cls``, its own winning over its bases' (``**kwargs``); an
+    options object's fields as ``name.field`` (``optimization.lr``, ``gmml.align``)."""
     found: dict[str, Any] = {}
     for klass in reversed([k for k in cls.__mro__ if issubclass(k, PretrainModule)]):
         for name, parameter in inspect.signature(klass.__init__).parameters.items():
             if parameter.default is not inspect.Parameter.empty:
                 found[name] = parameter.default
+                if dataclasses.is_dataclass(parameter.default):
+                    found |= {f"{name}.{field}": value for field, value in vars(parameter.default).items()}
     return found
 
 
@@ -89,7 +93,7 @@ def test_the_knob_tables_give_the_class_defaults(section):
     own = defaults(cls)
     for name, value in documented(section):
         if name not in own or as_value(value) in ("auto", "all", "encoder width"):
-            continue  # a nested option (gmml.*), the trainer's, or a default computed at build time
+            continue  # the trainer's, or a default computed at build time
         assert as_value(value) == as_default(own[name]), f"{cls.__name__}.{name}: docs say {value}, the class {own[name]!r}"
         checked += 1
     assert checked >= 8, f"only {checked} knobs of {section!r} read"

@@ -5,6 +5,8 @@ every rank skips together."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import math
 from pathlib import Path
@@ -16,8 +18,8 @@ from torch.utils.data import DataLoader
 
 from finetune.module import Finetune
 from ssast.train.callbacks import RunCheckpoint
-from pretrain.asit import ASiT
-from pretrain.mspm import MSPM
+from pretrain.asit import ASIT_RECIPE, ASiT
+from pretrain.mspm import MSPM, SSAST_RECIPE
 from ssast.train.module import NonFiniteLossError
 
 FRAMES = 16  # frame tokens (128 x 2): 8 patches per clip
@@ -25,18 +27,18 @@ TINY = dict(size="mini", fshape=128, tshape=2, input_tdim=FRAMES)
 
 
 def mspm(**changes) -> MSPM:
-    return MSPM(**{**TINY, "mask_patches": 4, "passes": 1, "warmup_steps": 0, "lr": 1e-3,
-                   **changes})
+    return MSPM(**{**TINY, "mask_patches": 4, "passes": 1,
+                   "optimization": replace(SSAST_RECIPE, warmup_steps=0, lr=1e-3), **changes})
 
 
 def asit(**changes) -> ASiT:
-    return ASiT(**{**TINY, "view_frames": 12, "cls_dim": 32, "patch_dim": 16, "head_hidden_dim": 32,
-                   "head_bottleneck_dim": 16, "warmup_steps": 2, "lr": 1e-2, "teacher_temp_warmup_steps": 4,
-                   "ema_decay": 0.9, **changes})
+    return ASiT(**{**TINY, "view_frames": 12, "cls_prototypes": 32, "patch_prototypes": 16, "head_hidden_dim": 32,
+                   "head_bottleneck_dim": 16, "teacher_temp_warmup_epochs": 4, "ema_decay": 0.9,
+                   "optimization": replace(ASIT_RECIPE, warmup_epochs=0, warmup_steps=2, lr=1e-2), **changes})
 
 
 def finetune(**changes) -> Finetune:
-    return Finetune(**{**TINY, "num_classes": 3, "schedule": "cosine", "warmup_steps": 2, "lr": 1e-3, **changes})
+    return Finetune(**{**TINY, "num_classes": 3, "schedule": "fairseq_cosine", "warmup_steps": 2, "lr": 1e-3, **changes})
 
 
 BUILDERS = {"mspm": mspm, "asit": asit, "finetune": finetune}

@@ -24,13 +24,13 @@ def build(method: str, **changes) -> PretrainModule:
     if method == "mspm":
         return MSPM(size="mini", input_tdim=64, mask_patches=20, **changes)
     if method == "asit":
-        return ASiT(size="mini", input_tdim=64, view_frames=48, gmml=GmmlOptions(align=16), cls_dim=256,
-                    patch_dim=128, head_hidden_dim=128, head_bottleneck_dim=64, **FRAME, **changes)
+        return ASiT(size="mini", input_tdim=64, view_frames=48, gmml=GmmlOptions(align=16), cls_prototypes=256,
+                    patch_prototypes=128, head_hidden_dim=128, head_bottleneck_dim=64, **FRAME, **changes)
     return EAT(size="mini", input_tdim=64, clone_batch=2, num_lead_tokens=1, **changes)
 
 
 def optimizer(model: PretrainModule) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.param_groups(), lr=1e-4)
+    return model.build_optimizer(lr=1e-4)
 
 
 @pytest.mark.parametrize("method", ["mspm", "asit", "eat"])

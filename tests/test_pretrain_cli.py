@@ -13,7 +13,7 @@ import torch
 import ssast
 from pretrain.cli import main
 
-from helpers import logged
+from helpers import logged, recipe_args
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -27,11 +27,10 @@ def corpus(small_demo_corpus):
 def cli_args(corpus: Path, run: Path, epochs: int, *extra: str) -> list[str]:
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run), "name": "csv"}}
     return [
-        "fit", "--config", str(REPO / "configs/pretrain/mspm_demo.yaml"),
-        "--data.init_args.train", str(corpus / "unlabeled"), "--data.init_args.val", str(corpus / "events/val"),
-        "--data.init_args.batch_size", "8", "--data.init_args.batches_per_epoch", "10",
-        "--data.init_args.num_workers", "1",
-       
+        "fit", *recipe_args("pretrain", "mspm_demo"),
+        "--data.train", str(corpus / "unlabeled"), "--data.val", str(corpus / "events/val"),
+        "--data.batch_size", "8", "--data.batches_per_epoch", "10",
+        "--data.num_workers", "1",
         "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(run),
         "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false", *extra,
     ]
@@ -80,8 +79,8 @@ def test_ddp_on_two_cpu_processes_with_uneven_shards(corpus, tmp_path):
     callback = {"class_path": "rank_steps.RankSteps", "init_args": {"folder": str(tmp_path / "steps")}}
     (tmp_path / "rank_steps.py").write_text(RANK_STEPS)
     args = cli_args(corpus, tmp_path / "run", 2,
-                    "--data.init_args.train", str(shards), "--data.init_args.val", str(shards),
-                    "--data.init_args.stats", "audioset", "--data.init_args.batches_per_epoch", "4",
+                    "--data.train", str(shards), "--data.val", str(shards),
+                    "--data.stats", "audioset", "--data.batches_per_epoch", "4",
                     "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
                     "--trainer.callbacks+", json.dumps(callback))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]), WANDB_MODE="offline")

@@ -16,11 +16,12 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from helpers import tiny_encoder
+from pretrain.optimization import Optimization
 from ssast.features import Normalize
 from ssast.probe import (
     LabeledClips, embed, knn_accuracy, linear_probe_accuracy, load_clips, logmel_baseline, logmel_statistics, probe,
 )
-from ssast.train.probe import ProbeMonitor, ProbePoint, ProbeTask, TrainingBudget
+from ssast.train.probe_callbacks import ProbeMonitor, ProbePoint, ProbeTask, TrainingBudget
 
 
 @pytest.fixture
@@ -139,7 +140,7 @@ def monitor_from_recipe(option: str) -> ProbeMonitor:
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.Callback, "callback")
-    recipe = (f"callback:\n  class_path: ssast.train.probe.ProbeMonitor\n  init_args:\n    {option}\n"
+    recipe = (f"callback:\n  class_path: ssast.train.probe_callbacks.ProbeMonitor\n  init_args:\n    {option}\n"
               f"    tasks: [{{name: a, train: x, test: y}}]\n")
     return parser.instantiate(parser.parse_string(recipe)).callback
 
@@ -205,7 +206,8 @@ def test_probe_monitor_in_a_real_fit(tiny_corpus, tmp_path, one_thread):
     from ssast.train.datamodule import AudioDataModule
 
     L.seed_everything(0)
-    model = MSPM(size="mini", fshape=128, tshape=2, input_tdim=32, mask_patches=8, passes=1, warmup_steps=1)
+    model = MSPM(size="mini", fshape=128, tshape=2, input_tdim=32, mask_patches=8, passes=1,
+                 optimization=Optimization(optimizer="adam", schedule="plateau", warmup_steps=1))
     data = AudioDataModule(train=str(tiny_corpus / "unlabeled"), target_length=32, batch_size=4, num_workers=0,
                            batches_per_epoch=2, stats="audioset")
     task = {"name": "events", "train": str(tiny_corpus / "events/train"), "test": str(tiny_corpus / "events/test")}
@@ -240,20 +242,21 @@ def test_probe_monitor_in_a_real_fit(tiny_corpus, tmp_path, one_thread):
 
 
 def test_probe_monitor_reads_all_layers_in_a_real_fit(tiny_corpus, tmp_path, monkeypatch, one_thread):
-    import ssast.train.probe
+    import ssast.train.probe_callbacks
     from pretrain.mspm import MSPM
     from ssast.train.datamodule import AudioDataModule
 
     calls = []
-    real_probe = ssast.train.probe.probe
+    real_probe = ssast.train.probe_callbacks.probe
 
     def spy(encoder, train, test, **kwargs):
         calls.append(kwargs["layers"])
         return real_probe(encoder, train, test, **kwargs)
 
-    monkeypatch.setattr(ssast.train.probe, "probe", spy)
+    monkeypatch.setattr(ssast.train.probe_callbacks, "probe", spy)
     L.seed_everything(0)
-    model = MSPM(size="mini", fshape=128, tshape=2, input_tdim=32, mask_patches=8, passes=1, warmup_steps=1)
+    model = MSPM(size="mini", fshape=128, tshape=2, input_tdim=32, mask_patches=8, passes=1,
+                 optimization=Optimization(optimizer="adam", schedule="plateau", warmup_steps=1))
     data = AudioDataModule(train=str(tiny_corpus / "unlabeled"), target_length=32, batch_size=4, num_workers=0,
                            batches_per_epoch=2, stats="audioset")
     task = {"name": "events", "train": str(tiny_corpus / "events/train"), "test": str(tiny_corpus / "events/test")}
@@ -283,7 +286,7 @@ def test_probe_monitor_reads_all_layers_in_a_real_fit(tiny_corpus, tmp_path, mon
 
 
 def test_training_budget_leaves_probe_time_out(tiny_corpus, monkeypatch, one_thread):
-    import ssast.train.probe
+    import ssast.train.probe_callbacks
     from pretrain.mspm import MSPM
     from ssast.train.datamodule import AudioDataModule
 
@@ -292,19 +295,20 @@ def test_training_budget_leaves_probe_time_out(tiny_corpus, monkeypatch, one_thr
                              "test": str(tiny_corpus / "events/test")}], every_n_steps=0, k=3, history_file=None)
     budget = TrainingBudget(minutes=1.0)
     monitor.clock = budget.clock = lambda: now[0]
-    real_probe = ssast.train.probe.probe
+    real_probe = ssast.train.probe_callbacks.probe
 
     def slow_probe(*args, **kwargs):  # each probe "takes" 10 minutes
         now[0] += 600.0
         return real_probe(*args, **kwargs)
 
-    monkeypatch.setattr(ssast.train.probe, "probe", slow_probe)
+    monkeypatch.setattr(ssast.train.probe_callbacks, "probe", slow_probe)
 
     class Tick(L.Callback):  # each step "takes" 40 s
         def on_train_batch_start(self, *args) -> None:
             now[0] += 40.0
 
-    model = MSPM(size="mini", fshape=128, tshape=2, input_tdim=32, mask_patches=8, passes=1, warmup_steps=1)
+    model = MSPM(size="mini", fshape=128, tshape=2, input_tdim=32, mask_patches=8, passes=1,
+                 optimization=Optimization(optimizer="adam", schedule="plateau", warmup_steps=1))
     data = AudioDataModule(train=str(tiny_corpus / "unlabeled"), target_length=32, batch_size=4, num_workers=0,
                            batches_per_epoch=50, stats="audioset")
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, callbacks=[Tick(), monitor, budget],
@@ -350,7 +354,8 @@ def test_a_resumed_run_continues_its_training_budget(tmp_path, one_thread):
     def fit(budget: TrainingBudget, epochs: int, ckpt_path: Path | None = None) -> L.Trainer:
         budget.clock = lambda: now[0]
         torch.manual_seed(0)
-        model = MSPM(size="mini", fshape=128, tshape=2, input_tdim=16, mask_patches=4, passes=1, warmup_steps=1)
+        model = MSPM(size="mini", fshape=128, tshape=2, input_tdim=16, mask_patches=4, passes=1,
+                 optimization=Optimization(optimizer="adam", schedule="plateau", warmup_steps=1))
         clips = DataLoader([{"fbank": torch.randn(2, 16, 128)} for _ in range(3)], batch_size=None)
         trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, default_root_dir=tmp_path,
                             callbacks=[Tick(), budget, LastCheckpoint()], limit_val_batches=0,
@@ -378,17 +383,17 @@ def test_probes_under_ddp_on_two_cpu_processes(tiny_corpus, tmp_path):
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]
-    probe_callback = {"class_path": "ssast.train.probe.ProbeMonitor", "init_args": {
+    probe_callback = {"class_path": "ssast.train.probe_callbacks.ProbeMonitor", "init_args": {
         "every_n_steps": 2, "k": 3, "tasks": [{"name": "events", "train": str(tiny_corpus / "events/train"),
                                                "test": str(tiny_corpus / "events/test")}]}}
-    budget = {"class_path": "ssast.train.probe.TrainingBudget", "init_args": {"minutes": 10}}
+    budget = {"class_path": "ssast.train.probe_callbacks.TrainingBudget", "init_args": {"minutes": 10}}
     args = [
-        "fit", "--config", str(repo / "configs/pretrain/mspm_demo.yaml"),
-        "--model.init_args.mask_patches", "8", "--model.init_args.warmup_steps", "1",
-        "--data.init_args.train", str(tiny_corpus / "unlabeled"), "--data.init_args.val", "null",
-        "--data.init_args.stats", "audioset", "--data.init_args.target_length", "32",
-        "--data.init_args.batch_size", "2", "--data.init_args.batches_per_epoch", "3",
-        "--data.init_args.num_workers", "0", "--trainer.max_epochs", "2",
+        "fit", "--config", str(repo / "configs/pretrain/demo.yaml"), "--config", str(repo / "configs/pretrain/mspm_demo.yaml"),
+        "--model.init_args.mask_patches", "8", "--model.init_args.optimization.warmup_steps", "1",
+        "--data.train", str(tiny_corpus / "unlabeled"), "--data.val", "null",
+        "--data.stats", "audioset", "--data.target_length", "32",
+        "--data.batch_size", "2", "--data.batches_per_epoch", "3",
+        "--data.num_workers", "0", "--trainer.max_epochs", "2",
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
         "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false",
         "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
@@ -402,15 +407,16 @@ def test_probes_under_ddp_on_two_cpu_processes(tiny_corpus, tmp_path):
     assert [point["step"] for point in probes] == [0, 2, 4, 6]
 
 
-def learning_benchmark():
-    import importlib.util
+def learning_benchmark(module: str = "learning"):
+    """A module of the learning benchmark, found as ``python benchmarks/learning.py`` finds it
+    (``benchmarks/`` on ``sys.path``): the script or a module beside it (``learning_runs``,
+    ``learning_probes``, ``learning_seeds``, ``learning_charts``)."""
+    import importlib
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks/learning.py"
-    spec = importlib.util.spec_from_file_location("learning_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.append(benchmarks)
+    return importlib.import_module(module)
 
 
 def benchmark_result(tasks: Sequence[str], start: float, end: float) -> dict:
@@ -422,44 +428,44 @@ def benchmark_result(tasks: Sequence[str], start: float, end: float) -> dict:
 
 
 def test_learning_benchmark_chart_draws_each_probe_at_its_minute():
-    learning = learning_benchmark()
+    charts, tasks = learning_benchmark("learning_charts"), learning_benchmark("learning_probes").TASKS
     series = [[0.0, 0.1, 0.2], [0.5, 0.3, 0.6], [1.0, 0.5, 0.4]]  # [minutes, knn, linear]
-    result = {"series": {task: series for task in learning.TASKS}}
-    figure = learning.learning_chart({"mspm": result, "asit": {"error": "failed"}}, {"keywords": 0.7}, 2.0)
+    result = {"series": {task: series for task in tasks}}
+    figure = charts.learning_chart({"mspm": result, "asit": {"error": "failed"}}, {"keywords": 0.7}, 2.0)
     keywords_linear, *_, events_knn = figure.axes
     assert (keywords_linear.get_title(), events_knn.get_title()) == ("keywords: linear probe", "events: kNN probe")
     mspm_line, floor = keywords_linear.get_lines()
     assert list(mspm_line.get_xdata()) == [0.0, 0.5, 1.0] and list(mspm_line.get_ydata()) == [0.2, 0.6, 0.4]
     assert list(floor.get_xdata()) == [0.0, 2.0] and list(floor.get_ydata()) == [0.7, 0.7]
     assert list(events_knn.get_lines()[0].get_ydata()) == [0.1, 0.3, 0.5] and len(events_knn.get_lines()) == 1
-    assert [text.get_text() for text in keywords_linear.get_legend().get_texts()] == ["mspm", learning.FLOOR]
-    assert len(figure.axes) == 2 * len(learning.TASKS) and figure.get_suptitle().endswith("2 min per method")
+    assert [text.get_text() for text in keywords_linear.get_legend().get_texts()] == ["mspm", charts.FLOOR]
+    assert len(figure.axes) == 2 * len(tasks) and figure.get_suptitle().endswith("2 min per method")
 
 
 def test_learning_benchmark_fits_a_recipe_to_its_budget():
-    learning = learning_benchmark()
+    learning, runs = learning_benchmark(), learning_benchmark("learning_runs")
     args = learning.parse_args(["--minutes", "15,5,30", "--data", "demo_data,dev_data"])
     assert args.budgets == [5.0, 15.0, 30.0] and [path.name for path in args.corpora] == ["demo_data", "dev_data"]
-    eat = learning.recipe_settings("eat", args)
+    eat = runs.recipe_settings("eat", args)
     assert eat["steps"] == eat["max_epochs"] * eat["batches_per_epoch"]
     steps = 3 * eat["steps"] + 7  # three times the recipe: every run-length knob three times as long
-    options = learning.stretched_options("eat", steps, args)
+    options = runs.stretched_options("eat", steps, args)
     given = dict(zip(options[::2], options[1::2]))
     assert given["--trainer.max_steps"] == str(steps)
     assert int(given["--trainer.max_epochs"]) * eat["batches_per_epoch"] >= steps
     anneal = eat["run_length_knobs"]["ema_anneal_end_step"]
     assert given["--model.init_args.ema_anneal_end_step"] == str(round(anneal * steps / eat["steps"]))
-    command = learning.pretrain_args("eat", Path("dev_data"), Path("run"), args, learning.Budget(30.0, steps))
+    command = runs.pretrain_args("eat", Path("dev_data"), Path("run"), args, runs.Budget(30.0, steps))
     assert command[-len(options):] == options
-    assert "--trainer.max_steps" not in learning.pretrain_args("eat", Path("d"), Path("r"), args, learning.Budget(5.0))
+    assert "--trainer.max_steps" not in runs.pretrain_args("eat", Path("d"), Path("r"), args, runs.Budget(5.0))
     with pytest.raises(SystemExit):
         learning.parse_args(["--minutes", "5,0"])
 
 
 def test_learning_benchmark_scores_the_choosing_corpus_on_its_validation_split():
-    learning = learning_benchmark()
+    learning, probes = learning_benchmark(), learning_benchmark("learning_probes")
     assert learning.parse_args([]).probe_split == "test"
-    tasks = learning.probe_tasks(Path("dev_data"), ["last", "all"], learning.parse_args(["--probe-split", "val"]).probe_split)
+    tasks = probes.probe_tasks(Path("dev_data"), ["last", "all"], learning.parse_args(["--probe-split", "val"]).probe_split)
     assert {Path(task["test"]).name for task in tasks} == {"val"}
     assert {Path(task["train"]).name for task in tasks} == {"train"}
     assert [task["name"] for task in tasks][-1] == "events@all"
@@ -468,13 +474,14 @@ def test_learning_benchmark_scores_the_choosing_corpus_on_its_validation_split()
 
 
 def test_learning_benchmark_budgets_chart_draws_each_budgets_end_beside_the_untrained_encoder():
-    learning = learning_benchmark()
+    charts = learning_benchmark("learning_charts")
+    tasks = learning_benchmark("learning_probes").TASKS
 
-    result = functools.partial(benchmark_result, learning.TASKS)
+    result = functools.partial(benchmark_result, tasks)
     runs = {"demo_data": {5.0: {"eat": result(0.4, 0.5)}, 15.0: {"eat": result(0.4, 0.6)}},
             "dev_data": {5.0: {"eat": result(0.2, 0.3), "mspm": {"error": "failed"}}, 15.0: {"eat": result(0.2, 0.1)}}}
-    figure = learning.budgets_chart(runs, {"dev_data": {"events": 0.25}})
-    assert len(figure.axes) == 2 * len(learning.TASKS)
+    figure = charts.budgets_chart(runs, {"dev_data": {"events": 0.25}})
+    assert len(figure.axes) == 2 * len(tasks)
     dev_events = next(ax for ax in figure.axes if ax.get_title() == "dev_data: events")
     eat, untrained, floor = dev_events.get_lines()
     assert list(eat.get_xdata()) == [5.0, 15.0] and list(eat.get_ydata()) == [0.3, 0.1]
@@ -482,10 +489,11 @@ def test_learning_benchmark_budgets_chart_draws_each_budgets_end_beside_the_untr
 
 
 def test_learning_benchmark_reports_the_gain_over_seeds_each_against_its_own_untrained_encoder():
-    learning = learning_benchmark()
+    learning, runs, probes, seeds, charts = (learning_benchmark(module) for module in (
+        "learning", "learning_runs", "learning_probes", "learning_seeds", "learning_charts"))
 
-    result = functools.partial(benchmark_result, learning.TASKS)
-    combined = learning.combine_seeds({0: result(0.5, 0.6), 1: result(0.3, 0.6), 2: {"error": "failed"}})
+    result = functools.partial(benchmark_result, probes.TASKS)
+    combined = seeds.combine_seeds({0: result(0.5, 0.6), 1: result(0.3, 0.6), 2: {"error": "failed"}})
     keywords = combined["tasks"]["keywords"]
     assert keywords["start"] == {"knn": pytest.approx(0.2), "linear": pytest.approx(0.4)}
     assert keywords["end"]["linear"] == pytest.approx(0.6)
@@ -493,17 +501,17 @@ def test_learning_benchmark_reports_the_gain_over_seeds_each_against_its_own_unt
     assert keywords["gain"]["each"] == [pytest.approx(0.1), pytest.approx(0.3)]
     assert keywords["gain"]["mean"] == pytest.approx(0.2) and keywords["gain"]["sd"] == pytest.approx(0.1414, abs=1e-4)
     assert combined["failed"] == 1 and set(combined["seeds"]) == {"0", "1", "2"}
-    assert "error" in learning.combine_seeds({0: {"error": "failed"}})
-    lines = learning.seed_lines({"mspm": combined, "eat": result(0.1, 0.2)})
+    assert "error" in seeds.combine_seeds({0: {"error": "failed"}})
+    lines = seeds.seed_lines({"mspm": combined, "eat": result(0.1, 0.2)})
     assert list(lines) == ["mspm seed 0", "mspm seed 1", "mspm seed 2", "eat"]
-    figure = learning.learning_chart(lines, {}, 1.0)
+    figure = charts.learning_chart(lines, {}, 1.0)
     assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == ["mspm seed 0", "mspm seed 1", "eat"]
 
     args = learning.parse_args(["--seeds", "3,1"])
     assert args.seed_list == [3, 1] and learning.parse_args([]).seed_list == [None]
-    command = learning.pretrain_args("mspm", Path("d"), Path("r"), args, learning.Budget(5.0), seed=3)
+    command = runs.pretrain_args("mspm", Path("d"), Path("r"), args, runs.Budget(5.0), seed=3)
     assert command[command.index("--seed_everything") + 1] == "3"
-    assert "--seed_everything" not in learning.pretrain_args("mspm", Path("d"), Path("r"), args, learning.Budget(5.0))
+    assert "--seed_everything" not in runs.pretrain_args("mspm", Path("d"), Path("r"), args, runs.Budget(5.0))
     for bad in (["--seeds", "1,x"], ["--seeds", "1,1"], ["--seeds", "1", "--cli-args", "--seed_everything 4"]):
         with pytest.raises(SystemExit):
             learning.parse_args(bad)

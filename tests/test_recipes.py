@@ -15,50 +15,79 @@ from pretrain.mspm import MSPM
 
 REPO = Path(__file__).resolve().parents[1]
 DESIGN = REPO.parent / "shared/DESIGN.md"
-RECIPES = sorted(path for path in (REPO / "configs/pretrain").glob("*.yaml") if path.stem != "base")
+# Every pretraining recipe, as its docs compose it: files on top of the recipe, and options.
+RECIPES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "mspm": ("mspm", (), ()),
+    "mspm_small": ("mspm", (), ("--model.init_args.size", "small")),
+    "mspm_tiny": ("mspm", ("mspm_tiny",), ()),
+    "mspm_frame": ("mspm", ("frame_tokens",), ()),
+    "mspm_frame_tiny": ("mspm", ("mspm_tiny", "frame_tokens"), ()),
+    "asit": ("asit", (), ()),
+    "asit_tiny": ("asit", (), ("--model.init_args.size", "tiny")),
+    "eat": ("eat", (), ()),
+    "eat_tiny": ("eat", (), ("--model.init_args.size", "tiny")),
+    **{f"{method}_demo": (f"{method}_demo", (), ()) for method in ("mspm", "asit", "eat")},
+}
 
 
 def resolved(stage: str, name: str) -> dict:
+    if stage == "pretrain":
+        recipe, after, options = RECIPES[name]
+        return resolved_recipe(stage, recipe, *options, after=after)
     return resolved_recipe(stage, name)
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[path.stem for path in RECIPES])
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_resolves(recipe):
-    config = resolved("pretrain", recipe.stem)
-    method = {"asit": "pretrain.asit.ASiT", "eat": "pretrain.eat.EAT"}.get(recipe.stem.split("_")[0], "pretrain.mspm.MSPM")
+    config = resolved("pretrain", recipe)
+    method = {"asit": "pretrain.asit.ASiT", "eat": "pretrain.eat.EAT"}.get(recipe.split("_")[0], "pretrain.mspm.MSPM")
     assert config["model"]["class_path"] == method
-    model, data = config["model"]["init_args"], config["data"]["init_args"]
-    if recipe.stem.startswith("mspm_") and recipe.stem != "mspm_demo":  # DESIGN.md section 6
-        assert model["mask_patches"] == 400 and model["passes"] == 2 and model["betas"] == [0.95, 0.999]
+    model, data = config["model"]["init_args"], config["data"]
+    optimization = model["optimization"]
+    if recipe.startswith("mspm") and recipe != "mspm_demo":  # DESIGN.md section 6
+        assert model["mask_patches"] == 400 and model["passes"] == 2 and optimization["betas"] == [0.95, 0.999]
         assert data["target_length"] == 1024 and config["trainer"]["precision"] == "bf16-mixed"
-        assert (model["mse_weight"], model["optimizer"], model["weight_decay"]) == (10.0, "adam", 5e-7)
+        assert (model["mse_weight"], optimization["optimizer"], optimization["weight_decay"]) == (10.0, "adam", 5e-7)
+        assert optimization["decay_norms_and_biases"] is True
         tiny = model["size"] == "tiny"
-        assert (model["lr"], config["global_batch_size"]) == ((5e-4, 120) if tiny else (1e-4, 24))
-        assert (model["warmup_steps"], model["warmup_every"], model["schedule"]) == (1000, 50, "plateau")
-        assert (model["plateau_factor"], model["plateau_patience"]) == (0.5, 2)
+        assert (optimization["lr"], config["global_batch_size"]) == ((5e-4, 120) if tiny else (1e-4, 24))
+        assert (optimization["warmup_steps"], optimization["warmup_every"], optimization["schedule"]) == (
+            1000, 50, "plateau")
+        assert (optimization["plateau_factor"], optimization["plateau_patience"]) == (0.5, 2)
         assert data["batches_per_epoch"] == (800 if tiny else 4000)  # run_mask_*.sh --epoch_iter
         assert data["stats"] == "audioset"
-    if recipe.stem in ("asit_tiny", "asit_base"):  # DESIGN.md section 7
+        assert (model["fshape"], model["tshape"]) == ((128, 2) if "frame" in recipe else (16, 16))
+        assert model["size"] == {"mspm_small": "small"}.get(recipe, "tiny" if "tiny" in recipe else "base")
+    if recipe in ("asit", "asit_tiny"):  # DESIGN.md section 7
         assert (model["fshape"], model["tshape"], model["view_frames"], model["drop_path"]) == (16, 16, 592, 0.1)
         gmml = model["gmml"]
         assert gmml["coverage"] == [0.5, 0.7] and gmml["max_block"] == 0.3 and gmml["replace_coverage"] == 0.3
-        assert gmml["replace_probability"] == 0.5 and (model["num_lead_tokens"], model["optimizer"]) == (1, "adamw")
-        assert (model["cls_dim"], model["patch_dim"], model["student_temp"]) == (8192, 1024, 0.1)
+        assert gmml["replace_probability"] == 0.5 and (model["num_lead_tokens"], optimization["optimizer"]) == (1, "adamw")
+        assert (model["cls_prototypes"], model["patch_prototypes"], model["student_temp"]) == (8192, 1024, 0.1)
         assert (model["warmup_teacher_temp"], model["teacher_temp"], model["center_momentum"]) == (0.04, 0.07, 0.9)
         assert (model["ema_decay"], model["ema_end_decay"], model["recon_weight"]) == (0.996, 1.0, 2.0)
-        assert model["gradient_clip_per_tensor"] == 3.0
-        assert model["lr_batch_size"] == 256 and model["decay_norms_and_biases"] is False
-        assert (model["lr"], model["weight_decay"], model["weight_decay_end"]) == (5e-4, 0.04, 0.4)
-        steps_per_epoch = data["batches_per_epoch"]
-        assert model["warmup_steps"] == 10 * steps_per_epoch and model["teacher_temp_warmup_steps"] == 30 * steps_per_epoch
+        assert optimization["gradient_clip_per_tensor"] == 3.0
+        assert optimization["lr_batch_size"] == 256 and optimization["decay_norms_and_biases"] is False
+        assert (optimization["lr"], optimization["weight_decay"], optimization["weight_decay_end"]) == (5e-4, 0.04, 0.4)
+        # The paper's epochs (10 of warmup, 30 of teacher temperature), whatever the batch of a step.
+        assert (optimization["warmup_steps"], optimization["warmup_epochs"], model["teacher_temp_warmup_epochs"]) == (
+            0, 10, 30)
+        assert data["batches_per_epoch"] * config["global_batch_size"] == pytest.approx(2_000_000, rel=0.001)
         assert config["trainer"]["max_epochs"] == 100 and data["target_length"] >= 592
-        assert config["global_batch_size"] == 256 and model["schedule"] == "cosine" and model["min_lr"] == 1e-6
-    if recipe.stem in ("eat_tiny", "eat_base"):  # DESIGN.md section 7b
-        assert (model["optimizer"], model["lr"], model["betas"], model["weight_decay"]) == ("adamw", 5e-4, [0.9, 0.95], 0.05)
-        assert (model["warmup_steps"], config["trainer"]["max_steps"], config["global_batch_size"]) == (53333, 400000, 48)
+        assert config["global_batch_size"] == 256 and optimization["schedule"] == "warmup_cosine"
+        assert optimization["min_lr"] == 1e-6 and model["size"] == ("tiny" if recipe.endswith("tiny") else "base")
+    if recipe in ("eat", "eat_tiny"):  # DESIGN.md section 7b
+        assert (optimization["optimizer"], optimization["lr"], optimization["betas"], optimization["weight_decay"]) == (
+            "adamw", 5e-4, [0.9, 0.95], 0.05)
+        assert (optimization["warmup_steps"], config["trainer"]["max_steps"], config["global_batch_size"]) == (
+            53333, 400000, 48)
+        assert (optimization["schedule"], optimization["min_lr"]) == ("warmup_cosine", 0.0)
         assert (model["clone_batch"], model["mask_prob"], model["mask_length"], model["utterance_weight"]) == (16, 0.8, 5, 1.0)
         assert (model["ema_decay"], model["ema_end_decay"], model["ema_anneal_end_step"]) == (0.9998, 0.99999, 100000)
         assert config["trainer"]["gradient_clip_val"] == 4.0 and model["num_lead_tokens"] == 1
+    if recipe.endswith("_demo"):  # the demo corpus and a mini frame model, from the demo family
+        assert (model["size"], model["fshape"], model["tshape"]) == ("mini", 128, 2)
+        assert data["train"] == "demo_data/unlabeled" and config["trainer"]["devices"] == 1
 
 
 def test_reconstruction_picture(monkeypatch):
@@ -78,8 +107,9 @@ def test_reconstruction_picture(monkeypatch):
     assert torch.equal(rebuilt[~hidden], shown[~hidden]) and not torch.equal(rebuilt[hidden], shown[hidden])
 
 
+# The files a finetuning recipe composes on are not recipes of their own.
 FINETUNE_RECIPES = sorted(path for path in (REPO / "configs/finetune").glob("*.yaml")
-                          if path.stem not in ("base", "superb", "eat"))
+                          if path.stem not in ("base", "superb", "eat", "demo", "esc50_folds"))
 # DESIGN.md section 8's table, a row per recipe (the official script in the row's name).
 TABLE_ROWS = {"SSAST ESC-50": "esc50", "SSAST SC v2": "speechcommands_v2", "SSAST AS-20K": "audioset_20k",
               "AST ESC-50 from ImageNet": "esc50_imagenet", "AST SC v2 from ImageNet": "speechcommands_v2_imagenet"}
@@ -116,12 +146,13 @@ def test_finetune_recipe_matches_the_design_table(recipe):
     expected = design_table()[recipe]
     config = resolved("finetune", recipe)
     model, data, trainer = config["model"], config["data"], config["trainer"]
-    assert (model["lr"], model["head_lr"], model["betas"], model["weight_decay"]) == (
+    assert (model["lr"], model["head_lr_scale"], model["betas"], model["weight_decay"]) == (
         expected["lr"], 1.0, [0.95, 0.999], 5e-7)  # SSAST/AST's shared Adam (section 8's text)
+    assert model["optimizer"] == "adam" and model["decay_norms_and_biases"] is True
     assert model["schedule"] == "step" and model["warmup_steps"] == expected["warmup_steps"]
     if expected["warmup_every"]:
         assert model["warmup_every"] == expected["warmup_every"]
-    assert (model["decay_factor"], model["decay_every"], model["decay_start"]) == expected["decay"]
+    assert (model["lr_decay_factor"], model["lr_decay_every"], model["lr_decay_start"]) == expected["decay"]
     assert (model["loss"], model["noise"], data["mixup"]) == (expected["loss"], expected["noise"], expected["mixup"])
     assert (model["freqm"], model["timem"]) == expected["masks"]
     assert (trainer["max_epochs"], config["global_batch_size"], data["target_length"]) == (
@@ -209,7 +240,8 @@ def test_eat_recipe_matches_the_official_scripts(recipe):
     expected = EAT_FINETUNING[recipe]
     assert (model["optimizer"], model["betas"], model["weight_decay"], model["layer_decay"]) == (
         "adamw", [0.9, 0.95], 0.05, 0.65)
-    assert (model["schedule"], model["min_lr"], model["drop_path"], model["pooling"]) == ("cosine", 1e-6, 0.1, "cls")
+    assert (model["schedule"], model["min_lr"], model["drop_path"], model["pooling"]) == ("fairseq_cosine", 1e-6, 0.1, "cls")
+    assert model["decay_norms_and_biases"] is False  # fairseq's weight_decay_scale 0 on 1-D parameters
     assert (model["lr"], model["warmup_steps"], trainer["max_steps"]) == (expected["lr"], expected["warmup"],
                                                                           expected["steps"])
     assert (model["batch_mixup"], model["batch_mixup_prob"]) == (expected["mixup"], 0.9)
@@ -225,8 +257,8 @@ def test_eat_recipe_matches_the_official_scripts(recipe):
         assert data["balanced"] and data["batches_per_epoch"] * expected["batch"] == pytest.approx(200000, abs=96)
 
 
-@pytest.mark.parametrize("stage,name", [(path.parent.name, path.stem) for path in RECIPES + FINETUNE_RECIPES],
-                         ids=lambda value: value)
+@pytest.mark.parametrize("stage,name", [("pretrain", name) for name in RECIPES]
+                         + [("finetune", path.stem) for path in FINETUNE_RECIPES], ids=lambda value: value)
 def test_every_recipe_keeps_a_last_checkpoint_to_resume_from(stage, name):
     """``--ckpt_path last`` resumes from LastCheckpoint's file; the recipes also write it every
     30 minutes, so that a preemption loses at most that (issue 13)."""

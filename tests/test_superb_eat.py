@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from finetune.cli import build_cli
-from finetune.module import Finetune, batch_mixup
+from finetune.module import Finetune
+from ssast.augment import batch_mixup
 from ssast.encoder import ASTEncoder, EncoderConfig
 from ssast.heads import LayerWeights, UtteranceHead
 from ssast.train.datamodule import AudioDataModule
-from ssast.train.schedules import FairseqCosine
+from ssast.schedules import FairseqCosine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,8 @@ def test_layer_weights_are_learned_in_a_short_fit(tiny_corpus, tmp_path):
 def test_fit_reports_the_learned_layer_weights(tiny_corpus, tmp_path):
     run = tmp_path / "run"
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}}
-    build_cli(["fit", "--config", str(REPO / "configs/finetune/demo_speakers.yaml"), "--model.init_from", "null",
+    build_cli(["fit", "--config", str(REPO / "configs/finetune/demo.yaml"), "--config",
+               str(REPO / "configs/finetune/demo_speakers.yaml"), "--model.init_from", "null",
                "--model.pooling", "layers", "--data.train", str(tiny_corpus / "events/train"),
                "--data.val", str(tiny_corpus / "events/val"), "--data.test", str(tiny_corpus / "events/test"),
                "--data.num_workers", "0", "--data.batch_size", "4", "--data.target_length", "32",
@@ -161,7 +163,8 @@ def test_adamw_and_layer_decay_give_every_parameter_eats_rate_and_weight_decay()
     from types import SimpleNamespace
 
     model = Finetune(num_classes=3, size="mini", input_tdim=32, pooling="cls", optimizer="adamw", layout="eat",
-                     weight_decay=0.05, betas=(0.9, 0.95), layer_decay=0.65, lr=1.0, schedule="cosine", warmup_steps=1)
+                     weight_decay=0.05, betas=(0.9, 0.95), layer_decay=0.65, lr=1.0, schedule="fairseq_cosine",
+                     warmup_steps=1, decay_norms_and_biases=False)  # as eat.yaml
     model.trainer = SimpleNamespace(estimated_stepping_batches=10)
     optimizer = model.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.9, 0.95)

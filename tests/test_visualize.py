@@ -10,7 +10,7 @@ from matplotlib.colors import to_rgb
 
 from finetune.module import confusion_picture
 from ssast.train.module import log_line_chart
-from ssast.train.probe import ProbeMonitor, ProbePoint
+from ssast.train.probe_callbacks import ProbeMonitor, ProbePoint
 from ssast.visualize import (DPI, confusion_matrix_figure, line_chart, render, spectrogram_figure, spectrogram_strip,
                              xy_chart)
 

@@ -41,12 +41,12 @@ building the encoder a file describes in :mod:`~ssast.checkpoints.loading`.
 from ssast.checkpoints.common import Checkpoint, CheckpointError, Preprocessing, refusal_reason
 from ssast.checkpoints.huggingface import HF4, HF5, HF_AST_NAMES, HF_ENCODER_PREFIX, OURS, to_huggingface_state
 from ssast.checkpoints.imagenet import IMAGENET_AUDIO_DEFAULTS, imagenet_to_audio
-from ssast.checkpoints.loading import ADJUSTABLE, adapt_encoder, load_checkpoint, load_encoder
+from ssast.checkpoints.loading import ADJUSTABLE, adapt_encoder, check_fits, load_checkpoint, load_encoder
 from ssast.checkpoints.metadata import lightning_metadata
 from ssast.checkpoints.ours import OUR_FORMAT, classifier_record, save_encoder
 
 __all__ = [
     "ADJUSTABLE", "HF4", "HF5", "HF_AST_NAMES", "HF_ENCODER_PREFIX", "IMAGENET_AUDIO_DEFAULTS", "OURS", "OUR_FORMAT",
-    "Checkpoint", "CheckpointError", "Preprocessing", "adapt_encoder", "classifier_record", "imagenet_to_audio",
-    "lightning_metadata", "load_checkpoint", "load_encoder", "refusal_reason", "save_encoder", "to_huggingface_state",
+    "Checkpoint", "CheckpointError", "Preprocessing", "adapt_encoder", "check_fits", "classifier_record",
+    "imagenet_to_audio", "lightning_metadata", "load_checkpoint", "load_encoder", "refusal_reason", "save_encoder", "to_huggingface_state",
 ]

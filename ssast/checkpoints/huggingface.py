@@ -16,7 +16,7 @@ from ssast.checkpoints.common import (
     CheckpointError, Contents, Hints, Parsed, Preprocessing, read_safetensors, tensors, torch_load,
 )
 from ssast.checkpoints.geometry import inferred_geometry
-from ssast.encoder import ASTEncoder, EncoderConfig, without_layer_scale
+from ssast.encoder import ASTEncoder, EncoderConfig
 from ssast.heads import ClassificationHead
 
 FORMAT = "huggingface-ast"
@@ -67,8 +67,7 @@ def to_huggingface_state(encoder: ASTEncoder, head: ClassificationHead | None = 
     transformers AST file: ``ASTModel``'s, or ``ASTForAudioClassification``'s when there is a
     head. Transformers 4 names, as the Hub's AST files have. The geometry must be one
     transformers has (``ssast.hub`` checks it); the mask token, used only to pretrain, stays
-    behind; LayerScale gains are multiplied into the layers before them."""
-    encoder = without_layer_scale(encoder)
+    behind."""
     state = {name: tensor for name, tensor in encoder.state_dict().items() if name != "mask_embed"}
     if head is not None:
         state |= {f"head.{name}": tensor for name, tensor in head.state_dict().items()}

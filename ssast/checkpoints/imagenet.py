@@ -7,7 +7,8 @@ import torch
 
 from ssast.checkpoints.common import CheckpointError, Contents, Hints, Parsed, Preprocessing
 from ssast.checkpoints.geometry import UNUSED_VIT_HEADS, shape_geometry
-from ssast.encoder import EncoderConfig, adapt_pos_embed
+from ssast.encoder import EncoderConfig
+from ssast.positions import adapt_pos_embed
 
 FORMAT = "imagenet-vit"
 # AST's finetuning geometry, what an ImageNet ViT becomes unless told otherwise.
@@ -21,7 +22,7 @@ def imagenet_to_audio(
     embeddings) made into those of an audio encoder of geometry ``config``, as the official
     AST code does: the projection's three input channels summed into one (its bias kept), and
     the grid of position embeddings cut from the middle or bilinearly stretched along time,
-    then along frequency (:func:`~ssast.encoder.adapt_pos_embed`); the leading tokens kept."""
+    then along frequency (:func:`~ssast.positions.adapt_pos_embed`); the leading tokens kept."""
     state = dict(state)
     state["patch_embed.proj.weight"] = state["patch_embed.proj.weight"].sum(dim=1, keepdim=True)
     num_patches = state["pos_embed"].shape[1] - num_lead_tokens

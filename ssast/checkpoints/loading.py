@@ -12,7 +12,8 @@ import torch
 
 from ssast.checkpoints import registry
 from ssast.checkpoints.common import Checkpoint, CheckpointError, Hints, Parsed, read_labels
-from ssast.encoder import ASTEncoder, resize_positions
+from ssast.encoder import ASTEncoder
+from ssast.positions import resize_positions
 from ssast.heads import ClassificationHead
 
 # What a loaded encoder may be given at another value than it was trained with.
@@ -76,7 +77,7 @@ def load_checkpoint(
 def adapt_encoder(encoder: ASTEncoder, **overrides: Any) -> ASTEncoder:
     """``encoder`` with some of ``fstride``, ``tstride``, ``input_tdim`` and ``drop_path``
     changed: a new encoder with the same weights, its position embedding moved to the new
-    patch grid (:func:`~ssast.encoder.resize_positions`: a learned one cropped or interpolated,
+    patch grid (:func:`~ssast.positions.resize_positions`: a learned one cropped or interpolated,
     a fixed sin-cos table indexed); the same encoder when nothing changes."""
     _check_adjustable(overrides)
     target = encoder.config.replace(**overrides)
@@ -87,6 +88,20 @@ def adapt_encoder(encoder: ASTEncoder, **overrides: Any) -> ASTEncoder:
     adapted = ASTEncoder(target)
     adapted.load_state_dict(state)
     return adapted
+
+
+def check_fits(checkpoint: Checkpoint, wanted: dict[str, Any], remedy: str) -> None:
+    """Refuse, in one line naming each field, an encoder whose config differs from what a
+    recipe builds (``wanted``: config fields; ``None`` values are not checked): starting frame
+    tokens from a patch checkpoint, say, would otherwise go unnoticed. ``remedy`` says what to
+    set."""
+    config = checkpoint.encoder.config
+    differ = [name for name, value in wanted.items() if value is not None and getattr(config, name) != value]
+    if differ:
+        has = ", ".join(f"{name}={getattr(config, name)}" for name in differ)
+        asked = ", ".join(f"{name}={wanted[name]}" for name in differ)
+        raise CheckpointError(checkpoint.path, checkpoint.format,
+                              f"holds an encoder with {has} but the recipe asks for {asked}; {remedy}")
 
 
 def _check_adjustable(overrides: dict[str, Any]) -> None:

@@ -18,8 +18,10 @@
 
 Every stage runs the same code as ``ssast-pretrain`` / ``ssast-finetune`` (in this process),
 with its progress bar; each run keeps its folder under ``--out``. The recipes name the
-corpus as ``demo_data/``; with another ``--corpus`` the pretraining recipe is copied to
-``<out>/pretrain.yaml`` with its paths moved there.
+corpus as ``demo_data/``; with another ``--corpus`` the pretraining recipes are copied to
+``<out>/pretrain/`` with their paths moved there. Each stage's recipe is composed on the
+demo family beside it (``demo.yaml``: the corpus and the mini frame model), as the recipes'
+own headers say.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ import yaml
 from finetune.cli import fit_then_test
 from pretrain.cli import main as pretrain_main
 from ssast.checkpoints import load_checkpoint
-from ssast.data.reader import read_classes
+from ssast.data.shards import read_classes
 from ssast.demo.corpus import CORPUS_VERSION, build_demo, corpus_parser
+from ssast.encoder import layout_of
 from ssast.probe import load_clips, logmel_baseline
 from ssast.train.callbacks import MetricHistory
 from ssast.train.cli import default_wandb_to_offline
@@ -55,6 +58,7 @@ COLOURS = {"scratch": "tab:orange", "pretrained": "tab:blue"}
 PROBE_COLOURS = {"linear probe": "tab:blue", "kNN": "tab:cyan", LOGMEL: "grey"}
 METRIC_NAMES = {"acc": "accuracy", "mAP": "mAP"}
 RECIPE_CORPUS = "demo_data/"  # how the demo recipes name the corpus
+DEMO_FAMILY = "demo.yaml"  # what each stage's demo recipes compose on
 # The published task each demo task stands for; its recipe follows that task's protocol.
 STANDS_FOR = {"events": "ESC-50", "keywords": "Speech Commands v2", "speakers": "VoxCeleb1 SID"}
 PROTOCOLS = {  # by the finetuning recipe's pooling
@@ -92,11 +96,21 @@ def recipe_for(recipe: Path, corpus: Path, out: Path) -> Path:
     return moved
 
 
+def composed(recipe: Path) -> list[Path]:
+    """``recipe`` after the demo family it composes on (``demo.yaml`` beside it)."""
+    family = recipe.parent / DEMO_FAMILY
+    return [family, recipe] if family.is_file() and family != recipe else [recipe]
+
+
+def config_args(recipes: list[Path]) -> list[str]:
+    return [arg for recipe in recipes for arg in ("--config", str(recipe))]
+
+
 def pretrain(recipe: Path, corpus: Path, out: Path, extra: list[str]) -> tuple[Path, dict]:
     """The exported encoder and the probes the run's ``ProbeMonitor`` wrote (``{}`` when its
     recipe has none)."""
     pretrain_main([
-        "fit", "--config", str(recipe_for(recipe, corpus, out)),
+        "fit", *config_args([recipe_for(path, corpus, out) for path in composed(recipe)]),
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out), *extra,
     ])
     probes = out / "probes.json"
@@ -105,15 +119,15 @@ def pretrain(recipe: Path, corpus: Path, out: Path, extra: list[str]) -> tuple[P
 
 def scratch_args(encoder: Path) -> list[str]:
     """What a from-scratch finetune needs to build the pretrained encoder's architecture, beyond
-    the size and token shape the demo recipes name: its LayerScale, when it has one."""
-    layer_scale = load_checkpoint(encoder).encoder.config.layer_scale
-    return [] if layer_scale is None else ["--model.layer_scale", str(layer_scale)]
+    the size and token shape the demo recipes name: its layout, when it is not AST's."""
+    layout = layout_of(load_checkpoint(encoder).encoder.config)
+    return [] if layout == "ast" else ["--model.layout", str(layout)]
 
 
 def finetune(task: str, encoder: Path | None, corpus: Path, out: Path, configs: Path,
              extra: list[str]) -> tuple[dict[str, float], list[float], str]:
     args = [
-        "--config", str(configs / f"demo_{task}.yaml"), "--model.init_from", str(encoder) if encoder else "null",
+        *config_args(composed(configs / f"demo_{task}.yaml")), "--model.init_from", str(encoder) if encoder else "null",
         "--data.train", str(corpus / task / "train"),
         "--data.val", str(corpus / task / "val"), "--data.test", str(corpus / task / "test"),
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
@@ -139,7 +153,8 @@ def _cell(value: float | None, signed: bool = False) -> str:
 
 def protocol(configs: Path, task: str) -> str:
     """What ``demo_<task>.yaml`` stands for and how it reads the encoder."""
-    pooling = (yaml.safe_load((configs / f"demo_{task}.yaml").read_text())["model"] or {}).get("pooling", "mean")
+    models = [yaml.safe_load(path.read_text()).get("model") or {} for path in composed(configs / f"demo_{task}.yaml")]
+    pooling = next((model["pooling"] for model in reversed(models) if "pooling" in model), "mean")
     return f"{STANDS_FOR[task]}; {PROTOCOLS[pooling]}"
 
 

@@ -27,8 +27,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ssast.checkpoints import CheckpointError
-from ssast.data.reader import NoReadableShards, TooManySkipped
-from ssast.renamed import RenamedOptionError
+from ssast.data.skips import NoReadableShards, TooManySkipped
+from ssast.renamed import RenamedOptionError, explain
 from ssast.train.callbacks import LastCheckpoint
 from ssast.train.module import NonFiniteLossError
 from ssast.train.recovery import (
@@ -87,12 +87,18 @@ def run_program(program: str, run: Callable[[], object]) -> None:
 class ConciseParser(LightningArgumentParser):
     """Reports a bad option or value in one line that names the key, the class it belongs
     to and what was wrong, instead of the usage of every option and jsonargparse's nested
-    union report."""
+    union report. An option is only known by its whole name: argparse's abbreviations would
+    take an old name for the new one it starts (``head_lr`` for ``head_lr_scale``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:
             return super().error(message, ex)
         program = self.prog.replace(" [options]", "")
+        if renamed := explain(message, program):
+            sys.exit(f"{program}: error: {renamed}")
         sys.exit(f"{program}: error: {concise_error(message)} (`{program} --help` lists the options; "
                  "--print_config shows the resolved configuration)")
 
@@ -271,7 +277,7 @@ def split_batch(config: Namespace) -> str | None:
     global_batch = config.get("global_batch_size")
     if global_batch is None:
         return None
-    data = config.data.init_args if config.data.get("init_args") is not None else config.data
+    data = config.data
     if data.get("batch_size") is not None:  # asked for on the command line or in a later file
         return f"data.batch_size {data.batch_size} per device, as given: global_batch_size {global_batch} is not applied"
     devices = device_count(config.trainer)

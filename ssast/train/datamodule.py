@@ -1,6 +1,6 @@
 """The LightningDataModule shared by pretraining and finetuning.
 
-Loader workers decode and crop clips from WebDataset shards (``ssast.data.reader``); the
+Loader workers decode and crop clips from WebDataset shards (``ssast.data.stream``); the
 Kaldi fbank and the normalization run on the training device in
 ``on_after_batch_transfer``. On a CPU-only run the workers compute the fbank instead, in
 parallel, and only the normalization is left to the main process.
@@ -19,11 +19,13 @@ import lightning as L
 import torch
 
 from ssast.checkpoints import Preprocessing
-from ssast.data.reader import (
-    FIX_REASONS, PASS_EVENTS, SHARD_EVENTS, SKIP_REASONS, EpochLoader, EvalLoader, KeySplit, LabelCounts,
-    ReaderOptions, ShardStream, SkipCounter, find_beside, list_shards, read_classes, shard_label_counts, shard_sizes,
-)
+from ssast.data.label_counts import LabelCounts, shard_label_counts
+from ssast.data.loaders import EpochLoader, EvalLoader
+from ssast.data.options import KeySplit, ReaderOptions
+from ssast.data.shards import find_beside, list_shards, read_classes, shard_sizes
+from ssast.data.skips import FIX_REASONS, PASS_EVENTS, SHARD_EVENTS, SKIP_REASONS, SkipCounter
 from ssast.data.stats import read_stats
+from ssast.data.stream import ShardStream
 from ssast.features import PUBLISHED_STATS, Fbank, Normalize, fit_frames
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ class AudioDataModule(L.LightningDataModule):
         balanced: draw training clips class-balanced, with replacement (s3prl's and AST/EAT's
             weighted samplers): each clip in proportion to the sum over its labels of ``1 /
             count``, the counts taken once by reading the training shards' json members
-            (:func:`~ssast.data.reader.shard_label_counts`). Needs ``batches_per_epoch`` and
+            (:func:`~ssast.data.label_counts.shard_label_counts`). Needs ``batches_per_epoch`` and
             ``classes``. Clips are left out before their audio is decoded, but are still
             read: the loaders read about ``1 / acceptance`` clips per clip used (logged).
         roll_gain: roll each training waveform circularly by a random shift and scale it by
@@ -73,14 +75,14 @@ class AudioDataModule(L.LightningDataModule):
             training clip (s3prl's ``max_timestep``), zero-padded to ``target_length`` frames
             like a short clip; ``None``: a window as long as the row.
         val_split: carve the validation set out of ``train``: this share of its clips, chosen by
-            a hash of their keys (:class:`~ssast.data.reader.KeySplit`), is validated on and never
+            a hash of their keys (:class:`~ssast.data.options.KeySplit`), is validated on and never
             trained on (s3prl's ``valid_ratio``); ``val`` stays unset, and training draws with
             replacement (``batches_per_epoch``).
         pad_normalized: the frames past a clip's end hold 0 after normalization (SSAST's SUPERB
             upstream normalizes, then pads) rather than a raw 0 normalized (AST pads, then
             normalizes).
         reader: the readers' shuffle buffer and what bad data may cost
-            (:class:`~ssast.data.reader.ReaderOptions`: ``max_skip_ratio``,
+            (:class:`~ssast.data.options.ReaderOptions`: ``max_skip_ratio``,
             ``skip_ratio_after``, ``shard_retries``, ``retry_delay``).
     """
 

@@ -15,6 +15,7 @@ re-implement:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -130,6 +131,15 @@ class EncoderModule(L.LightningModule):
         except RuntimeError:  # not attached to a trainer (a benchmark, a notebook)
             return None
         return datamodule if isinstance(datamodule, AudioDataModule) else None
+
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps in one training epoch (Lightning steps at an epoch's end even when
+        its batches do not fill the last accumulation); ``None`` when the training data has no
+        length."""
+        if self.trainer.train_dataloader is None:  # what estimated_stepping_batches does, also for max_steps runs
+            self.trainer.fit_loop.setup_data()
+        batches = self.trainer.num_training_batches
+        return math.ceil(batches / self.trainer.accumulate_grad_batches) if math.isfinite(batches) else None
 
     def log_picture(self, key: str, picture: np.ndarray, caption: str | None = None) -> None:
         log_picture(self, key, picture, caption)

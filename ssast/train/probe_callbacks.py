@@ -17,7 +17,7 @@ In a recipe::
 
     trainer:
       callbacks:
-        - class_path: ssast.train.probe.ProbeMonitor
+        - class_path: ssast.train.probe_callbacks.ProbeMonitor
           init_args:
             every_n_steps: 100
             layers: all          # optional: last (default), all, or a block number
@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 import lightning as L
 
-from ssast.data.reader import find_beside
+from ssast.data.shards import find_beside
 from ssast.embed import Precision, check_layers, check_precision
 from ssast.encoder import Layers
 from ssast.files import written_atomically
