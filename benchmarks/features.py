@@ -31,7 +31,8 @@ from torchaudio.compliance import kaldi
 from ssast.audio import decode_audio
 from ssast.data.shards import list_shards
 from ssast.data.stream import ShardStream
-from ssast.data.writer import ShardSetWriter, encode_clip
+from ssast.data.shard_sets import ShardSetWriter
+from ssast.data.writer import encode_clip
 from ssast.features import Fbank, Normalize, fit_frames
 
 TARGET_LENGTH = 1024

@@ -13,6 +13,7 @@ import random
 from math import gcd
 from pathlib import Path
 
+import numpy as np
 import soundfile
 import torch
 import torch.nn.functional as F
@@ -25,9 +26,13 @@ SAMPLE_RATE = 16_000
 SEEK_PREROLL = {"MP3": 4 * 1152, "OGG": 8192}
 
 
+# Only these sample formats can hold NaN or Inf: integer PCM, FLAC and the lossy codecs cannot.
+FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+
+
 class AudioDecodeError(ValueError):
     """A clip that cannot be used. ``reason`` says which way, in the words the shard
-    reader counts skips by: ``undecodable``, ``empty`` or ``not_finite``."""
+    reader counts skips by: ``undecodable``, ``empty``, ``truncated`` or ``not_finite``."""
 
     def __init__(self, message: str, reason: str = "undecodable") -> None:
         super().__init__(message)
@@ -41,6 +46,10 @@ class AudioFile:
     is asked for and decodes only that, so an hour-long clip costs what its window costs
     rather than an hour of float samples. Windows are mono (channels averaged) and at
     ``target_rate`` (``None``: the file's own rate).
+
+    A WAV file cut short (fewer samples than its header says: a copy that stopped, a
+    download that broke) is refused as ``truncated``: libsndfile would read the part that is
+    there as if it were the whole clip.
     """
 
     def __init__(self, source: bytes | str | Path, target_rate: int | None = SAMPLE_RATE) -> None:
@@ -54,6 +63,13 @@ class AudioFile:
         self.channels: int = self._handle.channels
         self.frames: int = self._handle.frames
         self.target_rate: int = target_rate or self.rate
+        if self._handle.format in ("WAV", "WAVEX"):
+            shortfall = _wav_data_shortfall(source)
+            if shortfall is not None:
+                self._handle.close()
+                declared, present = shortfall
+                raise AudioDecodeError(f"truncated: its header promises {declared} bytes of samples, the file holds "
+                                       f"{present} ({self.frames / self.rate:.2f} s)", "truncated")
 
     def __enter__(self) -> AudioFile:
         return self
@@ -84,6 +100,18 @@ class AudioFile:
         waveform = resample(self._read_mono(begin, count), self.rate, self.target_rate)
         offset = start - begin // source_step * target_step
         return waveform[offset : None if num_samples is None else offset + num_samples]
+
+    def check_finite(self) -> None:
+        """Raises :class:`AudioDecodeError` (``not_finite``) when any sample of the whole file
+        is NaN or Inf, whatever window is read of it; read in blocks, so a long file costs
+        one block of memory. Only float samples can hold them (:data:`FLOAT_SUBTYPES`): for
+        any other file this reads nothing."""
+        if self._handle.subtype not in FLOAT_SUBTYPES:
+            return
+        self._handle.seek(0)
+        for block in self._handle.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+            if not np.isfinite(block).all():
+                raise AudioDecodeError("audio holds NaN or Inf samples", "not_finite")
 
     def _read_mono(self, first: int, count: int | None) -> torch.Tensor:
         """``count`` frames (all: ``None``) from ``first`` at the file's rate, averaged to
@@ -123,6 +151,24 @@ def read_audio_window(
             return audio.read(round(start * rate), round(seconds * rate)), rate
     except AudioDecodeError as error:
         raise AudioDecodeError(f"cannot read {seconds:g} s at {start:g} s: {error}", error.reason) from error
+
+
+def _wav_data_shortfall(source: bytes | str | Path) -> tuple[int, int] | None:
+    """``(declared, present)`` bytes of a RIFF WAV's ``data`` chunk when the file holds fewer
+    than its header says; ``None`` when it holds them all, or its header gives no length (a
+    stream written before its length was known says 0 or 0xFFFFFFFF)."""
+    with (io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")) as stream:
+        if stream.read(4) != b"RIFF" or stream.read(8)[4:] != b"WAVE":
+            return None  # RF64 and others: their sizes are elsewhere
+        total, position = stream.seek(0, io.SEEK_END), 12
+        while position + 8 <= total:
+            stream.seek(position)
+            chunk, size = stream.read(4), int.from_bytes(stream.read(4), "little")
+            if chunk == b"data":
+                present = total - position - 8
+                return (size, present) if size not in (0, 0xFFFFFFFF) and present < size else None
+            position += 8 + size + (size & 1)
+    return None
 
 
 def _reason(error: Exception) -> str:

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from ssast.checkpoints import Checkpoint, CheckpointError
 from ssast.data.shards import list_shards
 from ssast.data.tar import AUDIO_MEMBERS, shard_samples
-from ssast.data.writer import AUDIO_SUFFIXES, left_out, read_manifest, scan_folder
+from ssast.data.shard_sets import left_out
+from ssast.data.writer import AUDIO_SUFFIXES, read_manifest, scan_folder
 from ssast.embed import Audio, Embedder, Precision, WindowEmbeddings, parse_layers
 from ssast.encoder import Layers, Pooling
 from ssast.files import written_atomically

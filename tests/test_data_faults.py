@@ -4,6 +4,7 @@ writer killed with SIGKILL. A run keeps going, counts what it skipped by reason,
 with a clear error only when the data is mostly or entirely unusable."""
 
 import csv
+import errno
 import dataclasses
 import io
 import json
@@ -33,7 +34,7 @@ from ssast.data.options import ReaderOptions
 from ssast.data.shards import list_shards
 from ssast.data.skips import NoReadableShards, SkipCounter, TooManySkipped
 from ssast.data.stream import ShardStream
-from ssast.data.writer import SHARD_INDEX, interrupted_output
+from ssast.data.shard_sets import SHARD_INDEX, interrupted_output
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = 1600  # 0.1 s rows keep every test fast
@@ -359,6 +360,13 @@ def shard_files(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
 
 
+def indexed_shards(folder: Path) -> dict[str, int]:
+    try:
+        return json.loads((folder / SHARD_INDEX).read_text()).get("shards", {})
+    except (OSError, ValueError):
+        return {}
+
+
 def test_a_killed_writer_leaves_only_complete_shards_and_a_rerun_finishes_the_job(many_files, tmp_path, caplog):
     out, clean = tmp_path / "out", tmp_path / "clean"
     args = [str(many_files), "--shard-size", "4", "--workers", "1", "--split", "train"]
@@ -366,7 +374,7 @@ def test_a_killed_writer_leaves_only_complete_shards_and_a_rerun_finishes_the_jo
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not list((out / "train").glob("*.tar")) and writer.poll() is None and time.monotonic() < deadline:
+        while not indexed_shards(out / "train") and writer.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         assert writer.poll() is None, "the writer finished before it could be killed: give it more files"
         writer.send_signal(signal.SIGKILL)
@@ -376,7 +384,9 @@ def test_a_killed_writer_leaves_only_complete_shards_and_a_rerun_finishes_the_jo
 
     folder = out / "train"
     assert interrupted_output(folder)
-    assert json.loads((folder / SHARD_INDEX).read_text()) == {"complete": False}
+    index = json.loads((folder / SHARD_INDEX).read_text())
+    assert index["complete"] is False and index["fingerprint"]  # and the shards complete when it was killed
+    assert set(index["shards"]) <= {path.name for path in folder.glob("*.tar")}
     listed = list_shards(out, "train")
     assert listed == sorted(str(path) for path in folder.glob("*.tar")) and listed
     assert not any(".partial" in url for url in listed)
@@ -388,8 +398,11 @@ def test_a_killed_writer_leaves_only_complete_shards_and_a_rerun_finishes_the_jo
     assert "interrupted" in caplog.text
 
     assert data_cli(["from-folder", str(many_files), str(clean), *args[1:]]) == 0
-    assert data_cli(["from-folder", str(many_files), str(out), *args[1:]]) == 0  # no --overwrite needed
-    assert shard_files(out / "train") == shard_files(clean / "train")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # no --overwrite needed: it goes on from the complete shards
+        assert data_cli(["from-folder", str(many_files), str(out), *args[1:]]) == 0
+    assert f"going on from the {len(index['shards'])} complete shards of an interrupted writing" in caplog.text
+    assert shard_files(out / "train") == shard_files(clean / "train")  # as if it had never stopped
     assert not interrupted_output(out / "train")
     index = json.loads((out / "train" / SHARD_INDEX).read_text())
     assert index["complete"] and index["samples"] == 200 and len(index["shards"]) == 50
@@ -425,3 +438,93 @@ def test_a_killed_demo_build_is_built_again_without_overwrite(tmp_path):
     assert "already there" in str(build_demo(out, scale=0.1, seed=3, progress=False))  # finished: kept
     with pytest.raises(FileExistsError, match="overwrite"):
         build_demo(out, scale=0.1, seed=4, progress=False)
+
+
+# --------------------------------------------------------------------------- input gaps (issue 37, finding 6)
+
+
+def cut_wav(samples: np.ndarray, keep: float) -> bytes:
+    """A WAV whose header promises every sample but whose file stops after ``keep`` of them."""
+    data = encoded(samples, 16000, "WAV", "PCM_16")
+    return data[: 44 + int(2 * len(samples) * keep)]
+
+
+def test_a_quoted_glob_lists_its_shards_and_one_that_matches_nothing_says_so(tmp_path):
+    for index in (2, 0, 1):
+        write_shard(tmp_path / f"pool-{index}.tar", [flac_sample(f"k{index}", 0.1)])
+    (tmp_path / "notes.txt").write_text("not a shard")
+    assert list_shards(f"{tmp_path}/pool-*.tar") == [str(tmp_path / f"pool-{index}.tar") for index in range(3)]
+    assert list_shards(f"{tmp_path}/pool-[01].tar::{tmp_path}/pool-2.tar") == [
+        str(tmp_path / f"pool-{index}.tar") for index in range(3)]
+    with pytest.raises(FileNotFoundError, match=r"^no shards match .*/nowhere-\*\.tar$"):
+        list_shards(f"{tmp_path}/nowhere-*.tar")
+
+
+def test_a_truncated_wav_is_counted_as_truncated_wherever_it_is_read(tmp_path, caplog):
+    samples = tone(2.0, 16000)
+    short = cut_wav(samples, 1 / 3)  # 2 s promised, 0.67 s there
+    assert len(soundfile.read(io.BytesIO(short))[0]) < len(samples)  # libsndfile reads the rest as the whole clip
+    write_shard(tmp_path / "0.tar", [flac_sample("good", 0.2), {"__key__": "cut", "wav": short, "json": {}}])
+    skips = SkipCounter()
+    assert keys_of(eval_batches(stream([str(tmp_path / "0.tar")], skips=skips, max_skip_ratio=None))) == ["good"]
+    assert nonzero(skips.counts()) == {"read": 2, "truncated": 1}
+
+    # ssast-data: listed in errors.txt with the reason, counted in the summary, the rest written.
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    (folder / "cut.wav").write_bytes(short)
+    (folder / "whole.wav").write_bytes(encoded(samples, 16000))
+    assert data_cli(["from-folder", str(folder), str(tmp_path / "shards"), "--workers", "1"]) == 0
+    errors = (tmp_path / "shards/errors.txt").read_text()
+    assert "cut.wav\ttruncated: its header promises 64000 bytes of samples, the file holds 21333 (0.67 s)" in errors
+    assert json.loads((tmp_path / "shards" / SHARD_INDEX).read_text())["samples"] == 1
+
+
+def test_nan_outside_the_training_crop_still_skips_the_clip(tmp_path):
+    clip = tone(0.5, 16000)
+    clip[-10] = np.nan  # in the last samples: a 0.1 s crop from the start misses it
+    write_shard(tmp_path / "0.tar", [{"__key__": "nan", "wav": encoded(clip, 16000, "WAV", "FLOAT"), "json": {}},
+                                     flac_sample("good", 0.5)])
+    skips = SkipCounter()
+    training = stream([str(tmp_path / "0.tar")], training=True, skips=skips, max_skip_ratio=None, seed=0)
+    keys = [key for batch in EpochLoader(training, batches_per_epoch=2, num_workers=0) for key in batch["key"]]
+    assert set(keys) == {"good"} and skips.counts()["not_finite"] >= 1
+
+
+def test_a_manifest_row_without_a_split_is_left_out_and_counted(tmp_path, capsys):
+    for name in ("a.wav", "b.wav", "c.wav", "d.wav"):
+        (tmp_path / name).write_bytes(encoded(tone(0.2, 16000), 16000))
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path,labels,split\na.wav,dog,train\nb.wav,,train\nc.wav,dog,\nd.wav,rain,val\n")
+    assert data_cli(["from-csv", str(manifest), str(tmp_path / "out"), "--workers", "1"]) == 0
+    summary = capsys.readouterr().out
+    assert "wrote 3 clips" in summary and "1 of them unlabeled" in summary and "1 failed" in summary
+    assert sorted(path.name for path in (tmp_path / "out").iterdir() if path.is_dir()) == ["train", "val"]
+    assert (f"{tmp_path / 'c.wav'}\tno split, though other rows of the manifest name one"
+            in (tmp_path / "out/errors.txt").read_text())
+
+
+def test_a_full_disk_leaves_no_partial_shard_and_the_same_command_goes_on(many_files, tmp_path, monkeypatch, caplog):
+    """Issue 37, finding 3: a full disk left a 61 MB .tar.partial behind, keeping the disk full."""
+    from ssast.data.shard_sets import _AtomicShardWriter
+
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    args = ["--shard-size", "4", "--workers", "1", "--split", "train"]
+    real_write, written = _AtomicShardWriter.write, []
+
+    def fills_the_disk(self, sample):
+        if len(written) == 30:  # mid-shard: 7 complete shards and 2 samples of the 8th
+            raise OSError(errno.ENOSPC, "No space left on device", self.fname)
+        written.append(sample["__key__"])
+        real_write(self, sample)
+
+    monkeypatch.setattr(_AtomicShardWriter, "write", fills_the_disk)
+    with caplog.at_level(logging.ERROR):
+        assert data_cli(["from-folder", str(many_files), str(out), *args]) == 2
+    assert "no space left on device" in caplog.text and "run the same command again" in caplog.text
+    folder = out / "train"
+    assert not list(folder.glob("*.partial")) and len(list(folder.glob("*.tar"))) == 7
+    monkeypatch.setattr(_AtomicShardWriter, "write", real_write)
+    assert data_cli(["from-folder", str(many_files), str(clean), *args]) == 0
+    assert data_cli(["from-folder", str(many_files), str(out), *args]) == 0
+    assert shard_files(folder) == shard_files(clean / "train")

@@ -17,7 +17,8 @@ from ssast.data.shards import shard_sizes
 from ssast.data.skips import NoReadableShards, SkipCounter
 from ssast.data.stream import ShardStream
 from ssast.data.tar import shard_samples
-from ssast.data.writer import ShardSetWriter, encode_clip
+from ssast.data.shard_sets import ShardSetWriter
+from ssast.data.writer import encode_clip
 from ssast.train.datamodule import AudioDataModule
 
 CLIP = 800  # 0.05 s rows keep every test fast

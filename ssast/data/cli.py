@@ -4,6 +4,7 @@ layout) and compute their stats. (The built-in demo corpus: ``ssast-demo corpus`
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ from ssast.data.recipes.build import RECIPES, build_recipe
 from ssast.data.shards import list_shards
 from ssast.data.skips import NoReadableShards, TooManySkipped
 from ssast.data.stats import compute_stats, write_stats
-from ssast.data.writer import read_manifest, scan_folder, write_shards
+from ssast.data.writer import read_manifest, scan_folder, without_split_gaps, write_shards
 
 log = logging.getLogger("ssast.data")
 
@@ -106,13 +107,13 @@ def _recipe(args: argparse.Namespace) -> int:
     return 0 if sum(summary.clips.values()) else 1
 
 
-def _write(files, ignored: int, args: argparse.Namespace) -> int:
+def _write(files, ignored: int, args: argparse.Namespace, left_out: Sequence[tuple[str, str]] = ()) -> int:
     if not files:
         log.error("no audio files found")
         return 2
     summary = write_shards(
         files, args.out, shard_size=args.shard_size, workers=args.workers,
-        shuffle=not args.no_shuffle, seed=args.seed, overwrite=args.overwrite,
+        shuffle=not args.no_shuffle, seed=args.seed, overwrite=args.overwrite, left_out=left_out,
     )
     summary.ignored = ignored
     print(summary)
@@ -150,12 +151,19 @@ def main(argv: list[str] | None = None) -> int:
             files, ignored = scan_folder(args.root, args.source, args.split)
             return _write(files, ignored, args)
         if args.command == "from-csv":
-            return _write(read_manifest(args.manifest, args.source), 0, args)
+            files, left_out = without_split_gaps(read_manifest(args.manifest, args.source))
+            return _write(files, 0, args, left_out)
         if args.command == "stats":
             return _stats(args)
         return _recipe(args)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, NoReadableShards, TooManySkipped) as error:
         log.error("%s", error)
+        return 2
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        log.error("no space left on device (%s): the complete shards are kept and the one being written was removed; "
+                  "free some space and run the same command again to go on from them", error.filename or "writing")
         return 2
 
 

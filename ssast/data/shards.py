@@ -5,6 +5,7 @@ shards (:func:`find_beside`), and the samples in each shard (:func:`shard_sizes`
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import re
@@ -15,7 +16,7 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from ssast.data.tar import shard_samples
-from ssast.data.writer import SHARD_INDEX, interrupted_output
+from ssast.data.shard_sets import SHARD_INDEX, interrupted_output
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ def list_shards(source: str | Path | Sequence[str], split: str | None = None) ->
     of either (e.g. the training folds of a cross-validation).
 
     Patterns are anything webdataset opens: brace expansions, local paths, ``http(s)://``
-    URLs and ``pipe:`` commands, separated by ``::`` to join several sets. A folder lists
+    URLs and ``pipe:`` commands, separated by ``::`` to join several sets; a local path may
+    also be a glob (``/data/pool/*.tar``, quoted so that the program sees it, not the shell). A folder lists
     its complete shards only: ``ssast-data`` writes each under a temporary name until it
     is complete; a folder whose writing was interrupted is read with a warning.
 
@@ -41,7 +43,7 @@ def list_shards(source: str | Path | Sequence[str], split: str | None = None) ->
             log.warning("%s is being written or its writing was interrupted: reading its %d complete shards",
                         folder, len(urls))
     else:
-        urls = wds.shardlists.expand_urls(str(source))
+        urls = [path for url in wds.shardlists.expand_urls(str(source)) for path in _matches(url)]
         missing = [url for url in urls if _is_local(url) and not Path(url.removeprefix("file:")).is_file()]
         if missing == urls:
             raise FileNotFoundError(f"no shards at {source}: no such file or folder")
@@ -52,6 +54,16 @@ def list_shards(source: str | Path | Sequence[str], split: str | None = None) ->
         where = f"{source}/{split}" if split else str(source)
         raise FileNotFoundError(f"no shards found at {where}")
     return urls
+
+
+def _matches(url: str) -> list[str]:
+    """The shards a local glob names, sorted (none: an error that says so), or ``[url]``."""
+    if not _is_local(url) or not re.search(r"[*?[]", url):
+        return [url]
+    matches = sorted(glob.glob(url.removeprefix("file:")))
+    if not matches:
+        raise FileNotFoundError(f"no shards match {url}")
+    return matches
 
 
 def _is_local(url: str) -> bool:
@@ -72,8 +84,10 @@ def find_beside(shards: str | Path, name: str) -> Path | None:
 def read_classes(path: str | Path) -> list[str]:
     """Class names from a ``classes.txt`` (one per line; the line number is the index)."""
     classes = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    if len(set(classes)) != len(classes):
-        raise ValueError(f"{path} lists a class twice")
+    twice = sorted({name for name in classes if classes.count(name) > 1})
+    if twice:
+        raise ValueError(f"{path} lists {', '.join(map(repr, twice))} more than once: one line per class, each "
+                         "class once")
     return classes
 
 

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 # What a SkipCounter counts, by name: samples skipped, samples fixed, shard events, and
 # clips given twice in a pass to make up for the clips lost to bad data.
-SKIP_REASONS = ("undecodable", "empty", "not_finite", "no_audio", "bad_json", "unknown_label", "label_count")
+SKIP_REASONS = (
+    "undecodable", "empty", "truncated", "not_finite", "no_audio", "bad_json", "unknown_label", "label_count",
+)
 FIX_REASONS = ("resampled", "downmixed")
 SHARD_EVENTS = ("shard_retries", "failed_shards")
 PASS_EVENTS = ("repeated",)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ssast.data.loaders import EvalLoader
 from ssast.data.stream import ShardStream
-from ssast.data.writer import write_text_atomic
+from ssast.data.shard_sets import write_text_atomic
 from ssast.features import Fbank
 
 

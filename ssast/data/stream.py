@@ -277,6 +277,7 @@ class ShardStream(ExactPasses, IterableDataset):
                 raise SampleError(f"no audio member (looked for {', '.join(AUDIO_MEMBERS)})", "no_audio")
             labels = self._encode_labels(sample) if self.class_index is not None else None
             with AudioFile(sample[member]) as audio:
+                audio.check_finite()  # the whole clip, not only the window: a bad clip is bad wherever it is cut
                 window = (self.train_crop_samples or self.clip_samples) if self.training else self.clip_samples
                 start = random_start(audio.num_samples, window, rng) if self.training else 0
                 waveform, length = pad_or_crop(audio.read(start, window), self.clip_samples)

@@ -8,40 +8,34 @@ Layout of an output folder (DESIGN.md §3)::
     OUT/<split>/shards.json    the index of the folder's shards, written last
 
 Files are decoded, mixed to mono, resampled and encoded in worker processes; a file that
-fails is listed in ``errors.txt`` and the rest still get written.
-
-A crash or a kill must never leave half a shard that looks whole: each shard is written
-under a temporary name (``NAME.tar.partial``) and renamed once complete, and a folder's
-``shards.json`` says ``"complete": false`` from the first shard on until the last one is
-in place. Writing into a folder whose writing was interrupted clears its leftovers and
-starts again; a complete folder is only replaced with ``overwrite``.
+fails is listed in ``errors.txt`` and the rest still get written. The shards are written by
+:class:`~ssast.data.shard_sets.ShardSetWriter`: never half a shard that looks whole, and a
+writing that was interrupted (a kill, a full disk) goes on from its complete shards when the
+same command runs again.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import random
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import webdataset as wds
 from tqdm.auto import tqdm
 
 from ssast.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, encode_flac, read_audio_window
-from ssast.files import written_atomically
+from ssast.data.shard_sets import (
+    EncodedClip, ShardSetWriter, WriteSummary, check_output, split_folder, write_classes,
+)
 
 log = logging.getLogger(__name__)
-
-PARTIAL = ".partial"  # the suffix of a file still being written
-SHARD_INDEX = "shards.json"
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"})
 
@@ -66,40 +60,6 @@ class SourceFile:
     def describe(self) -> str:
         """The file, and the window when there is one (for errors.txt)."""
         return str(self.path) if self.seconds is None else f"{self.path}@{self.start:g}s+{self.seconds:g}s"
-
-
-@dataclass(frozen=True)
-class EncodedClip:
-    key: str
-    flac: bytes
-    metadata: dict[str, Any]
-    split: str | None = None
-
-
-@dataclass
-class WriteSummary:
-    out: Path
-    clips: Counter = field(default_factory=Counter)  # per split
-    shards: Counter = field(default_factory=Counter)  # per split
-    seconds: float = 0.0
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    ignored: int = 0  # files that are not audio, by their suffix
-
-    def __str__(self) -> str:
-        splits = ", ".join(
-            f"{split or 'all'}: {self.clips[split]} clips in {self.shards[split]} shards"
-            for split in sorted(self.clips, key=str)
-        )
-        duration = f"{self.seconds / 3600:.1f} h" if self.seconds >= 3600 else f"{self.seconds / 60:.1f} min"
-        text = f"wrote {sum(self.clips.values())} clips ({duration}) to {self.out} [{splits or 'nothing'}]"
-        return text + left_out(len(self.errors), "failed", self.out / "errors.txt", self.ignored)
-
-
-def left_out(count: int, verb: str, reasons: Path, ignored: int) -> str:
-    """The end of a run's summary line: how many inputs ``verb`` (and where the reasons are
-    when any did), and the non-audio files passed over."""
-    text = f"; {count} {verb}" + (f" (reasons in {reasons})" if count else "")
-    return text + (f"; ignored {ignored} non-audio files" if ignored else "")
 
 
 def sanitize_key(text: str) -> str:
@@ -134,8 +94,8 @@ def scan_folder(
 
 def read_manifest(manifest: str | Path, source: str | None = None) -> list[SourceFile]:
     """Files listed in a CSV with a ``path`` column (relative to the CSV's folder or
-    absolute), optional ``labels`` (separated by ``;``), ``split`` and ``key``; any other
-    column is copied into the ``json`` member (numbers as numbers)."""
+    absolute), optional ``labels`` (separated by ``;``; none: an unlabeled clip), ``split``
+    and ``key``; any other column is copied into the ``json`` member (numbers as numbers)."""
     manifest = Path(manifest)
     source = source or manifest.stem
     with manifest.open(newline="") as handle:
@@ -156,6 +116,16 @@ def read_manifest(manifest: str | Path, source: str | None = None) -> list[Sourc
                 metadata["split"] = split
             files.append(SourceFile(manifest.parent / relative, sanitize_key(key), labels, split, metadata))
     return files
+
+
+def without_split_gaps(files: list[SourceFile]) -> tuple[list[SourceFile], list[tuple[str, str]]]:
+    """Where some files name a split, every file must: those without are left out,
+    ``(where, why)``, rather than written beside the split folders as a set of their own."""
+    if not any(file.split for file in files):
+        return files, []
+    left_out = [(file.describe(), "no split, though other rows of the manifest name one")
+                for file in files if file.split is None]
+    return [file for file in files if file.split is not None], left_out
 
 
 def _parse_value(text: str) -> int | float | str:
@@ -183,141 +153,6 @@ def _encode_file(file: SourceFile) -> EncodedClip | tuple[SourceFile, str]:
         return file, str(error)
     metadata = {"labels": list(file.labels), **file.metadata}
     return encode_clip(file.key, waveform, metadata, file.split)
-
-
-def split_folder(out: str | Path, split: str | None) -> Path:
-    """Where the shards of ``split`` go in an output folder (``out`` itself without splits)."""
-    return Path(out) / split if split else Path(out)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """A small text file (an index, a list, stats) that a reader, or a rerun after a crash,
-    finds old or new, never half-written (:func:`ssast.files.written_atomically`)."""
-    with written_atomically(path) as partial:
-        partial.write_text(text)
-
-
-def interrupted_output(folder: str | Path) -> bool:
-    """Whether the writing of the shards in ``folder`` started and did not finish: its
-    ``shards.json`` is not marked complete, or a shard still has its temporary name."""
-    folder = Path(folder)
-    index = folder / SHARD_INDEX
-    if index.is_file():
-        try:
-            if not json.loads(index.read_text()).get("complete"):
-                return True
-        except ValueError:
-            return True
-    return any(folder.glob(f"*.tar{PARTIAL}"))
-
-
-def check_output(folder: str | Path, overwrite: bool) -> None:
-    """Refuse to write into ``folder`` when it holds shards that were written completely
-    (or by something else), unless ``overwrite``. Leftovers of an interrupted writing are
-    no reason to refuse: they are cleared when writing starts."""
-    folder = Path(folder)
-    if overwrite or interrupted_output(folder):
-        return
-    existing = sorted(folder.glob("*.tar"))
-    if existing:
-        raise FileExistsError(f"{folder} already holds shards ({existing[0].name}, ...); pass overwrite to replace them")
-
-
-class _AtomicShardWriter(wds.ShardWriter):
-    """A ``webdataset.ShardWriter`` whose shards appear under their names only once
-    complete: each is written as ``NAME.partial``, flushed to disk and renamed.
-    ``written`` maps the names of the complete shards to their sample counts."""
-
-    def __init__(self, pattern: str, **kwargs: Any) -> None:
-        self.written: dict[str, int] = {}
-        super().__init__(pattern + PARTIAL, post=self._publish, **kwargs)
-
-    def _publish(self, partial: str) -> None:
-        with open(partial, "rb") as handle:
-            os.fsync(handle.fileno())
-        final = partial.removesuffix(PARTIAL)
-        os.replace(partial, final)
-        self.written[Path(final).name] = self.count
-
-
-class ShardSetWriter:
-    """Shard writers for the splits of one output folder, opened on demand (see the module
-    docstring for how an interrupted writing is told from a complete one).
-
-    Used as a context manager, an exception leaves the folders marked incomplete, so that
-    the next run starts them again; :meth:`close` marks them complete.
-    """
-
-    def __init__(self, out: str | Path, shard_size: int = 1000, overwrite: bool = False) -> None:
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-        self.out = Path(out)
-        self.shard_size = shard_size
-        self.overwrite = overwrite
-        self.summary = WriteSummary(self.out)
-        self._writers: dict[str | None, _AtomicShardWriter] = {}
-        self._keys: set[str] = set()
-
-    def __enter__(self) -> ShardSetWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        self.close(complete=exc_type is None)
-
-    def _writer(self, split: str | None) -> _AtomicShardWriter:
-        if split not in self._writers:
-            folder = split_folder(self.out, split)
-            check_output(folder, self.overwrite)
-            if interrupted_output(folder):
-                log.warning("%s holds the leftovers of an interrupted writing: clearing them and starting again", folder)
-            for path in [*folder.glob("*.tar"), *folder.glob(f"*.tar{PARTIAL}")]:
-                path.unlink()
-            folder.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(folder / SHARD_INDEX, json.dumps({"complete": False}) + "\n")
-            pattern = str(folder / f"{split or 'shard'}-%06d.tar")
-            # A fixed mtime makes the tar bytes a function of the content alone.
-            self._writers[split] = _AtomicShardWriter(pattern, maxcount=self.shard_size, verbose=0, mtime=0.0)
-        return self._writers[split]
-
-    def write(self, clip: EncodedClip) -> None:
-        if clip.key in self._keys:
-            raise ValueError(f"duplicate key {clip.key!r}")
-        self._keys.add(clip.key)
-        sample = {"__key__": clip.key, "flac": clip.flac, "json": json.dumps(clip.metadata).encode()}
-        self._writer(clip.split).write(sample)
-        self.summary.clips[clip.split] += 1
-        self.summary.seconds += clip.metadata["duration"]
-
-    def fail(self, path: str, reason: str) -> None:
-        self.summary.errors.append((path, reason))
-
-    def close(self, complete: bool = True) -> None:
-        """Finish the last shards; with ``complete``, write each folder's index and
-        ``errors.txt`` (without, the folders stay marked as interrupted)."""
-        for split, writer in self._writers.items():
-            self.summary.shards[split] = writer.shard  # opened on the first write, so none is empty
-            writer.close()
-            if complete:
-                index = {"complete": True, "samples": sum(writer.written.values()), "shards": writer.written}
-                write_text_atomic(split_folder(self.out, split) / SHARD_INDEX, json.dumps(index, indent=1) + "\n")
-        self._writers.clear()
-        if not complete:
-            return
-        errors = self.out / "errors.txt"
-        errors.unlink(missing_ok=True)  # a list from an earlier run would mislead
-        if self.summary.errors:
-            self.out.mkdir(parents=True, exist_ok=True)
-            lines = (f"{path}\t{' '.join(reason.split())}\n" for path, reason in self.summary.errors)
-            write_text_atomic(errors, "".join(lines))
-
-
-def write_classes(out: str | Path, labels: Iterable[str]) -> list[str]:
-    """``classes.txt``: the sorted distinct labels; the line number is the class index."""
-    classes = sorted(set(labels))
-    if classes:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(Path(out) / "classes.txt", "".join(f"{name}\n" for name in classes))
-    return classes
 
 
 def parallel_map(function: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
@@ -348,6 +183,7 @@ def write_shards(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    left_out: Sequence[tuple[str, str]] = (),
 ) -> WriteSummary:
     """Re-encode ``files`` into shards under ``out``, one folder per split.
 
@@ -355,17 +191,29 @@ def write_shards(
     ``classes.txt`` covers the labels of every listed file, written or not, so class
     indices do not depend on which files happened to fail. A split folder that holds
     complete shards is refused, before anything is written, unless ``overwrite``; one
-    whose writing was interrupted is written again from the start.
+    whose writing was interrupted goes on from its complete shards when it was writing the
+    same ``files`` in the same order at the same ``shard_size`` (see :func:`fingerprint`),
+    and is written again from the start otherwise. ``left_out``: inputs the
+    caller passed over, ``(where, why)``, listed in ``errors.txt`` with the files that failed
+    and counted alike.
     """
     files = list(files)
-    for split in sorted({file.split for file in files}, key=str):
+    splits = sorted({file.split for file in files}, key=str)
+    for split in splits:
         check_output(split_folder(out, split), overwrite)
     if shuffle:
         random.Random(seed).shuffle(files)
     write_classes(out, (label for file in files for label in file.labels))
-    with ShardSetWriter(out, shard_size, overwrite) as writer:
-        encoded = parallel_map(_encode_file, files, workers)
-        for result in tqdm(encoded, total=len(files), unit="clip", desc="encoding", disable=not progress):
+    with ShardSetWriter(out, shard_size, overwrite, fingerprint(files, shard_size)) as writer:
+        done = set().union(*(writer.resume(split) for split in splits))
+        todo = [file for file in files if file.key not in done]
+        if done:
+            log.info("going on from an interrupted writing: %d clips already in complete shards, %d to write",
+                     len(done), len(todo))
+        for where, why in left_out:
+            writer.fail(where, why)
+        encoded = parallel_map(_encode_file, todo, workers)
+        for result in tqdm(encoded, total=len(todo), unit="clip", desc="encoding", disable=not progress):
             if isinstance(result, EncodedClip):
                 try:
                     writer.write(result)
@@ -375,3 +223,10 @@ def write_shards(
                 file, reason = result
                 writer.fail(file.describe(), reason)
     return writer.summary
+
+
+def fingerprint(files: Sequence[SourceFile], shard_size: int) -> str:
+    """What names a writing of ``files`` (in their order) into shards of ``shard_size``: an
+    interrupted writing is gone on with only by the same one."""
+    listing = [[file.key, file.split, str(file.path), file.start, file.seconds] for file in files]
+    return hashlib.sha256(json.dumps([shard_size, listing]).encode()).hexdigest()[:16]

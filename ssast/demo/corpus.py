@@ -38,9 +38,8 @@ from ssast.demo.events import EVENT_CLASSES, synth_event
 from ssast.demo.phonemes import KEYWORDS
 from ssast.demo.speech import synth_utterance, synth_word
 from ssast.demo.voice import Voice
-from ssast.data.writer import (
-    SHARD_INDEX, EncodedClip, ShardSetWriter, encode_clip, parallel_map, write_classes, write_text_atomic,
-)
+from ssast.data.shard_sets import SHARD_INDEX, EncodedClip, ShardSetWriter, write_classes, write_text_atomic
+from ssast.data.writer import encode_clip, parallel_map
 from ssast.features import Fbank
 
 # Clips per class at scale 1: few labels to learn from (the point of pretraining), and

@@ -72,7 +72,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ssast.data.writer import EncodedClip, encode_clip, parallel_map
+from ssast.data.shard_sets import EncodedClip
+from ssast.data.writer import encode_clip, parallel_map
 from ssast.demo.corpus import CORPUS_VERSION, SPLITS, DemoSummary, corpus_parser, keep_or_clear, write_corpus
 from ssast.demo.instrument_figures import FLUIDSYNTH, INSTRUMENTS, Renderer, render_fluidsynth
 from ssast.demo.recorded_audio import make_clip

@@ -19,7 +19,8 @@ from ssast.data.recipes.speechcommands import list_speechcommands
 from ssast.data.recipes.voxceleb1 import list_voxceleb1
 from ssast.data.shards import list_shards
 from ssast.data.stats import compute_stats, write_stats
-from ssast.data.writer import WriteSummary, write_classes, write_shards, write_text_atomic
+from ssast.data.shard_sets import WriteSummary, write_classes, write_text_atomic
+from ssast.data.writer import write_shards
 
 
 @dataclass
