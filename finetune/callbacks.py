@@ -15,9 +15,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.trainer.states import TrainerFn
 
 from ssast.files import written_atomically
+from ssast.train.callbacks import RunRecord
 
 
-class History(L.Callback):
+class History(RunRecord):
     """``history.csv`` in the run folder: one row per validation (per epoch for the recipes
     that validate once an epoch), as the official SSAST/AST loop's ``result.csv``. Columns:
     ``epoch`` (from 1), ``step`` (optimizer steps so far), ``lr`` (the head's rate at the last
@@ -95,7 +96,7 @@ class History(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"rows": [dict(row) for row in self.rows]}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def restore(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict["rows"])
 
 

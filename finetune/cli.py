@@ -132,7 +132,7 @@ def report_fit(trainer: L.Trainer, model: Finetune, datamodule: AudioDataModule)
         val = {name: value for name, value in row.items() if name.startswith("val/") and value is not None}
     test = {}
     if data.test is not None:
-        test = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)[0]
+        test = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False, weights_only=True)[0]
         if row is not None:
             history(trainer).record_test(trainer, metric, test[f"test/{metric}"], row["step"])
     result = {"selected": selected, "epoch": row["epoch"] if row else None, "step": row["step"] if row else None,

@@ -195,7 +195,12 @@ class Finetune(EncoderModule):
         max_nonfinite_steps: int = 20,
     ) -> None:
         if schedule not in get_args(Schedule):
-            raise ValueError(f"schedule must be one of {', '.join(get_args(Schedule))}, got {schedule!r}")
+            raise ValueError(f"model.schedule must be one of {', '.join(get_args(Schedule))}, got {schedule!r}")
+        if min(lr, head_lr_scale, weight_decay, warmup_steps) < 0:
+            raise ValueError(f"model: lr ({lr}), head_lr_scale ({head_lr_scale}), weight_decay ({weight_decay}) and "
+                             f"warmup_steps ({warmup_steps}) cannot be negative")
+        if not 0 < layer_decay <= 1:
+            raise ValueError(f"model.layer_decay must be in (0, 1], got {layer_decay}")
         super().__init__(max_nonfinite_steps)
         self.save_hyperparameters()
         self.encoder = build_encoder(self.hparams)

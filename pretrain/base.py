@@ -119,6 +119,9 @@ class PretrainModule(EncoderModule):
         self._run_steps: int | None = None  # see run_steps()
         self._steps_per_epoch: int | None = None  # see trainer_progress()
         self._checkpoint_progress: Progress | None = None  # where a loaded checkpoint's run was
+        # What each training batch's random draws are seeded from (see training_generator).
+        self._seed = torch.initial_seed()  # seed_everything's, set before the CLI builds the module
+        self._batches_trained = 0
 
     # --- the method -----------------------------------------------------------------------
 
@@ -196,12 +199,16 @@ class PretrainModule(EncoderModule):
         super().on_save_checkpoint(checkpoint)
         progress = self.trainer_progress()
         checkpoint["run_steps"], checkpoint["steps_per_epoch"] = progress.total_steps, progress.steps_per_epoch
+        checkpoint["randomness"] = {"seed": self._seed, "batches_trained": self._batches_trained}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if "run_steps" in checkpoint:
             self._checkpoint_progress = Progress(checkpoint["global_step"], checkpoint["run_steps"],
                                                  checkpoint.get("steps_per_epoch", 1))
+        if "randomness" in checkpoint:
+            randomness = checkpoint["randomness"]
+            self._seed, self._batches_trained = randomness["seed"], randomness["batches_trained"]
 
     def configure_model(self) -> None:
         # After the method's constructor has built every encoder; once, however often called.
@@ -209,8 +216,18 @@ class PretrainModule(EncoderModule):
             compile_blocks(self)
             self._compiled = True
 
+    def training_generator(self) -> torch.Generator:
+        """The random draws of the next training batch (masks, views, noise: the generator
+        returned; dropout and drop-path: torch's own generators, seeded alike) as a function of
+        the run's seed, the rank and the batches trained so far. A resumed run, whose
+        checkpoint holds the count, draws what the uninterrupted run drew, on every rank."""
+        seed = hash((self._seed, self.global_rank, self._batches_trained)) % 2**63
+        self._batches_trained += 1
+        torch.manual_seed(seed)
+        return torch.Generator(self.device).manual_seed(seed)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.step(batch["fbank"], self.trainer_progress())
+        out = self.step(batch["fbank"], self.trainer_progress(), self.training_generator())
         size = len(batch["fbank"])
         for name, value in out.items():
             self.log(f"train/{name}", value, prog_bar=name in self.progress_bar, batch_size=size)

@@ -74,6 +74,15 @@ class Optimization:
                              f"warmup_epochs {self.warmup_epochs}")
         if self.lr <= 0:
             raise ValueError(f"optimization.lr must be positive, got {self.lr}")
+        if self.lr_batch_size is not None and self.lr_batch_size < 1:
+            raise ValueError(f"optimization.lr_batch_size must be at least 1 (or null), got {self.lr_batch_size}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"optimization.betas must be in [0, 1), got {self.betas}")
+        if self.weight_decay < 0 or (self.weight_decay_end or 0) < 0:
+            raise ValueError(f"optimization: weight decay cannot be negative, got {self.weight_decay} and "
+                             f"weight_decay_end {self.weight_decay_end}")
+        if self.warmup_every < 1:
+            raise ValueError(f"optimization.warmup_every must be at least 1, got {self.warmup_every}")
 
     def warmup(self, progress: Progress) -> int:
         """The warmup in optimizer steps, in the run ``progress`` is in."""

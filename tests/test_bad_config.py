@@ -55,6 +55,49 @@ def test_a_wrong_key_or_type_on_the_command_line(extra, expected, tmp_path):
     assert not (tmp_path / "corpus").exists()  # failed before generating the demo corpus
 
 
+# Values of the right type that the classes refuse (issue 37, finding 4): one line that names the setting,
+# before any data is read (the corpus does not exist: reading it would be another message; finetuning reads
+# its classes.txt before it builds the model, so a model's setting is tried on a corpus that has one).
+@pytest.mark.parametrize(("stage", "extra", "expected"), [
+    ("pretrain", ["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
+    ("pretrain", ["--data.batch_size", "-4"], "data.batch_size must be at least 1, got -4"),
+    ("finetune", ["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
+    ("pretrain", ["--model.init_args.optimization.lr", "-1"], "optimization.lr must be positive, got -1.0"),
+    ("finetune", ["--model.lr", "-1"], "model: lr (-1.0), head_lr_scale (1.0), weight_decay (5e-07) and warmup_steps"),
+    ("finetune", ["--model.layer_decay", "0"], "model.layer_decay must be in (0, 1], got 0.0"),
+    ("pretrain", ["--model.init_args.passes", "3"], "passes must be 1 or 2, got 3"),
+    ("pretrain", ["--global_batch_size", "0"], "a global batch of 0 clips"),
+    ("pretrain", ["--max_device_batch_size", "-1"], "max_device_batch_size must be at least 1, got -1"),
+])
+def test_a_value_the_classes_refuse_is_one_line_before_any_data_is_read(stage, extra, expected, tiny_corpus,
+                                                                       tmp_path):
+    model_setting = stage == "finetune" and extra[0].startswith("--model.")
+    corpus, run = (tiny_corpus if model_setting else tmp_path / "corpus"), tmp_path / "run"
+    program, args = (pretrain, pretrain_args) if stage == "pretrain" else (finetune, finetune_args)
+    message = error_of(program, args(corpus, run, *extra))
+    assert message.startswith(f"ssast-{stage}: error: ") and expected in message, message
+    assert not (run / "checkpoints").exists()
+
+
+def test_a_class_listed_twice_in_classes_txt(tiny_corpus, tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("dog\nrain\ndog\n")
+    message = error_of(finetune, finetune_args(tiny_corpus, tmp_path / "run", "--data.classes", str(classes)))
+    assert message == f"ssast-finetune: error: {classes} lists 'dog' more than once: one line per class, each class once"
+
+
+def test_no_logger_takes_the_recipes_lr_monitor_with_it(tiny_corpus, tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from pretrain.cli import build_cli
+
+    args = pretrain_args(tiny_corpus, tmp_path / "run")[1:]  # with --trainer.logger false
+    cli = build_cli(args, run=False)
+    assert cli.trainer.logger is None and not any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
+    logged = build_cli([*args, "--trainer.logger", "true"], run=False)  # with a logger, the recipe's monitor stays
+    assert any(isinstance(callback, LearningRateMonitor) for callback in logged.trainer.callbacks)
+
+
 def test_a_wrong_key_in_a_config_file(tmp_path):
     overrides = tmp_path / "mine.yaml"
     overrides.write_text("model:\n  mask_patchez: 3\n")

@@ -19,6 +19,27 @@ from ssast.files import written_atomically
 log = logging.getLogger(__name__)
 
 
+class RunRecord(L.Callback):
+    """A callback whose state is a record of what the run has done (a history, a summary, a
+    clock). A resumed fit restores it from the checkpoint; a checkpoint loaded to validate,
+    test or predict (``trainer.test(ckpt_path="best")``) restores the weights only, and the
+    record keeps what ran after that checkpoint was written. Subclasses restore their state
+    in :meth:`restore`."""
+
+    _resuming_fit = True
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before load_state_dict, on every load of a checkpoint.
+        self._resuming_fit = trainer.state.fn == TrainerFn.FITTING
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._resuming_fit:
+            self.restore(state_dict)
+
+    def restore(self, state_dict: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
 class ExportEncoder(L.Callback):
     """Writes the encoder that transfers (``exported_encoder``: ASiT's teacher), with its config and input preprocessing, for
     ``ssast.load_encoder`` and finetuning, at the end of training (and at every
@@ -54,7 +75,7 @@ class ExportEncoder(L.Callback):
         self.export(trainer, pl_module)
 
 
-class MetricsSummary(L.Callback):
+class MetricsSummary(RunRecord):
     """Prints where the watched metrics started and ended, once training is over. The values
     are kept in checkpoints, so a resumed run's summary starts where the run started.
 
@@ -89,7 +110,7 @@ class MetricsSummary(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"first": dict(self.first), "last": dict(self.last)}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def restore(self, state_dict: dict[str, Any]) -> None:
         self.first, self.last = dict(state_dict["first"]), dict(state_dict["last"])
 
 
@@ -181,11 +202,11 @@ class LastCheckpoint(Checkpoint):
         """Write ``last.ckpt`` now (on every rank: saving is a collective)."""
         if trainer.sanity_checking or trainer.fast_dev_run or trainer.global_step == 0:
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # all a resume needs: optimizer, callbacks
         self._written_at = self.clock()
 
 
-class MetricHistory(L.Callback):
+class MetricHistory(RunRecord):
     """Keeps the value of each named metric after every validation (sanity checks aside),
     for reports drawn once the run is over; kept in checkpoints, so a resumed run's history
     has them all.
@@ -209,7 +230,7 @@ class MetricHistory(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"history": {name: list(values) for name, values in self.history.items()}}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def restore(self, state_dict: dict[str, Any]) -> None:
         self.history = {name: list(state_dict["history"].get(name, [])) for name in self.names}
 
 
@@ -237,7 +258,7 @@ class LogPictures(L.Callback):
             pl_module.log_picture(self.key, picture, caption)
 
 
-class AverageEpochWeights(L.Callback):
+class AverageEpochWeights(RunRecord):
     """Weight averaging as the official SSAST/AST finetuning (``validate_wa`` in their
     ``traintest.py``): the arithmetic mean of the module's weights at the end of epochs
     ``first_epoch`` to ``last_epoch`` (from 1, both included) becomes the model once training
@@ -295,5 +316,5 @@ class AverageEpochWeights(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"total": self.total, "epochs": list(self.epochs)}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def restore(self, state_dict: dict[str, Any]) -> None:
         self.total, self.epochs = dict(state_dict["total"]), list(state_dict["epochs"])

@@ -22,6 +22,7 @@ import lightning as L
 import torch
 import yaml
 from jsonargparse import Namespace
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -31,8 +32,9 @@ from ssast.data.skips import NoReadableShards, TooManySkipped
 from ssast.renamed import RenamedOptionError, explain
 from ssast.train.callbacks import LastCheckpoint
 from ssast.train.module import NonFiniteLossError
+from ssast.train.ranks import DEFAULT_COLLECTIVE_TIMEOUT_MINUTES, RankTable, lost_rank_message, with_collective_timeout
 from ssast.train.recovery import (
-    ResumeError, check_resumable, install_recovery, last_checkpoint, read_resumable, wandb_run_id,
+    DiskFullError, ResumeError, check_resumable, install_recovery, last_checkpoint, read_resumable, wandb_run_id,
 )
 
 log = logging.getLogger(__name__)
@@ -64,9 +66,14 @@ class BatchSplitError(ValueError):
     """A recipe's global batch that the run's devices cannot share evenly."""
 
 
+class SettingError(ValueError):
+    """A setting that the class it configures refused as the run was built (the message
+    names it)."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (
     CheckpointError, ResumeError, NonFiniteLossError, TooManySkipped, NoReadableShards, FileNotFoundError,
-    FileExistsError, BatchSplitError, RenamedOptionError,
+    FileExistsError, BatchSplitError, RenamedOptionError, SettingError, DiskFullError,
 )
 
 
@@ -76,6 +83,8 @@ def run_program(program: str, run: Callable[[], object]) -> None:
     try:
         run()
     except Exception as error:
+        if (lost := lost_rank_message(error)) is not None and not os.environ.get("SSAST_TRACEBACK"):
+            sys.exit(f"{program}: error: {lost}")
         cause: BaseException | None = error
         while cause is not None and not isinstance(cause, USER_ERRORS):
             cause = cause.__cause__
@@ -139,6 +148,8 @@ def split_global_batch(global_batch: int, devices: int, max_device_batch: int | 
     if global_batch % devices:
         raise BatchSplitError(f"global_batch_size {global_batch} does not divide among {devices} devices: choose a device "
                          "count that divides it, or another global batch")
+    if max_device_batch is not None and max_device_batch < 1:
+        raise BatchSplitError(f"max_device_batch_size must be at least 1, got {max_device_batch}")
     per_device = global_batch // devices
     limit = max_device_batch or per_device
     accumulate = next(k for k in range(1, per_device + 1) if per_device % k == 0 and per_device // k <= limit)
@@ -183,6 +194,9 @@ class RunCLI(LightningCLI):
         parser.add_argument("--max_device_batch_size", type=int | None, default=None,
                             help="with global_batch_size: at most this many clips on a device at once (the rest "
                                  "is accumulated)")
+        parser.add_argument("--collective_timeout_minutes", type=float, default=DEFAULT_COLLECTIVE_TIMEOUT_MINUTES,
+                            help="on several processes: how long a rank waits for the others at a collective before "
+                                 "the run stops naming the rank it lost (ssast.train.ranks)")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -196,6 +210,7 @@ class RunCLI(LightningCLI):
         config = self._command_config()
         self._name_run(config)
         self._split_batch(config)
+        _drop_lr_monitor_without_logger(config.trainer)
         if config.get("ckpt_path") == "last":
             # Resolved here, once, so that the W&B run and the weights come from the same file.
             root = config.trainer.get("default_root_dir") or os.getcwd()
@@ -225,14 +240,32 @@ class RunCLI(LightningCLI):
         if settings is not None:
             rank_zero_only(print)(settings, flush=True)  # once, not once per process
 
+    def instantiate_classes(self) -> None:
+        # The classes check their settings as they are built, before any data is read: what
+        # they refuse is the user's to fix, so it is one line, not jsonargparse's traceback.
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            if isinstance(error, USER_ERRORS) or os.environ.get("SSAST_TRACEBACK"):
+                raise
+            raise SettingError(_innermost(error)) from error
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        config = self._command_config()
+        subcommand = self.config.get("subcommand")
+        built = (self.config_init[subcommand] if subcommand else self.config_init).get("trainer") or {}
+        strategy = built.get("strategy", "auto")
+        if strategy == "auto" and device_count(config.trainer) > 1:
+            strategy = "ddp"  # what Lightning picks for several devices, here with the timeout
+        kwargs.setdefault("strategy", with_collective_timeout(strategy, config.collective_timeout_minutes))
         trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(RankTable())
         install_recovery(trainer)
         return trainer
 
     # A checkpoint is checked against the model before Lightning builds the data loaders.
     def fit(self, model: L.LightningModule, **kwargs: Any) -> None:
-        self.trainer.fit(model, **self._checked(model, kwargs))
+        self.trainer.fit(model, **self._checked(model, kwargs, resuming=True))
 
     def validate(self, model: L.LightningModule, **kwargs: Any) -> Any:
         return self.trainer.validate(model, **self._checked(model, kwargs))
@@ -244,10 +277,33 @@ class RunCLI(LightningCLI):
         return self.trainer.predict(model, **self._checked(model, kwargs))
 
     @staticmethod
-    def _checked(model: L.LightningModule, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _checked(model: L.LightningModule, kwargs: dict[str, Any], resuming: bool = False) -> dict[str, Any]:
+        """``kwargs`` of a Trainer method, its checkpoint checked (a fit's also for settings it
+        cannot change: ``resuming``)."""
         if kwargs.get("ckpt_path") not in (None, "last", "best", "hpc"):
-            check_resumable(model, kwargs["ckpt_path"])
-        return kwargs
+            check_resumable(model, kwargs["ckpt_path"], kwargs.get("datamodule"), resuming)
+        # Lightning loads a checkpoint as ours are loaded: tensors and plain values only.
+        return {**kwargs, "weights_only": True if kwargs.get("weights_only") is None else kwargs["weights_only"]}
+
+
+def _innermost(error: BaseException) -> str:
+    """The message of the first exception in ``error``'s chain (what the class raised,
+    not how jsonargparse or Lightning passed it on)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _drop_lr_monitor_without_logger(trainer: Namespace) -> None:
+    """``trainer.logger: false`` (a quick try, a test): the recipes' ``LearningRateMonitor``,
+    which Lightning refuses without a logger, goes with it."""
+    callbacks = trainer.get("callbacks")
+    if trainer.get("logger") is not False or not isinstance(callbacks, list):
+        return
+    monitors = [entry for cls, entry in _classes(callbacks) if issubclass(cls, LearningRateMonitor)]
+    if monitors:
+        rank_zero_only(log.info)("trainer.logger is false: the learning-rate monitor is left out with it")
+        trainer.callbacks = [entry for entry in callbacks if not any(entry is monitor for monitor in monitors)]
 
 
 def name_run(config: Namespace, name: str) -> None:

@@ -112,6 +112,10 @@ class AudioDataModule(L.LightningDataModule):
         super().__init__()
         if train is None:  # optional only so that a stage's base recipe can leave it to the recipe
             raise ValueError("data.train is not set: the training shards (a folder, a pattern or a list)")
+        for name, value, least in (("batch_size", batch_size, 1), ("batches_per_epoch", batches_per_epoch, 1),
+                                   ("target_length", target_length, 1), ("num_workers", num_workers, 0)):
+            if value is not None and value < least:
+                raise ValueError(f"data.{name} must be at least {least}, got {value}")
         if val_split is not None and val is not None:
             raise ValueError("data.val_split carves the validation set out of data.train: leave data.val unset")
         if val_split is not None and batches_per_epoch is None:
@@ -138,6 +142,7 @@ class AudioDataModule(L.LightningDataModule):
         self._train_sizes: list[int] | None = None  # clips per training shard, counted once
         self._train_label_counts: LabelCounts | None = None  # for balanced sampling, counted once
         self._train_state: dict | None = None  # from a checkpoint, for the training loader to come
+        self._counted_before: dict[str, int] = {}  # every rank's counts before a resume, held by the first rank
 
     @property
     def _first_train_source(self) -> str:
@@ -163,9 +168,10 @@ class AudioDataModule(L.LightningDataModule):
 
     def data_counts(self) -> dict[str, int]:
         """Training and evaluation counts together, by their log names (see
-        :func:`log_data_counts`)."""
+        :func:`log_data_counts`); on the first rank of a resumed run, with what the run had
+        counted before (every rank's, from its checkpoint)."""
         train, evaluation = self.train_skips.counts(), self.eval_skips.counts()
-        total = {name: train[name] + evaluation[name] for name in train}
+        total = {name: train[name] + evaluation[name] + self._counted_before.get(name, 0) for name in train}
         skipped = {f"data/skipped/{reason}": total[reason] for reason in SKIP_REASONS}
         return {
             "data/read": total["read"],
@@ -245,13 +251,23 @@ class AudioDataModule(L.LightningDataModule):
     # here: Lightning restores a data module before the model's configure_optimizers, which
     # builds the loaders when it asks for trainer.estimated_stepping_batches; it would hand a
     # loader its own state only after that, too late.
+    # The counts go in summed over the ranks (every rank saves a checkpoint with Lightning, the
+    # first writes it) and come back on the first rank, which log_data_counts sums with the rest.
     def state_dict(self) -> dict:
-        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+        state = {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+        train, evaluation = self.train_skips.counts(), self.eval_skips.counts()
+        counts = torch.tensor([train[name] + evaluation[name] + self._counted_before.get(name, 0) for name in train],
+                              dtype=torch.float64)
+        if self.trainer is not None:
+            counts = self.trainer.strategy.reduce(counts.to(self.trainer.strategy.root_device), reduce_op="sum")
+        return {**state, "counts": dict(zip(train, counts.long().tolist()))}
 
     def load_state_dict(self, state: dict) -> None:
         self._train_state = state.get("train_loader")
         if self._train_loader is not None and self._train_state is not None:
             self._train_loader.load_state_dict(self._train_state)
+        first_rank = self.trainer is None or self.trainer.global_rank == 0
+        self._counted_before = dict(state.get("counts", {})) if first_rank else {}
 
     def _eval_loader(self, source: str | list[str] | None, predicting: bool = False,
                      key_split: KeySplit | None = None) -> EvalLoader | list:

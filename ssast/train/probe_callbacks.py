@@ -44,6 +44,7 @@ from ssast.encoder import Layers
 from ssast.files import written_atomically
 from ssast.probe import DEFAULT_L2, LabeledClips, load_clips, probe
 from ssast.renamed import refuse_renamed
+from ssast.train.callbacks import RunRecord
 from ssast.train.module import log_line_chart
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class ProbePoint(NamedTuple):
     linear: float
 
 
-class ProbeMonitor(L.Callback):
+class ProbeMonitor(RunRecord):
     """Logs kNN and linear-probe accuracy of the frozen exported encoder on labeled tasks
     during training (see the module docstring).
 
@@ -309,7 +310,7 @@ class ProbeMonitor(L.Callback):
             "training_seconds": self.training_seconds(),
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def restore(self, state_dict: dict[str, Any]) -> None:
         for name, points in state_dict.get("history", {}).items():
             self.history[name] = [ProbePoint(int(step), *map(float, rest)) for step, *rest in points]
         self._offset = float(state_dict.get("training_seconds", 0.0))
@@ -318,7 +319,7 @@ class ProbeMonitor(L.Callback):
         self._last_step = max(steps, default=-1)
 
 
-class TrainingBudget(L.Callback):
+class TrainingBudget(RunRecord):
     """Stops a fit after ``minutes`` of training wall-clock time, not counting the time the
     run's :class:`ProbeMonitor` callbacks spent probing: equal budgets for methods compared
     by learning per minute (Lightning's ``max_time`` would count the probes).
@@ -375,5 +376,5 @@ class TrainingBudget(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"training_seconds": self.elapsed_seconds()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def restore(self, state_dict: dict[str, Any]) -> None:
         self._offset = float(state_dict["training_seconds"])

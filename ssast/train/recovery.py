@@ -11,10 +11,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import logging
 import os
 import pickle
+import shutil
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +56,58 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or fsspec.utils.get_protocol(str(path)) != "file":
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        with written_atomically(path) as temp:
-            torch.save(checkpoint, temp)
+        folder, needed = Path(path).parent, checkpoint_bytes(checkpoint)
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        if free < needed:
+            raise DiskFullError(folder, needed, free)
+        try:
+            with written_atomically(path) as temp:
+                torch.save(checkpoint, temp)
+        except (OSError, RuntimeError) as error:
+            # torch's zip writer says "unexpected pos" when a write comes up short, not ENOSPC.
+            if getattr(error, "errno", None) == errno.ENOSPC or "unexpected pos" in str(error):
+                raise DiskFullError(folder, needed, free) from error
+            raise
+
+
+class DiskFullError(OSError):
+    """A checkpoint that does not fit on its disk. The previous checkpoint is untouched (a
+    checkpoint is written beside it and renamed), and the run stops: going on without
+    checkpoints would risk more work than it saves."""
+
+    def __init__(self, folder: Path, needed: int, free: int) -> None:
+        super().__init__(errno.ENOSPC, f"no space left on device at {folder}: a checkpoint needs ~{_mb(needed)} MB, "
+                                       f"{_mb(free)} MB free before writing. The previous checkpoint is intact: "
+                                       "free some space (or set trainer.default_root_dir elsewhere) and resume with "
+                                       "--ckpt_path last")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f}" if size < 10 * 2**20 else f"{size / 2**20:.0f}"
+
+
+def checkpoint_bytes(checkpoint: Any) -> int:
+    """About the size of ``checkpoint`` once saved: its tensors' bytes (each storage once),
+    and 1 MB for the rest."""
+    storages: dict[int, int] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    visit(checkpoint)
+    return sum(storages.values()) + 2**20
 
 
 # --- resuming a run --------------------------------------------------------------------
@@ -147,14 +201,18 @@ def read_resumable(checkpoint_path: str | Path) -> dict[str, Any] | None:
     return checkpoint
 
 
-def check_resumable(model: L.LightningModule, checkpoint_path: str | Path) -> None:
+def check_resumable(model: L.LightningModule, checkpoint_path: str | Path,
+                    datamodule: L.LightningDataModule | None = None, resuming: bool = False) -> None:
     """Raises :class:`ResumeError` unless ``checkpoint_path`` is a Lightning checkpoint
     (:func:`read_resumable`) whose weights fit ``model``, every parameter present and of the
     same shape. Lightning would otherwise find out only after building the data loaders,
-    with a page of ``load_state_dict`` errors."""
+    with a page of ``load_state_dict`` errors. ``resuming`` (a fit goes on from it): the
+    run's settings must also be the checkpoint's (:func:`check_same_settings`)."""
     checkpoint = read_resumable(checkpoint_path)
     if checkpoint is None:
         return
+    if resuming:
+        check_same_settings(checkpoint, checkpoint_path, model, datamodule)
     saved, expected = checkpoint["state_dict"], model.state_dict()
     missing = [name for name in expected if name not in saved]
     wrong = [f"{name} {tuple(saved[name].shape)} vs {tuple(tensor.shape)}" for name, tensor in expected.items()
@@ -163,3 +221,61 @@ def check_resumable(model: L.LightningModule, checkpoint_path: str | Path) -> No
         problem = f"shapes differ: {wrong[0]}" if wrong else f"{len(missing)} parameters missing, e.g. {missing[0]}"
         raise ResumeError(f"--ckpt_path {checkpoint_path} was written by another model ({problem} in the file vs "
                           "this run); resume with the configuration that wrote it (config.yaml in its run folder)")
+
+
+# A resumed fit takes these from its command, not from the checkpoint: where the data lies (a
+# requeued job may find it mounted elsewhere) and how it is read, not what is learned or how.
+# Every other model and data setting is the checkpoint's, and a change to one is refused:
+# the weights, the optimizer's state and the schedules were made with the saved values.
+APPLIED_ON_RESUME = (
+    "data.train", "data.val", "data.test", "data.predict", "data.num_workers", "data.fbank_in_workers",
+    "data.reader.", "model.max_nonfinite_steps", "model.compile", "model.init_from",
+)
+
+
+def check_same_settings(checkpoint: dict[str, Any], checkpoint_path: str | Path, model: L.LightningModule,
+                        datamodule: L.LightningDataModule | None) -> None:
+    """Compares the model and data settings of a fit resumed from ``checkpoint`` with those
+    it was written with: a change to one of :data:`APPLIED_ON_RESUME` is logged as applied;
+    any other is refused, in one :class:`ResumeError` that names each key, its saved and its
+    given value. A setting only one side has (another version of this project) is not compared."""
+    sides = [("model", checkpoint.get("hyper_parameters"), model.hparams)]
+    if datamodule is not None:
+        sides.append(("data", checkpoint.get("datamodule_hyper_parameters"), datamodule.hparams))
+    applied, refused = [], []
+    for prefix, saved, given in sides:
+        saved, given = _flat(saved or {}, prefix), _flat(given, prefix)
+        for key in sorted(saved.keys() & given.keys()):
+            if saved[key] != given[key]:
+                change = f"{key} {saved[key]!r} -> {given[key]!r}"
+                (applied if key.startswith(APPLIED_ON_RESUME) else refused).append(change)
+    if refused:
+        raise ResumeError(f"--ckpt_path {checkpoint_path}: a resumed run keeps the settings it was written with, and "
+                          f"these differ: {'; '.join(refused)} (saved -> given). Resume without changing them, or "
+                          f"start a new run from its weights (--model.init_from {checkpoint_path})")
+    for change in applied:
+        log.info("resuming with %s (saved -> given)", change)
+
+
+def _flat(settings: Any, prefix: str) -> dict[str, Any]:
+    """Nested settings as ``{"model.optimization.lr": value}`` (:func:`_plain` values);
+    LightningCLI's own keys (``_class_path``) left out."""
+    settings = _plain(settings)
+    if not isinstance(settings, dict):
+        return {prefix: settings}
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if not str(key).startswith("_"):
+            flat.update(_flat(value, f"{prefix}.{key}"))
+    return flat
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as a checkpoint holds it: dataclasses as dicts, tuples as lists, paths as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return str(value) if isinstance(value, Path) else value
