@@ -27,7 +27,9 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 import torchaudio.transforms as T
+from torch.nn.parallel import DistributedDataParallel
 from einops import rearrange
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
@@ -104,8 +106,24 @@ class Finetune(EncoderModule):
             projector_dim)`` on each token, the mean over the clip's tokens (as s3prl, the
             first ``round(samples / 160)`` of them), a linear classifier.
         projector_dim: ``layers`` only: the projector's width (SUPERB: 256).
+        normalize_layers: ``layers`` only: layer-norm each block's output before the weighted
+            sum (s3prl's ``Featurizer`` ``normalize``; off in SSAST's SUPERB runs). A pretrained
+            pre-norm encoder's block outputs grow with depth, so without it the deep blocks
+            dominate the sum and the projector sees another scale than a random encoder's.
+        standardize_embedding: standardize each dimension of the clip embedding over the
+            batch before the classifier, as a linear probe standardizes its features: MAE's
+            linear-probing head, ``BatchNorm1d(affine=False, eps=1e-6)`` (running statistics in
+            evaluation). A pretrained encoder's embeddings share a large component that every
+            clip has (three times the spread between clips on the demo corpora, a random
+            encoder's under one: docs/finetuning.md), which a head trained from random spends its
+            first epochs cancelling while the encoder learns from its errors.
         drop_path: stochastic depth of the deepest block.
         freeze_encoder: train the head only (a linear probe).
+        head_warmup_epochs: LP-FT (Kumar et al., ICLR 2022): for this many epochs first the
+            encoder is frozen, as a probe's (eval mode, no gradients), and only the head learns;
+            then the whole model trains on, the encoder's rate warming up again over
+            ``warmup_steps``. The head then starts the finetune reading what the encoder
+            already holds instead of pulling the encoder toward a random head (0: off).
         loss: ``ce`` (cross-entropy) or ``bce`` (binary cross-entropy on each class);
             ``None``: by ``task`` (``ce`` for multiclass).
         label_smoothing: training targets ``(1 - s) y + s / classes`` (EAT's ESC-50: 0.1).
@@ -165,8 +183,11 @@ class Finetune(EncoderModule):
         input_tdim: int = 1024,
         pooling: FinetunePooling = "mean",
         projector_dim: int = 256,
+        normalize_layers: bool = False,
+        standardize_embedding: bool = False,
         drop_path: float = 0.0,
         freeze_encoder: bool = False,
+        head_warmup_epochs: int = 0,
         loss: Loss | None = None,
         label_smoothing: float = 0.0,
         optimizer: Optimizer = "adam",
@@ -196,27 +217,27 @@ class Finetune(EncoderModule):
     ) -> None:
         if schedule not in get_args(Schedule):
             raise ValueError(f"model.schedule must be one of {', '.join(get_args(Schedule))}, got {schedule!r}")
-        if min(lr, head_lr_scale, weight_decay, warmup_steps) < 0:
-            raise ValueError(f"model: lr ({lr}), head_lr_scale ({head_lr_scale}), weight_decay ({weight_decay}) and "
-                             f"warmup_steps ({warmup_steps}) cannot be negative")
+        if min(lr, head_lr_scale, weight_decay, warmup_steps, head_warmup_epochs) < 0:
+            raise ValueError(f"model: lr ({lr}), head_lr_scale ({head_lr_scale}), weight_decay ({weight_decay}), "
+                             f"warmup_steps ({warmup_steps}) and head_warmup_epochs ({head_warmup_epochs}) cannot be "
+                             "negative")
+        if normalize_layers and pooling != "layers":
+            raise ValueError(f"model.normalize_layers normalizes the blocks that pooling 'layers' weighs; pooling is "
+                             f"{pooling!r}")
         if not 0 < layer_decay <= 1:
             raise ValueError(f"model.layer_decay must be in (0, 1], got {layer_decay}")
         super().__init__(max_nonfinite_steps)
         self.save_hyperparameters()
         self.encoder = build_encoder(self.hparams)
         if pooling == "layers":
-            self.layer_weights = LayerWeights(self.encoder.config.depth)
+            self.layer_weights = LayerWeights(self.encoder.config.depth, normalize_layers)
             self.head = UtteranceHead(self.encoder.embed_dim, num_classes, projector_dim)
         else:
             self.layer_weights = None
             self.head = ClassificationHead(self.encoder.embed_dim, num_classes, head_norm_eps)
-        if freeze_encoder:
-            self.encoder.requires_grad_(False)
-        # Unused here (a DDP run would wait for their gradients): MSPM's mask token, and the
-        # final norm when the head reads the blocks' outputs.
-        self.encoder.mask_embed.requires_grad_(False)
-        if pooling == "layers":
-            self.encoder.norm.requires_grad_(False)
+        embedding_dim = projector_dim if pooling == "layers" else self.encoder.embed_dim
+        self.embedding_norm = nn.BatchNorm1d(embedding_dim, eps=1e-6, affine=False) if standardize_embedding else None
+        self._train_encoder(not freeze_encoder)  # a head warm-up freezes it epoch by epoch, once DDP holds it
         self.freq_masking = T.FrequencyMasking(freqm, iid_masks=True) if freqm else None
         self.time_masking = T.TimeMasking(timem, iid_masks=True) if timem else None
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
@@ -233,11 +254,25 @@ class Finetune(EncoderModule):
         if task == "multilabel" and self.loss_name == "ce":
             raise ValueError("a multilabel task trains with loss bce, not ce")
 
+    def _train_encoder(self, trainable: bool) -> None:
+        self.encoder.requires_grad_(trainable)
+        # Unused here (a DDP run would wait for their gradients): MSPM's mask token, and the
+        # final norm when the head reads the blocks' outputs.
+        self.encoder.mask_embed.requires_grad_(False)
+        if self.hparams.pooling == "layers":
+            self.encoder.norm.requires_grad_(False)
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """Whether the encoder is a probe's this epoch (``freeze_encoder``, or LP-FT's head warm-up)."""
+        return self.hparams.freeze_encoder or self.current_epoch < self.hparams.head_warmup_epochs
+
     def exported_classifier(self) -> dict[str, Any]:
         # Checkpoints carry the head, its pooling and class names: load_checkpoint reads the
-        # finetuned model back whole, and ssast-export publishes it. A head on weighted layers
-        # is not one of the formats those read: such checkpoints export the encoder alone.
-        if self.layer_weights is not None:
+        # finetuned model back whole, and ssast-export publishes it. A head on weighted layers,
+        # or behind a standardization, is not one of the formats those read: such checkpoints
+        # export the encoder alone.
+        if self.layer_weights is not None or self.embedding_norm is not None:
             return {}
         return {"head": self.head, "head_attribute": "head", "pooling": self.hparams.pooling,
                 "labels": self.hparams.class_names}
@@ -245,7 +280,12 @@ class Finetune(EncoderModule):
     def forward(self, fbank: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, num_classes]`` of normalized log-mels ``[B, T, F]`` (``lengths``: the
         clips' samples, which ``layers`` pooling averages over)."""
-        embedding = self.embed(fbank, lengths)
+        return self.classify(self.embed(fbank, lengths))
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Logits of clip embeddings (:meth:`embed`)."""
+        if self.embedding_norm is not None:
+            embedding = self.embedding_norm(embedding)
         return self.head.linear(embedding) if self.layer_weights is not None else self.head(embedding)
 
     def embed(self, fbank: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -302,8 +342,18 @@ class Finetune(EncoderModule):
         fbank, targets = batch_mixup(fbank, targets, hp.batch_mixup, hp.batch_mixup_prob)
         return self._spec_augment(fbank), targets
 
+    def on_train_start(self) -> None:
+        wrapped = self.trainer.strategy.model
+        if self.hparams.head_warmup_epochs and self.trainer.world_size > 1 and not (
+                isinstance(wrapped, DistributedDataParallel) and wrapped.find_unused_parameters):
+            raise ValueError("model.head_warmup_epochs leaves the encoder without gradients for a while, which DDP "
+                             "allows only with --trainer.strategy ddp_find_unused_parameters_true")
+
+    def on_train_epoch_start(self) -> None:
+        self._train_encoder(not self.encoder_frozen)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.hparams.freeze_encoder:
+        if self.encoder_frozen:
             self.encoder.eval()
         targets = self._targets(batch["labels"])
         if self.hparams.label_smoothing:
@@ -356,7 +406,7 @@ class Finetune(EncoderModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
         embeddings = self.embed(batch["fbank"], batch.get("lengths"))
-        logits = self.head.linear(embeddings) if self.layer_weights is not None else self.head(embeddings)
+        logits = self.classify(embeddings)
         scores = logits.sigmoid() if self.hparams.task == "multilabel" else logits.softmax(dim=-1)
         return {"key": batch["key"], "scores": scores.float().cpu(), "embeddings": embeddings.float().cpu()}
 

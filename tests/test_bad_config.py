@@ -63,7 +63,8 @@ def test_a_wrong_key_or_type_on_the_command_line(extra, expected, tmp_path):
     ("pretrain", ["--data.batch_size", "-4"], "data.batch_size must be at least 1, got -4"),
     ("finetune", ["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
     ("pretrain", ["--model.init_args.optimization.lr", "-1"], "optimization.lr must be positive, got -1.0"),
-    ("finetune", ["--model.lr", "-1"], "model: lr (-1.0), head_lr_scale (1.0), weight_decay (5e-07) and warmup_steps"),
+    ("finetune", ["--model.lr", "-1"], "model: lr (-1.0), head_lr_scale (1.0), weight_decay (5e-07), warmup_steps (20) and "
+                                        "head_warmup_epochs (0) cannot be negative"),
     ("finetune", ["--model.layer_decay", "0"], "model.layer_decay must be in (0, 1], got 0.0"),
     ("pretrain", ["--model.init_args.passes", "3"], "passes must be 1 or 2, got 3"),
     ("pretrain", ["--global_batch_size", "0"], "a global batch of 0 clips"),

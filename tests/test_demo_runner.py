@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 from ssast import save_encoder
 from ssast.checkpoints import Preprocessing
 from ssast.encoder import LAYOUTS
-from ssast.demo.runner import TaskResult, learning_chart, main, scratch_args, validation_chart
+from ssast.demo.runner import TaskResult, learning_chart, main, scratch_args, validation_chart, write_report
 from ssast.train.callbacks import MetricHistory
 from helpers import tiny_encoder
 
@@ -93,3 +94,19 @@ def test_scratch_finetunes_build_the_pretrained_encoders_layout(tmp_path):
     save_encoder(tiny_encoder(**LAYOUTS["eat"]), tmp_path / "eat.safetensors", Preprocessing(-5, 4, 96))
     assert scratch_args(tmp_path / "plain.safetensors") == []
     assert scratch_args(tmp_path / "eat.safetensors") == ["--model.layout", "eat"]
+
+
+def test_the_report_says_when_a_finetune_ends_below_its_own_probe(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    tasks = {task: {"clips": {"train": 10}, "classes": 2} for task in ("events", "keywords", "speakers")}
+    (corpus / "demo.json").write_text(json.dumps({"tasks": {**tasks, "unlabeled": {"clips": {"all": 20}}}}))
+    probes = [{"seconds": 0.0, "linear": 0.5, "knn": 0.4}, {"seconds": 60.0, "linear": 0.9, "knn": 0.8}]
+    results = [TaskResult(task, chance=0.5, test={"scratch": 0.7, "pretrained": pretrained}, probes=probes, logmel=0.6,
+                          curves={"scratch": [0.6, 0.7], "pretrained": [0.5, pretrained]})
+               for task, pretrained in (("events", 0.95), ("keywords", 0.9), ("speakers", 0.555))]
+    text = write_report(results, tmp_path, Path("eat_demo.yaml"), corpus, {"finetuning": 60.0})
+    below = [line for line in text.splitlines() if "below the linear probe" in line]
+    assert len(below) == 1  # events and keywords ended at or above it
+    assert below[0].startswith("**speakers: the finetune from the pretrained encoder ended 0.345 below")
+    assert "head_warmup_epochs" in below[0]

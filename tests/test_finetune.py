@@ -3,10 +3,12 @@
 import csv
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 import transformers
+from torch.utils.data import DataLoader
 
 from finetune.callbacks import WritePredictions
 from finetune.module import Finetune
@@ -149,3 +151,58 @@ def test_a_padding_batch_is_evaluated_but_counts_for_nothing(task):
         method.validation_step(padding, 1)
         after = [metric.compute() for metric in metrics]
     assert all(torch.equal(a, b) for a, b in zip(after, expected)), (after, expected)
+
+
+class Snapshots(L.Callback):
+    """The encoder's and the head's weights at the end of every training epoch."""
+
+    def __init__(self) -> None:
+        self.encoder: list[torch.Tensor] = []
+        self.head: list[torch.Tensor] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.encoder.append(torch.nn.utils.parameters_to_vector(pl_module.encoder.blocks.parameters()).detach().clone())
+        self.head.append(torch.nn.utils.parameters_to_vector(pl_module.head.parameters()).detach().clone())
+
+
+@pytest.mark.parametrize("pooling", ["mean", "layers"])
+def test_a_head_warmup_trains_the_head_alone_then_the_whole_model(tmp_path, pooling):
+    frames = 16
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"fbank": torch.randn(4, frames, 128, generator=generator), "labels": torch.tensor([0, 1, 2, 0])}
+               for _ in range(3)]
+    model = Finetune(num_classes=3, size="mini", fshape=128, tshape=2, input_tdim=frames, pooling=pooling,
+                     normalize_layers=pooling == "layers", drop_path=0.1, head_warmup_epochs=2, lr=1e-3,
+                     schedule="constant")
+    start = torch.nn.utils.parameters_to_vector(model.encoder.blocks.parameters()).detach().clone()
+    snapshots = Snapshots()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        callbacks=[snapshots], limit_val_batches=0)
+    trainer.fit(model, DataLoader(batches, batch_size=None))
+    encoder, head = snapshots.encoder, snapshots.head
+    assert torch.equal(encoder[0], start) and torch.equal(encoder[1], start)  # the warm-up: a probe's encoder
+    assert not torch.equal(head[0], head[1])
+    assert not torch.equal(encoder[2], start) and not torch.equal(encoder[3], encoder[2])
+    assert model.encoder.mask_embed.requires_grad is False  # the unused parts stay out of the gradients
+
+
+def test_finetuning_options_that_cannot_work_are_one_line():
+    with pytest.raises(ValueError, match="head_warmup_epochs \\(-1\\) cannot be negative"):
+        Finetune(num_classes=3, size="tiny", input_tdim=48, head_warmup_epochs=-1)
+    with pytest.raises(ValueError, match="normalize_layers normalizes the blocks that pooling 'layers' weighs"):
+        Finetune(num_classes=3, size="tiny", input_tdim=48, normalize_layers=True)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "layers"])
+def test_a_standardized_embedding_ignores_what_every_clip_shares(pooling):
+    torch.manual_seed(0)
+    model = Finetune(num_classes=3, size="mini", fshape=128, tshape=2, input_tdim=16, pooling=pooling,
+                     standardize_embedding=True)
+    width = 256 if pooling == "layers" else model.encoder.embed_dim
+    embeddings = torch.randn(8, width)
+    shared = 50 * torch.randn(width)  # the component a pretrained encoder gives every clip
+    torch.testing.assert_close(model.classify(embeddings + shared), model.classify(embeddings), atol=1e-4, rtol=1e-4)
+    plain = Finetune(num_classes=3, size="mini", fshape=128, tshape=2, input_tdim=16, pooling=pooling)
+    assert not torch.allclose(plain.classify(embeddings + shared), plain.classify(embeddings), atol=1e-2)
+    assert model.exported_classifier() == {}  # not a head load_checkpoint reads: the encoder is exported alone

@@ -83,6 +83,15 @@ class TaskResult:
     def probe_gain(self) -> float | None:
         return self.probes[-1]["linear"] - self.probes[0]["linear"] if self.probes else None
 
+    @property
+    def below_probe(self) -> float | None:
+        """How far the finetune from the pretrained encoder ended below that encoder's own
+        linear probe (``None`` when it did not, or there is no probe)."""
+        if not self.probes or "pretrained" not in self.test:
+            return None
+        shortfall = self.probes[-1]["linear"] - self.test["pretrained"]
+        return shortfall if shortfall > 0 else None
+
 
 def recipe_for(recipe: Path, corpus: Path, out: Path) -> Path:
     """``recipe`` with its ``demo_data/`` paths moved to ``corpus`` (the recipe itself when
@@ -223,6 +232,13 @@ def write_report(results: list[TaskResult], out: Path, recipe: Path, corpus: Pat
         f"Finetuned from the pretrained encoder, the test metric is higher than from scratch on {better} of "
         f"{len(results)} tasks in this run.",
     ]
+    for r in results:
+        if r.below_probe is not None:
+            text.append(f"**{r.task}: the finetune from the pretrained encoder ended {r.below_probe:.3f} below the "
+                        f"linear probe of the same frozen encoder** ({r.test['pretrained']:.3f} against "
+                        f"{r.probes[-1]['linear']:.3f}): finetuning lost part of what the encoder held. A longer "
+                        "head warm-up (`--finetune-arg=--model.head_warmup_epochs=N`, docs/finetuning.md) keeps more "
+                        "of it.")
     if probed:
         text += [f"Pretraining raised the linear probe by at least 0.10 on {gained} of {len(results)} tasks.", "",
                  "![probe accuracy against pretraining minutes](learning.png)"]
