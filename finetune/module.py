@@ -121,9 +121,10 @@ class Finetune(EncoderModule):
         freeze_encoder: train the head only (a linear probe).
         head_warmup_epochs: LP-FT (Kumar et al., ICLR 2022): for this many epochs first the
             encoder is frozen, as a probe's (eval mode, no gradients), and only the head learns;
-            then the whole model trains on, the encoder's rate warming up again over
-            ``warmup_steps``. The head then starts the finetune reading what the encoder
-            already holds instead of pulling the encoder toward a random head (0: off).
+            then the whole model trains on, the encoder joining at the schedule's rate of
+            that step. The head then starts the finetune reading what the encoder already
+            holds instead of pulling the encoder toward a random head (0: off; on the demo
+            corpora it cost more than it kept: docs/finetuning.md, "Few labels").
         loss: ``ce`` (cross-entropy) or ``bce`` (binary cross-entropy on each class);
             ``None``: by ``task`` (``ce`` for multiclass).
         label_smoothing: training targets ``(1 - s) y + s / classes`` (EAT's ESC-50: 0.1).
