@@ -114,9 +114,10 @@ class Finetune(EncoderModule):
             batch before the classifier, as a linear probe standardizes its features: MAE's
             linear-probing head, ``BatchNorm1d(affine=False, eps=1e-6)`` (running statistics in
             evaluation). A pretrained encoder's embeddings share a large component that every
-            clip has (three times the spread between clips on the demo corpora, a random
-            encoder's under one: docs/finetuning.md), which a head trained from random spends its
-            first epochs cancelling while the encoder learns from its errors.
+            clip has (1.6 to 12.8 times the spread between clips on the demo corpora, a random
+            encoder's 0.5 to 1.6: docs/finetuning.md), which a head trained from random spends
+            its first epochs cancelling while the encoder learns from its errors. Such a head
+            exports the encoder alone.
         drop_path: stochastic depth of the deepest block.
         freeze_encoder: train the head only (a linear probe).
         head_warmup_epochs: LP-FT (Kumar et al., ICLR 2022): for this many epochs first the

@@ -117,8 +117,6 @@ def intended(stage: str, name: str, before: dict[str, Any]) -> dict[str, tuple[A
         changes.update({"trainer.devices": (4, "auto"), "trainer.accumulate_grad_batches": (1, 4),
                         "model.init_args.average_top_k_layers": (12, None),  # None: every block (12)
                         "model.init_args.decoder_dim": (before["model.init_args.decoder_dim"], None)})  # the width
-    if name in ("demo_events", "demo_keywords", "demo_speakers"):  # few labels: the head reads as a probe (issue 38)
-        changes["model.standardize_embedding"] = (False, True)
     if name == "eat_esc50":  # eat.yaml's mixup chance; ESC-50 mixes nothing
         changes["model.batch_mixup_prob"] = (1.0, 0.9)
     return changes
