@@ -140,10 +140,17 @@ class ASiT(PretrainModule):
         patches = encoder.patch_tokens(tokens)
         return (*head(encoder.pool(tokens, "cls"), patches), patches)
 
-    def step(self, fbank: torch.Tensor, progress: Progress,
-             generator: torch.Generator | None = None) -> dict[str, torch.Tensor | float]:
+    def draw(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The two views of every clip (:meth:`views`), and the student's GMML-corrupted copy of
+        them with the mask of its corrupted bins (drawn block by block until each clip's
+        coverage is reached: a loop the step itself does not hold)."""
         views = self.views(fbank, generator)
         corrupted, corrupted_bins = gmml_corrupt(views, self.gmml, generator)
+        return {"views": views, "corrupted": corrupted, "corrupted_bins": corrupted_bins}
+
+    def losses(self, fbank: torch.Tensor, draws: dict[str, torch.Tensor],
+               progress: Progress) -> dict[str, torch.Tensor | float]:
+        views, corrupted, corrupted_bins = draws["views"], draws["corrupted"], draws["corrupted_bins"]
         with torch.no_grad():
             teacher_cls, teacher_patch, _ = self.heads(self.teacher, self.teacher_head, views)
         student_cls, student_patch, student_tokens = self.heads(self.encoder, self.student_head, corrupted)

@@ -130,7 +130,19 @@ class PretrainModule(EncoderModule):
         """The method on a batch of normalized log-mels ``[B, T, F]`` at ``progress`` in the
         run: ``"loss"`` (what is minimized) and other figures to watch, all scalars (tensors, or
         floats for schedules). Randomness (masks, views) comes from ``generator`` when one is
-        given (validation: the same every time)."""
+        given (validation: the same every time): :meth:`draw`, then :meth:`losses`."""
+        return self.losses(fbank, self.draw(fbank, generator), progress)
+
+    def draw(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Everything random a step of ``fbank`` uses (masks, views, corruptions, noise), drawn
+        before :meth:`losses`: the draws that loop until they are done or pick data-dependent
+        counts stay out of the step, which is then one graph without host syncs
+        (``torch.compile(fullgraph=True)`` takes it whole)."""
+        return {}
+
+    def losses(self, fbank: torch.Tensor, draws: dict[str, torch.Tensor],
+               progress: Progress) -> dict[str, torch.Tensor | float]:
+        """What :meth:`step` returns, from the batch and its :meth:`draw`."""
         raise NotImplementedError
 
     def apply_updates(self, pending: list[Any], progress: Progress) -> None:

@@ -47,10 +47,17 @@ from pretrain.optimization import Optimization
 from pretrain.teacher import EMATeacher
 
 
-def channel_std(x: torch.Tensor) -> torch.Tensor:
-    """Mean over channels of the standard deviation over all other axes: data2vec 2.0's
-    ``target_var`` / ``pred_var`` collapse monitors (they fall towards 0 on collapse)."""
-    return x.detach().float().reshape(-1, x.shape[-1]).var(dim=0).add(1e-6).sqrt().mean()
+def channel_std(x: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over channels of the standard deviation over all other axes (over the positions
+    where ``where`` holds, when given, without indexing them out: no data-dependent shape):
+    data2vec 2.0's ``target_var`` / ``pred_var`` collapse monitors (they fall towards 0 on
+    collapse)."""
+    x = x.detach().float().reshape(-1, x.shape[-1])
+    weight = torch.ones_like(x[:, :1]) if where is None else where.reshape(-1, 1).float()
+    count = weight.sum()
+    mean = (x * weight).sum(dim=0) / count
+    variance = ((x - mean) ** 2 * weight).sum(dim=0) / (count - 1)  # unbiased, as Tensor.var
+    return variance.add(1e-6).sqrt().mean()
 
 
 # EAT's optimization (config/pretraining_AS2M.yaml, DESIGN.md section 7b): fairseq's Adam with decoupled
@@ -163,10 +170,16 @@ class EAT(PretrainModule):
         return layer_averaged_targets([ffn[:, self.teacher.num_lead_tokens :] for ffn in layers],
                                       self.hparams.target_layer_norm)
 
-    def step(self, fbank: torch.Tensor, progress: Progress,
-             generator: torch.Generator | None = None) -> dict[str, torch.Tensor | float]:
-        lead, clones = self.encoder.num_lead_tokens, self.clone_batch
-        mask = self.sample_mask(len(fbank) * clones, generator)  # clone j of clip i is row i * clones + j
+    def draw(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Each clone's mask (clone j of clip i is row i * clones + j), and the noise the
+        decoder sees where tokens were dropped."""
+        mask = self.sample_mask(len(fbank) * self.clone_batch, generator)
+        noise = fbank.new_empty(len(mask), mask.shape[1], self.encoder.embed_dim)
+        return {"mask": mask, "noise": noise.normal_(0.0, self.hparams.mask_noise_std, generator=generator)}
+
+    def losses(self, fbank: torch.Tensor, draws: dict[str, torch.Tensor],
+               progress: Progress) -> dict[str, torch.Tensor | float]:
+        lead, clones, mask = self.encoder.num_lead_tokens, self.clone_batch, draws["mask"]
         visible = true_positions(~mask, self.kept)
 
         targets = self.teacher_targets(fbank)  # one teacher pass per clip, whatever the number of clones
@@ -176,9 +189,8 @@ class EAT(PretrainModule):
 
         # The decoder sees the student's outputs back on the grid, small noise where tokens were dropped.
         patches = tokens[:, lead:]
-        noise = patches.new_empty(len(mask), mask.shape[1], patches.shape[-1])
-        noise.normal_(0.0, self.hparams.mask_noise_std, generator=generator)
-        on_grid = noise.scatter(1, repeat(visible, "b k -> b k d", d=patches.shape[-1]), patches)
+        at_visible = repeat(visible, "b k -> b k d", d=patches.shape[-1])
+        on_grid = draws["noise"].to(patches.dtype).scatter(1, at_visible, patches)
         prediction = rearrange(self.decoder(on_grid), "(b c) n d -> b c n d", c=clones)
 
         # Frame loss: the mean over masked tokens; the clones' targets are their clip's (broadcast).
@@ -191,7 +203,7 @@ class EAT(PretrainModule):
 
         out = {
             "loss": frame + self.hparams.utterance_weight * utterance, "frame": frame, "utterance": utterance,
-            "target_var": channel_std(targets), "pred_var": channel_std(prediction[masked]),
+            "target_var": channel_std(targets), "pred_var": channel_std(prediction, masked),
             "ema_decay": self.ema.decay(progress),
         }
         return out

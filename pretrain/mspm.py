@@ -103,15 +103,17 @@ class MSPM(PretrainModule):
         """The rows of ``values [B, N, D]`` at each clip's masked positions, ``[B, mask_patches, D]``."""
         return gather_masked(values, mask, self.mask_patches)
 
-    def step(self, fbank: torch.Tensor, progress: Progress,
-             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def draw(self, fbank: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """One mask per pass: the discriminative pass's, then the generative one's."""
+        return {"masks": torch.stack([self.sample_mask(len(fbank), generator) for _ in range(self.passes)])}
+
+    def losses(self, fbank: torch.Tensor, draws: dict[str, torch.Tensor], progress: Progress) -> dict[str, torch.Tensor]:
         config = self.encoder.config
         targets = patchify(fbank, config.fshape, config.tshape)
-        mask = self.sample_mask(len(fbank), generator)
+        mask, generative_mask = draws["masks"][0], draws["masks"][-1]
         tokens = self.encoder.patch_tokens(self.encoder(fbank, mask))
-        generative_mask, generative_tokens = mask, tokens
+        generative_tokens = tokens
         if self.passes == 2:  # the official code: a second pass with its own mask for the generative loss
-            generative_mask = self.sample_mask(len(fbank), generator)
             generative_tokens = self.encoder.patch_tokens(self.encoder(fbank, generative_mask))
         discriminative = self.discriminative_head(self.masked(tokens, mask))
         generative = self.generative_head(self.masked(generative_tokens, generative_mask))
