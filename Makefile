@@ -14,7 +14,7 @@ DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench bench-gpu clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: setup
 	$(BIN)/python benchmarks/pretrain_step.py
 	$(BIN)/python benchmarks/pretrain_step.py --method asit
 	$(BIN)/python benchmarks/embed.py
+
+# What a lent GPU must give first (about 8 minutes on one H100 or H200; CPU-sized without CUDA).
+bench-gpu: setup
+	$(BIN)/python benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs .pytest_cache

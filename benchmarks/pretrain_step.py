@@ -53,7 +53,15 @@ fp32 uses TF32 matmuls, bf16 runs under ``torch.autocast``, ``peak_mem_mb`` is
 allocated before (the input and the other variants), and ``mfu`` (bf16 only) is achieved
 over the GPU's peak dense bf16 TFLOP/s from ``benchmarks/encoder.py``'s table. On CPU,
 ``peak_mem_mb`` is the process's peak resident set so far (``ru_maxrss``), so it only grows
-from one variant to the next. Prints one JSON line.
+from one variant to the next.
+
+``matmul`` is this machine's own ceiling, measured in the same rounds as the steps: one
+``[tokens, D] @ [D, 4D]`` product per clip (the feed-forward's first matrix at the run's
+size and token count), in the step's precision. Each variant's ``matmul_ratio`` is its
+counted FLOP/s over the matmul's: what stands in for MFU on a CPU, where no peak is
+published. A step well below the encoder's own ratio loses time to something other than its
+matrix products (masking, gathers, clones, the teacher, the optimizer, Python loops).
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -219,6 +227,18 @@ def prepare(build: Callable[[], Step], fbank: torch.Tensor, warmup: int,
     return step, flops, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB
 
 
+def matmul_step(clips: int, tokens: int, dim: int, device: torch.device, dtype: torch.dtype) -> tuple[Step, int]:
+    """``clips`` products ``[tokens, dim] @ [dim, 4 dim]`` as a step, and their FLOPs."""
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(tokens, dim, generator=generator).to(device, dtype)
+    right = torch.randn(dim, 4 * dim, generator=generator).to(device, dtype)
+
+    def step(_: torch.Tensor) -> None:
+        for _ in range(clips):
+            torch.mm(left, right)
+    return step, 2 * clips * tokens * dim * 4 * dim
+
+
 def time_round_robin(steps: dict[str, Step], fbank: torch.Tensor, rounds: int) -> dict[str, float]:
     """Median seconds per step of each variant, one step of each per round, so that a slow
     spell of a shared machine hits every variant alike."""
@@ -256,6 +276,8 @@ def main() -> None:
     parser.add_argument("--view-frames", type=int, default=592, help="asit, eat: frames of each of ASiT's two views")
     parser.add_argument("--align", type=int, default=1, help="asit, eat: GMML block alignment (1 or 16)")
     parser.add_argument("--clone-batch", type=int, default=16, help="eat: masked clones of each clip (paper: 16)")
+    parser.add_argument("--alone", action="store_true",
+                        help="time the named method only: no MSPM or ASiT beside it, no official-style step")
     parser.add_argument("--skip-official", action="store_true",
                         help="do not time the official-style step (always skipped with --method asit or eat)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -313,17 +335,29 @@ def main() -> None:
     builders: dict[tuple[str, str], Callable[[], Step]] = {}
     for precision, mode in combos:
         combo, autocast, compiled = f"{precision}/{mode}", precision == "bf16", mode == "compiled"
-        for p in passes:
-            builders[combo, f"passes{p}"] = builder(False, p, autocast, compiled)
-        if args.method in ("asit", "eat"):
+        if args.method == "mspm" or not args.alone:
+            for p in passes:
+                builders[combo, f"passes{p}"] = builder(False, p, autocast, compiled)
+        if args.method == "asit" or (args.method == "eat" and not args.alone):
             builders[combo, "asit"] = build_asit_step(autocast, compiled)
         if args.method == "eat":
             builders[combo, "eat"] = build_eat_step(autocast, compiled)
-        elif args.method == "mspm" and not args.skip_official and not compiled:
+        elif args.method == "mspm" and not (args.skip_official or args.alone) and not compiled:
             builders[combo, "official_style"] = builder(True, 2, autocast, False)
     prepared = {key: prepare(build, fbank, warmup, count_flops=key[0].endswith("eager"))
                 for key, build in builders.items()}
-    medians = time_round_robin({key: step for key, (step, _, _) in prepared.items()}, fbank, steps)
+    dim = SIZES[args.size][0]
+    grid = GEOMETRIES[args.geometry]
+    tokens = (MEL_BINS // grid["fshape"]) * (args.frames // grid["tshape"]) + 2
+    matmuls = {precision: matmul_step(args.batch, tokens, dim, device, torch.bfloat16 if precision == "bf16"
+                                      else torch.float32) for precision in precisions}
+    for step, _ in matmuls.values():
+        for _ in range(warmup + 1):
+            step(fbank)
+    medians = time_round_robin({key: step for key, (step, _, _) in prepared.items()}
+                               | {(precision, "matmul"): step for precision, (step, _) in matmuls.items()},
+                               fbank, steps)
+    matmul_flop_s = {precision: flops / medians[precision, "matmul"] for precision, (_, flops) in matmuls.items()}
     variants: dict[str, dict[str, dict[str, Any]]] = {f"{p}/{m}": {} for p, m in combos}
     for (combo, name), (_, flops, memory) in prepared.items():
         eager_flops = prepared.get((combo.split("/")[0] + "/eager", name), (None, None))[1]
@@ -331,6 +365,7 @@ def main() -> None:
         result = {"step_s": round(medians[combo, name], 4), "peak_mem_mb": round(memory, 1)}
         if flops is not None:
             result["tflop_per_step"] = round(flops / 1e12, 4)
+            result["matmul_ratio"] = round(flops / medians[combo, name] / matmul_flop_s[combo.split("/")[0]], 3)
             if peak_tflops is not None and combo.startswith("bf16"):
                 result["mfu"] = round(flops / 1e12 / medians[combo, name] / peak_tflops, 4)
         variants[combo][name] = result
@@ -347,15 +382,20 @@ def main() -> None:
     }
     if peak_tflops is not None:
         report["peak_bf16_tflop_s"] = peak_tflops
-    report["passes"] = {str(p): results[f"passes{p}"] for p in passes}
+    report["matmul"] = {"shape": [tokens, dim, 4 * dim], "per_step": args.batch,
+                        **{f"{precision}_tflop_s": round(flop_s / 1e12, 4) for precision, flop_s in matmul_flop_s.items()}}
+    timed_passes = [p for p in passes if f"passes{p}" in results]
+    if timed_passes:
+        report["passes"] = {str(p): results[f"passes{p}"] for p in timed_passes}
     if "asit" in results:
         report |= {"view_frames": args.view_frames, "align": args.align, "asit": results["asit"]}
-        for p in passes:
+        for p in timed_passes:
             report[f"ratio_asit_vs_passes{p}"] = round(results["asit"]["step_s"] / results[f"passes{p}"]["step_s"], 3)
     if "eat" in results:
-        report |= {"clone_batch": args.clone_batch, "eat": results["eat"],
-                   "ratio_eat_vs_asit": round(results["eat"]["step_s"] / results["asit"]["step_s"], 3)}
-        for p in passes:
+        report |= {"clone_batch": args.clone_batch, "eat": results["eat"]}
+        if "asit" in results:
+            report["ratio_eat_vs_asit"] = round(results["eat"]["step_s"] / results["asit"]["step_s"], 3)
+        for p in timed_passes:
             report[f"ratio_eat_vs_passes{p}"] = round(results["eat"]["step_s"] / results[f"passes{p}"]["step_s"], 3)
     if "official_style" in results:
         official = results["official_style"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -318,3 +320,96 @@ class AverageEpochWeights(RunRecord):
 
     def restore(self, state_dict: dict[str, Any]) -> None:
         self.total, self.epochs = dict(state_dict["total"]), list(state_dict["epochs"])
+
+
+class DataWait(L.Callback):
+    """How long training waits between its steps, for the next batch (reading, decoding, the
+    copy to the device) and for the host's work between steps: the time from the end of one
+    training step to the start of the next, as a fraction of the time from step to step,
+    logged as ``perf/data_wait`` every ``every_n_steps`` steps and written with the run's
+    totals to ``data_wait.json`` in the run's folder when training ends.
+
+    On a GPU the marks are CUDA events, so they say when the GPU reached them: a gap while the
+    GPU is still busy with the previous step costs nothing and is not counted, and they are
+    read back only every ``every_n_steps`` steps (no host sync inside a step). With
+    ``count_syncs`` (GPU only), every host synchronization inside a training step (between
+    its start and end: forward, backward, the optimizer, the method's updates) is counted
+    with ``torch.cuda.set_sync_debug_mode``, ``perf/host_syncs`` per step; it is meant for a
+    benchmark, as the debug mode slows the step it watches.
+    """
+
+    def __init__(self, every_n_steps: int = 50, count_syncs: bool = False) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be at least 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.count_syncs = count_syncs
+        self._marks: list[tuple[Any, Any]] = []  # (start, end) of each step since the last reading
+        self._start: Any = None
+        self._watching: Any = None
+        self._caught: list[warnings.WarningMessage] = []
+        self.steps = 0
+        self.syncs: int | None = None  # counted on a GPU with count_syncs only
+        self.wait_s = self.total_s = 0.0
+
+    def _mark(self, cuda: bool) -> Any:
+        if not cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    @staticmethod
+    def _seconds(first: Any, second: Any) -> float:
+        return first.elapsed_time(second) / 1000 if isinstance(first, torch.cuda.Event) else second - first
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        cuda = pl_module.device.type == "cuda"
+        self._start = self._mark(cuda)
+        if cuda and self.count_syncs:
+            self._watching = warnings.catch_warnings(record=True)
+            self._caught = self._watching.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._watching is not None:
+            torch.cuda.set_sync_debug_mode("default")
+            self._watching.__exit__(None, None, None)
+            self._watching = None
+            self.syncs = (self.syncs or 0) + sum("synchroniz" in str(warning.message) for warning in self._caught)
+        self._marks.append((self._start, self._mark(pl_module.device.type == "cuda")))
+        self.steps += 1
+        if len(self._marks) > self.every_n_steps:
+            self._read(pl_module)
+
+    def _read(self, pl_module: L.LightningModule | None) -> None:
+        """The waits between the marked steps (all but the newest, which opens the next reading)."""
+        marks, self._marks = self._marks, self._marks[-1:]
+        last = marks[-1][0]
+        if isinstance(last, torch.cuda.Event):
+            last.synchronize()
+        wait = sum(self._seconds(end, next_start) for (_, end), (next_start, _) in zip(marks, marks[1:]))
+        total = self._seconds(marks[0][0], last)
+        self.wait_s, self.total_s = self.wait_s + wait, self.total_s + total
+        if pl_module is None:  # training has ended: nothing can be logged now
+            return
+        if total > 0:
+            pl_module.log("perf/data_wait", wait / total, on_step=True, on_epoch=False)
+        if self.syncs is not None:
+            pl_module.log("perf/host_syncs", self.syncs / self.steps, on_step=True, on_epoch=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The run's totals: steps, the seconds waited between steps of those read, their share,
+        and host syncs per step (``None`` unless counted)."""
+        return {"steps": self.steps, "wait_s": round(self.wait_s, 4), "step_to_step_s": round(self.total_s, 4),
+                "data_wait": round(self.wait_s / self.total_s, 4) if self.total_s else None,
+                "host_syncs_per_step": round(self.syncs / self.steps, 3) if self.syncs is not None else None}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if len(self._marks) > 1:
+            self._read(None)
+        if trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / "data_wait.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.summary()) + "\n")
