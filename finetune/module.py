@@ -110,14 +110,16 @@ class Finetune(EncoderModule):
             sum (s3prl's ``Featurizer`` ``normalize``; off in SSAST's SUPERB runs). A pretrained
             pre-norm encoder's block outputs grow with depth, so without it the deep blocks
             dominate the sum and the projector sees another scale than a random encoder's.
-        standardize_embedding: standardize each dimension of the clip embedding over the
-            batch before the classifier, as a linear probe standardizes its features: MAE's
-            linear-probing head, ``BatchNorm1d(affine=False, eps=1e-6)`` (running statistics in
-            evaluation). A pretrained encoder's embeddings share a large component that every
-            clip has (1.6 to 12.8 times the spread between clips on the demo corpora, a random
-            encoder's 0.5 to 1.6: docs/finetuning.md), which a head trained from random spends
-            its first epochs cancelling while the encoder learns from its errors. Such a head
-            exports the encoder alone.
+        standardize_embedding: standardize each feature the classifier reads over the
+            batch, as a linear probe standardizes its features: MAE's linear-probing head,
+            ``BatchNorm1d(affine=False, eps=1e-6)`` (running statistics in evaluation), after
+            the head's LayerNorm (before the linear layer with ``layers`` pooling). A pretrained
+            encoder's embeddings share a large component that every clip has (1.6 to 12.8
+            times the spread between clips on the demo corpora, a random encoder's 0.5 to 1.6:
+            docs/finetuning.md), which a head trained from random spends its first epochs
+            cancelling while the encoder learns from its errors. Checkpoints hold the head
+            folded back into ``LayerNorm -> Linear`` (:meth:`ClassificationHead.folded`), so
+            it loads and exports as any other.
         drop_path: stochastic depth of the deepest block.
         freeze_encoder: train the head only (a linear probe).
         head_warmup_epochs: LP-FT (Kumar et al., ICLR 2022): for this many epochs first the
@@ -233,12 +235,10 @@ class Finetune(EncoderModule):
         self.encoder = build_encoder(self.hparams)
         if pooling == "layers":
             self.layer_weights = LayerWeights(self.encoder.config.depth, normalize_layers)
-            self.head = UtteranceHead(self.encoder.embed_dim, num_classes, projector_dim)
+            self.head = UtteranceHead(self.encoder.embed_dim, num_classes, projector_dim, standardize_embedding)
         else:
             self.layer_weights = None
-            self.head = ClassificationHead(self.encoder.embed_dim, num_classes, head_norm_eps)
-        embedding_dim = projector_dim if pooling == "layers" else self.encoder.embed_dim
-        self.embedding_norm = nn.BatchNorm1d(embedding_dim, eps=1e-6, affine=False) if standardize_embedding else None
+            self.head = ClassificationHead(self.encoder.embed_dim, num_classes, head_norm_eps, standardize_embedding)
         self._train_encoder(not freeze_encoder)  # a head warm-up freezes it epoch by epoch, once DDP holds it
         self.freq_masking = T.FrequencyMasking(freqm, iid_masks=True) if freqm else None
         self.time_masking = T.TimeMasking(timem, iid_masks=True) if timem else None
@@ -272,9 +272,9 @@ class Finetune(EncoderModule):
     def exported_classifier(self) -> dict[str, Any]:
         # Checkpoints carry the head, its pooling and class names: load_checkpoint reads the
         # finetuned model back whole, and ssast-export publishes it. A head on weighted layers,
-        # or behind a standardization, is not one of the formats those read: such checkpoints
-        # export the encoder alone.
-        if self.layer_weights is not None or self.embedding_norm is not None:
+        # is not one of the formats those read: such checkpoints export the encoder alone. A
+        # standardized head is read back folded into the plain one (ClassificationHead.folded).
+        if self.layer_weights is not None:
             return {}
         return {"head": self.head, "head_attribute": "head", "pooling": self.hparams.pooling,
                 "labels": self.hparams.class_names}
@@ -286,9 +286,7 @@ class Finetune(EncoderModule):
 
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
         """Logits of clip embeddings (:meth:`embed`)."""
-        if self.embedding_norm is not None:
-            embedding = self.embedding_norm(embedding)
-        return self.head.linear(embedding) if self.layer_weights is not None else self.head(embedding)
+        return self.head.classify(embedding) if self.layer_weights is not None else self.head(embedding)
 
     def embed(self, fbank: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Clip embeddings: the encoder's pooled tokens ``[B, D]``, or with ``layers`` pooling

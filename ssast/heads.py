@@ -10,12 +10,25 @@ from einops import rearrange
 from torch import nn
 
 
-class ClassificationHead(nn.Module):
-    """``LayerNorm(D) -> Linear(D, classes)`` on a pooled clip embedding (AST/SSAST)."""
+def standardization(dim: int) -> nn.BatchNorm1d:
+    """Each of ``dim`` features standardized over the batch in training and by running
+    statistics in evaluation, with no affine part: MAE's linear-probing ``BatchNorm1d``
+    (``affine=False, eps=1e-6``), which makes a trained classifier read its features as a
+    linear probe on standardized features does."""
+    return nn.BatchNorm1d(dim, eps=1e-6, affine=False)
 
-    def __init__(self, embed_dim: int, num_classes: int, layer_norm_eps: float = 1e-5) -> None:
+
+class ClassificationHead(nn.Module):
+    """``LayerNorm(D) -> Linear(D, classes)`` on a pooled clip embedding (AST/SSAST); with
+    ``standardize``, the normalized embedding is standardized over the batch
+    (:func:`standardization`) before the linear layer, which :meth:`folded` turns back into
+    the plain head for evaluation and export."""
+
+    def __init__(self, embed_dim: int, num_classes: int, layer_norm_eps: float = 1e-5,
+                 standardize: bool = False) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.standardize = standardization(embed_dim) if standardize else None
         self.linear = nn.Linear(embed_dim, num_classes)
 
     @property
@@ -23,7 +36,27 @@ class ClassificationHead(nn.Module):
         return self.linear.out_features
 
     def forward(self, clip_embedding: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.norm(clip_embedding))
+        features = self.norm(clip_embedding)
+        if self.standardize is not None:
+            features = self.standardize(features)
+        return self.linear(features)
+
+    @torch.no_grad()
+    def folded(self) -> ClassificationHead:
+        """The plain head that computes in evaluation what this one does: the
+        standardization's running mean and variance folded into the linear layer's weights
+        and bias (``W / s`` and ``b - (W / s) m``), so that files, the Hub and transformers
+        see ``LayerNorm -> Linear`` either way. A plain head returns a copy of itself."""
+        plain = ClassificationHead(self.norm.normalized_shape[0], self.num_classes, self.norm.eps)
+        plain.to(device=self.linear.weight.device, dtype=self.linear.weight.dtype)
+        plain.norm.load_state_dict(self.norm.state_dict())
+        weight, bias = self.linear.weight, self.linear.bias
+        if self.standardize is not None:
+            weight = weight * torch.rsqrt(self.standardize.running_var + self.standardize.eps)
+            bias = bias - weight @ self.standardize.running_mean
+        plain.linear.weight.copy_(weight)
+        plain.linear.bias.copy_(bias)
+        return plain
 
 
 class LayerWeights(nn.Module):
@@ -55,11 +88,14 @@ class LayerWeights(nn.Module):
 class UtteranceHead(nn.Module):
     """s3prl's utterance-level downstream as SSAST's SUPERB configs set it (``projector_dim:
     256``, ``UtteranceLevel`` with ``MeanPooling``): ``Linear(D, projector_dim)`` on every
-    token, the mean over the valid tokens, ``Linear(projector_dim, classes)``."""
+    token, the mean over the valid tokens, ``Linear(projector_dim, classes)``; with
+    ``standardize``, the mean is standardized over the batch (:func:`standardization`)
+    before the classifier."""
 
-    def __init__(self, embed_dim: int, num_classes: int, projector_dim: int = 256) -> None:
+    def __init__(self, embed_dim: int, num_classes: int, projector_dim: int = 256, standardize: bool = False) -> None:
         super().__init__()
         self.projector = nn.Linear(embed_dim, projector_dim)
+        self.standardize = standardization(projector_dim) if standardize else None
         self.linear = nn.Linear(projector_dim, num_classes)
 
     @property
@@ -75,8 +111,14 @@ class UtteranceHead(nn.Module):
         keep = torch.arange(tokens.shape[1], device=tokens.device) < valid[:, None]
         return (projected * keep[..., None]).sum(dim=1) / keep.sum(dim=1, keepdim=True).clamp_min(1)
 
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits of pooled clips (:meth:`pool`)."""
+        if self.standardize is not None:
+            pooled = self.standardize(pooled)
+        return self.linear(pooled)
+
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        return self.linear(self.pool(tokens, valid))
+        return self.classify(self.pool(tokens, valid))
 
 
 class PatchPredictionHead(nn.Sequential):

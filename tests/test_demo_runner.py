@@ -109,4 +109,4 @@ def test_the_report_says_when_a_finetune_ends_below_its_own_probe(tmp_path):
     below = [line for line in text.splitlines() if "below the linear probe" in line]
     assert len(below) == 1  # events and keywords ended at or above it
     assert below[0].startswith("**speakers: the finetune from the pretrained encoder ended 0.345 below")
-    assert "--model.standardize_embedding=true" in below[0]
+    assert '"Few labels"' in below[0] and "--model.head_warmup_epochs=3" in below[0]

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from torch import nn
 from torch.utils.data import DataLoader
 
 from finetune.callbacks import WritePredictions
 from finetune.module import Finetune
 from ssast.augment import noise_and_roll
+from ssast.heads import ClassificationHead
 from ssast.optim import layer_id
 from ssast import save_encoder
 from ssast.checkpoints import CheckpointError, Preprocessing
@@ -196,13 +198,36 @@ def test_finetuning_options_that_cannot_work_are_one_line():
 
 @pytest.mark.parametrize("pooling", ["mean", "layers"])
 def test_a_standardized_embedding_ignores_what_every_clip_shares(pooling):
+    def classifier_input(model: Finetune, embeddings: torch.Tensor) -> torch.Tensor:
+        seen = []
+        hook = model.head.linear.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+        model.classify(embeddings)
+        hook.remove()
+        return seen[0]
+
     torch.manual_seed(0)
     model = Finetune(num_classes=3, size="mini", fshape=128, tshape=2, input_tdim=16, pooling=pooling,
                      standardize_embedding=True)
     width = 256 if pooling == "layers" else model.encoder.embed_dim
-    embeddings = torch.randn(8, width)
-    shared = 50 * torch.randn(width)  # the component a pretrained encoder gives every clip
-    torch.testing.assert_close(model.classify(embeddings + shared), model.classify(embeddings), atol=1e-4, rtol=1e-4)
-    plain = Finetune(num_classes=3, size="mini", fshape=128, tshape=2, input_tdim=16, pooling=pooling)
-    assert not torch.allclose(plain.classify(embeddings + shared), plain.classify(embeddings), atol=1e-2)
-    assert model.exported_classifier() == {}  # not a head load_checkpoint reads: the encoder is exported alone
+    embeddings = torch.randn(8, width) + 10 * torch.randn(width)  # the component a pretrained encoder gives every clip
+    read = classifier_input(model, embeddings)
+    torch.testing.assert_close(read.mean(dim=0), torch.zeros(width), atol=1e-4, rtol=0)
+    torch.testing.assert_close(read.var(dim=0, unbiased=False), torch.ones(width), atol=1e-3, rtol=0)
+    plain = classifier_input(Finetune(num_classes=3, size="mini", fshape=128, tshape=2, input_tdim=16, pooling=pooling),
+                             embeddings)
+    assert plain.mean(dim=0).norm() > 10 * plain.std(dim=0).mean()  # read as it is, the shared part dominates
+
+
+def test_a_standardized_head_folds_into_the_plain_one():
+    torch.manual_seed(0)
+    head = ClassificationHead(64, 5, 1e-6, standardize=True)
+    nn.init.normal_(head.linear.weight)
+    nn.init.normal_(head.linear.bias)
+    for _ in range(20):  # running statistics far from their start
+        head(3 * torch.randn(16, 64) + torch.randn(64))
+    head.eval()
+    folded = head.folded()
+    assert folded.standardize is None and set(folded.state_dict()) == set(ClassificationHead(64, 5).state_dict())
+    embeddings = 3 * torch.randn(16, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(embeddings), head(embeddings), atol=1e-5, rtol=1e-5)

@@ -61,8 +61,10 @@ def load_checkpoint(
     head, names = None, parsed.labels
     if parsed.head_state is not None:
         weight = parsed.head_state["linear.weight"]
-        head = ClassificationHead(weight.shape[1], weight.shape[0], parsed.head_eps)
+        standardized = "standardize.running_mean" in parsed.head_state  # a finetune's standardize_embedding
+        head = ClassificationHead(weight.shape[1], weight.shape[0], parsed.head_eps, standardized)
         _load_module(head, parsed.head_state, path, parsed.format, "classifier")
+        head = head.folded() if standardized else head
     if labels is not None:
         if head is None:
             raise CheckpointError(path, parsed.format, "labels were given, but the file holds no classifier")

@@ -236,9 +236,10 @@ def write_report(results: list[TaskResult], out: Path, recipe: Path, corpus: Pat
         if r.below_probe is not None:
             text.append(f"**{r.task}: the finetune from the pretrained encoder ended {r.below_probe:.3f} below the "
                         f"linear probe of the same frozen encoder** ({r.test['pretrained']:.3f} against "
-                        f"{r.probes[-1]['linear']:.3f}): finetuning lost part of what the encoder held. A head that "
-                        "reads the embedding standardized, as the probe does, keeps it "
-                        "(`--finetune-arg=--model.standardize_embedding=true`, docs/finetuning.md, \"Few labels\").")
+                        f"{r.probes[-1]['linear']:.3f}): finetuning lost part of what the encoder held. The demo's "
+                        "head already reads the embedding standardized, as the probe does; docs/finetuning.md, "
+                        "\"Few labels\", says what else was measured (a head warm-up first: "
+                        "`--finetune-arg=--model.head_warmup_epochs=3`).")
     if probed:
         text += [f"Pretraining raised the linear probe by at least 0.10 on {gained} of {len(results)} tasks.", "",
                  "![probe accuracy against pretraining minutes](learning.png)"]
