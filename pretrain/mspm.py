@@ -8,9 +8,10 @@ embedding, and from the encoder's output at the masked positions
   patches of the same clip), and
 * reconstruct them (generative head, MSE against the normalized input patches).
 
-``passes=2`` runs the encoder twice with independent masks, one per objective, as the
-official code does; ``passes=1`` shares one masked pass between the two heads (about half
-the compute). Everything is batched: no Python loop over clips.
+``passes=2`` encodes each clip twice with independent masks, one per objective, as the
+official code does (both copies in one batched call: the same computation as two passes, in
+larger matrix products); ``passes=1`` shares one masked pass between the two heads (about
+half the compute). Everything is batched: no Python loop over clips.
 """
 
 from __future__ import annotations
@@ -111,10 +112,11 @@ class MSPM(PretrainModule):
         config = self.encoder.config
         targets = patchify(fbank, config.fshape, config.tshape)
         mask, generative_mask = draws["masks"][0], draws["masks"][-1]
-        tokens = self.encoder.patch_tokens(self.encoder(fbank, mask))
-        generative_tokens = tokens
         if self.passes == 2:  # the official code: a second pass with its own mask for the generative loss
-            generative_tokens = self.encoder.patch_tokens(self.encoder(fbank, generative_mask))
+            both = self.encoder(torch.cat([fbank, fbank]), torch.cat([mask, generative_mask]))
+            tokens, generative_tokens = self.encoder.patch_tokens(both).chunk(2)
+        else:
+            tokens = generative_tokens = self.encoder.patch_tokens(self.encoder(fbank, mask))
         discriminative = self.discriminative_head(self.masked(tokens, mask))
         generative = self.generative_head(self.masked(generative_tokens, generative_mask))
         nce, accuracy = info_nce(discriminative, self.masked(targets, mask))

@@ -33,8 +33,8 @@ def test_pretrain_step_reports_each_steps_flop_rate_against_the_machines_own_mat
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["matmul"]["shape"] == [(128 // 16) * (64 // 16) + 2, 192, 768] and report["matmul"]["fp32_tflop_s"] > 0
     for variant in (report["passes"]["1"], report["passes"]["2"], report["official_style"]):
-        achieved = variant["tflop_per_step"] / variant["step_s"]
-        assert abs(variant["matmul_ratio"] - achieved / report["matmul"]["fp32_tflop_s"]) < 0.01 + 0.01 * achieved
+        recomputed = variant["tflop_per_step"] / variant["step_s"] / report["matmul"]["fp32_tflop_s"]
+        assert variant["matmul_ratio"] == pytest.approx(recomputed, rel=0.15)  # (from figures rounded for print)
 
 
 def test_features_reports_the_training_pipeline_per_worker_from_flac_and_wav_beside_ssasts_loader():
