@@ -99,6 +99,8 @@ def intended(stage: str, name: str, before: dict[str, Any]) -> dict[str, tuple[A
                         "trainer.logger.init_args.name": (old, new),
                         "trainer.logger.init_args.save_dir": (f"runs/{old}", f"runs/{new}"),
                         LAST_EVERY: (None, 30.0)})  # the base's: a demo never runs 30 minutes
+    if name in ("demo_events", "demo_keywords", "demo_speakers"):  # few labels: what the probe reads (issue 38)
+        changes["model.standardize_embedding"] = (False, True)
     if name == "mspm_demo":  # SSAST's warmup rises in stairs of 50 (issue 22); 20 steps rise every step
         changes[f"{OPT}.warmup_every"] = (50, 1)
     if name in ("asit_base", "asit_tiny"):  # ASiT's 10 warmup epochs, in epochs of the run (issue 36)

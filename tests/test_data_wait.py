@@ -47,10 +47,11 @@ def test_the_wait_between_steps_is_the_share_the_data_takes(tmp_path, slow_part)
     trainer.fit(Linear(step_pause), DataLoader(Batches(data_pause), batch_size=None))
     summary = json.loads((tmp_path / "data_wait.json").read_text())
     assert summary["steps"] == 12 and summary["host_syncs_per_step"] is None  # syncs are counted on a GPU only
-    # 11 gaps between 12 steps; each gap holds one batch's reading when the data is the slow part.
-    assert summary["step_to_step_s"] >= 11 * PAUSE
+    # 11 gaps between 12 steps; each gap but one holds a batch's reading (Lightning fetches one batch ahead),
+    # or each step a pause.
+    assert summary["step_to_step_s"] >= 10 * PAUSE
     if slow_part == "data":
-        assert summary["data_wait"] > 0.8 and summary["wait_s"] >= 10 * PAUSE  # (Lightning fetches one batch ahead)
+        assert summary["data_wait"] > 0.8 and summary["wait_s"] >= 10 * PAUSE
     else:
         assert summary["data_wait"] < 0.2
 
