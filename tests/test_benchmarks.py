@@ -49,7 +49,7 @@ def test_features_reports_the_training_pipeline_per_worker_from_flac_and_wav_bes
     assert report["per_clip_kaldi_loader_clips_per_s_per_worker"] == report["per_clip_kaldi_loader_clips_per_s"]
 
 
-@pytest.mark.slow  # about a minute: every line at CPU size, a short real fit among them
+@pytest.mark.slow  # about 1.5 minutes: every line at CPU size, a short real fit and two-rank runs among them
 def test_bench_gpu_prints_every_line_at_cpu_size_with_nulls_where_cuda_is_needed():
     result = subprocess.run([sys.executable, "benchmarks/gpu.py", "--workers", "1"], cwd=REPO, capture_output=True,
                             text=True, timeout=900)
@@ -69,4 +69,8 @@ def test_bench_gpu_prints_every_line_at_cpu_size_with_nulls_where_cuda_is_needed
     assert by_kind["gpu_fbank"][0]["clips_per_s"] > 0 and by_kind["gpu_input"][0]["clips_per_s_per_worker"] > 0
     fit = by_kind["gpu_fit"][0]
     assert fit["steps"] == 6 and 0 <= fit["data_wait"] < 1 and fit["host_syncs_per_step"] is None
+    ddp = by_kind["gpu_ddp"][0]
+    assert ddp["backend"] == "gloo" and ddp["steps_per_rank"] == [4, 4]  # uneven shards, equal steps
+    assert ddp["lost_rank_line"].startswith("ssast-pretrain: error: rank 0 lost rank 1")
+    assert ddp["lost_rank_exit_code"] != 0 and ddp["lost_rank_ended_run_s"] < 120  # the 6 s timeout, not a hang
     assert by_kind["gpu_done"][0]["device_name"] == "cpu"

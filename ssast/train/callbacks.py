@@ -327,7 +327,8 @@ class DataWait(L.Callback):
     copy to the device) and for the host's work between steps: the time from the end of one
     training step to the start of the next, as a fraction of the time from step to step,
     logged as ``perf/data_wait`` every ``every_n_steps`` steps and written with the run's
-    totals to ``data_wait.json`` in the run's folder when training ends.
+    totals to ``data_wait.json`` in the run's folder when training ends (``data_wait.rank<r>.json``
+    for the other ranks).
 
     On a GPU the marks are CUDA events, so they say when the GPU reached them: a gap while the
     GPU is still busy with the previous step costs nothing and is not counted, and they are
@@ -409,7 +410,8 @@ class DataWait(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if len(self._marks) > 1:
             self._read(None)
-        if trainer.is_global_zero:
-            path = Path(trainer.default_root_dir) / "data_wait.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.summary()) + "\n")
+        # Each rank its own totals: rank 0 in data_wait.json, the others beside it.
+        name = "data_wait.json" if trainer.is_global_zero else f"data_wait.rank{trainer.global_rank}.json"
+        path = Path(trainer.default_root_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.summary()) + "\n")
