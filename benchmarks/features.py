@@ -66,19 +66,12 @@ def make_shards(folder: Path, clips: int, seconds: float) -> list[str]:
 def make_wav_shards(folder: Path, flac_urls: list[str]) -> list[str]:
     """The same clips as 16-bit WAV, in shards of 16."""
     folder.mkdir()
-    urls = []
-    samples = wds.WebDataset(flac_urls, shardshuffle=False)
-    for index, sample in enumerate(samples):
-        if index % 16 == 0:
-            if index:
-                writer.close()
-            urls.append(str(folder / f"{len(urls):06d}.tar"))
-            writer = wds.TarWriter(urls[-1])
-        buffer = io.BytesIO()
-        soundfile.write(buffer, decode_audio(sample["flac"])[0].numpy(), 16000, format="WAV", subtype="PCM_16")
-        writer.write({"__key__": sample["__key__"], "wav": buffer.getvalue(), "json": sample["json"]})
-    writer.close()
-    return urls
+    with wds.ShardWriter(str(folder / "%06d.tar"), maxcount=16, verbose=0) as writer:
+        for sample in wds.WebDataset(flac_urls, shardshuffle=False):
+            buffer = io.BytesIO()
+            soundfile.write(buffer, decode_audio(sample["flac"])[0].numpy(), 16000, format="WAV", subtype="PCM_16")
+            writer.write({"__key__": sample["__key__"], "wav": buffer.getvalue(), "json": sample["json"]})
+    return sorted(str(path) for path in folder.glob("*.tar"))
 
 
 def time_training_reader(urls: list[str], batch_size: int, workers: int, batches: int, mixup: float,

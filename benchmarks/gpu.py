@@ -80,13 +80,9 @@ def step_line(method: str, settings: dict[str, Any], cuda: bool) -> dict[str, An
                "--batch", str(batch), "--frames", str(frames), "--precision", "bf16" if cuda else "fp32",
                "--compile", "eager,compiled" if cuda else "eager", *extra]
     report = last_json_line(command, timeout=900)
-    variants = report.get("variants", {f"{report['precision']}/{report['compile']}": None})
-    names = [f"passes{p}" for p in report.get("passes", {})] + [n for n in ("asit", "eat") if n in report]
     line: dict[str, Any] = {"benchmark": "gpu_step", "method": method, "device_name": report["device_name"],
                             "size": size, "frames": frames, "batch": batch, "matmul": report["matmul"]}
-    for combo, results in variants.items():
-        results = results or {name: report["passes"][name[len("passes"):]] if name.startswith("passes")
-                              else report[name] for name in names}
+    for combo, results in report["variants"].items():
         for name, figures in results.items():
             figures = dict(figures)
             figures["clips_per_s"] = round(batch / figures["step_s"], 2)

@@ -27,7 +27,6 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 import torchaudio.transforms as T
 from torch.nn.parallel import DistributedDataParallel
 from einops import rearrange
@@ -271,7 +270,7 @@ class Finetune(EncoderModule):
 
     def exported_classifier(self) -> dict[str, Any]:
         # Checkpoints carry the head, its pooling and class names: load_checkpoint reads the
-        # finetuned model back whole, and ssast-export publishes it. A head on weighted layers,
+        # finetuned model back whole, and ssast-export publishes it. A head on weighted layers
         # is not one of the formats those read: such checkpoints export the encoder alone. A
         # standardized head is read back folded into the plain one (ClassificationHead.folded).
         if self.layer_weights is not None:

@@ -53,10 +53,13 @@ def channel_std(x: torch.Tensor, where: torch.Tensor | None = None) -> torch.Ten
     data2vec 2.0's ``target_var`` / ``pred_var`` collapse monitors (they fall towards 0 on
     collapse)."""
     x = x.detach().float().reshape(-1, x.shape[-1])
-    weight = torch.ones_like(x[:, :1]) if where is None else where.reshape(-1, 1).float()
-    count = weight.sum()
-    mean = (x * weight).sum(dim=0) / count
-    variance = ((x - mean) ** 2 * weight).sum(dim=0) / (count - 1)  # unbiased, as Tensor.var
+    if where is None:
+        variance = x.var(dim=0)
+    else:
+        weight = where.reshape(-1, 1).float()
+        count = weight.sum()
+        mean = (x * weight).sum(dim=0) / count
+        variance = ((x - mean) ** 2 * weight).sum(dim=0) / (count - 1)  # unbiased, as Tensor.var
     return variance.add(1e-6).sqrt().mean()
 
 
